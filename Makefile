@@ -1,0 +1,38 @@
+# kaggle-kit: `make` lists the targets. Everything runs inside .venv, which `make install` creates.
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+KK := $(BIN)/kaggle-kit
+DATA ?=
+
+.PHONY: help install test demo bench clean
+
+## help: list the targets (the default goal)
+help:
+	@awk '/^## /{sub(/^## /, ""); split($$0, a, ": "); printf "  make %-9s %s\n", a[1], substr($$0, length(a[1]) + 3)}' $(MAKEFILE_LIST)
+
+## install: create .venv and install kaggle-kit with its test extras
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+## test: run the whole test suite (what CI runs)
+test: install
+	$(BIN)/pytest -q
+
+## demo: install, then run the whole pipeline (DATA=dir for your own competition folder)
+demo: install
+	$(KK) demo $(if $(DATA),--data $(DATA),)
+
+## bench: speed and quality benchmarks; writes experiments/bench/results.json
+bench: install
+	$(BIN)/python bench/run.py
+
+## clean: remove .venv and caches (never experiments/ or submissions/)
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

@@ -1,0 +1,146 @@
+"""The ``kaggle-kit`` command line: parse, call the stage, report. No math here.
+
+Every user error ends with one line on stderr and a non-zero exit code (2 for bad input, 3 for a busy
+experiment, 130 for Ctrl-C), never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from kaggle_kit.artifacts import KitError
+
+# TensorFlow's C++ start-up chatter would bury the kit's own messages; users can still set their own level.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+app = typer.Typer(
+    help="Turn a folder of competition images into a validated Kaggle submission: "
+    "features -> cv -> blend -> submit.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ExpOption = typer.Option("default", "--exp", help="Experiment name: results go to experiments/<exp>/.")
+DataOption = typer.Option(
+    None, "--data", help="Competition folder (train/, test/). Default: the experiment's, else ./data.",
+    file_okay=False,
+)
+
+
+class Tta(str, Enum):
+    none = "none"
+    flip = "flip"
+
+
+def _err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def handle_errors(fn):
+    """Turn KitError and Ctrl-C into one line and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except KitError as exc:
+            _err(f"error: {exc}")
+            raise typer.Exit(code=exc.code) from None
+        except KeyboardInterrupt:
+            _err("interrupted: finished work is kept; run the same command again to resume")
+            raise typer.Exit(code=130) from None
+
+    return wrapper
+
+
+def _resolve_data(exp_dir: Path, data: Optional[Path], positive: Optional[str]) -> tuple[Path, str]:
+    from kaggle_kit.artifacts import load_experiment
+
+    remembered = load_experiment(exp_dir)
+    if data is None:
+        data = Path(remembered["data_dir"]) if remembered else Path("data")
+    if positive is None:
+        positive = remembered["positive"] if remembered else "dog"
+    return data, positive
+
+
+@app.command()
+@handle_errors
+def features(
+    backbone: str = typer.Option("xception", "--backbone", "-b", help="Backbone name; see 'kaggle-kit backbones'."),
+    data: Optional[Path] = DataOption,
+    exp: str = ExpOption,
+    weights: str = typer.Option(
+        "imagenet", "--weights", "-w",
+        help="'imagenet' (Keras downloads and caches them), 'none' (random init: NOT pretrained), or a local file.",
+    ),
+    image_size: Optional[int] = typer.Option(None, "--image-size", min=8, help="Override the backbone's input size."),
+    tta: Tta = typer.Option(Tta.none, "--tta", help="'flip' also extracts horizontally flipped images."),
+    positive: Optional[str] = typer.Option(None, "--positive", help="Class whose label is 1 (default: dog)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decoder threads (default: CPU count)."),
+    shard_size: int = typer.Option(1024, "--shard-size", min=1, help="Images per resumable shard."),
+    name: Optional[str] = typer.Option(None, "--name", help="Feature set name (default: backbone[_size])."),
+    force: bool = typer.Option(False, "--force", help="Recompute even if a matching cache exists."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Extract pooled features of a frozen ImageNet backbone for every train and test image (cached)."""
+    from kaggle_kit.artifacts import check_name, experiment_dir, experiment_lock, features_dir, save_experiment
+    from kaggle_kit.backbones import get_backbone, resolve_weights
+    from kaggle_kit.data import discover
+    from kaggle_kit.features import FeatureSettings, default_name, extract_features
+
+    spec = get_backbone(backbone)
+    exp_dir = experiment_dir(exp)
+    data_dir, positive = _resolve_data(exp_dir, data, positive)
+    dataset = discover(data_dir, positive=positive)
+    for w in dataset.warnings:
+        _err(f"warning: {w}")
+    choice = resolve_weights(spec, weights)
+    if choice.kind == "none":
+        _err("WARNING: --weights none: random weights, these features are NOT pretrained and will score poorly "
+             "(use them for plumbing tests only)")
+    size = image_size or spec.input_size
+    out_name = check_name("feature set", name) if name else default_name(spec, size)
+    settings = FeatureSettings(backbone=spec, weights=choice, image_size=size, tta=tta.value,
+                               batch_size=batch_size, workers=workers, shard_size=shard_size)
+    with experiment_lock(exp_dir, command=f"features --backbone {backbone}"):
+        save_experiment(exp_dir, data_dir=dataset.root, positive=positive)
+        result = extract_features(dataset, features_dir(exp_dir, out_name), settings, force=force,
+                                  warn=_err, progress=not quiet)
+    m = result.manifest
+    where = result.out_dir
+    if result.cached:
+        typer.echo(f"{out_name}: cached ({m['n_train']} train + {m['n_test']} test rows, {m['width']} features) "
+                   f"in {where}; --force recomputes")
+    else:
+        rate = m["images_per_second"]
+        typer.echo(f"{out_name}: {m['n_train']} train + {m['n_test']} test images -> {m['width']} features"
+                   f"{' x2 (flip)' if m['tta'] == 'flip' else ''}, "
+                   f"{rate if rate is not None else '-'} img/s end to end, {m['extract_seconds']} s -> {where}")
+
+
+@app.command()
+def backbones():
+    """List the registered backbones with their input size, preprocessing and feature width."""
+    from kaggle_kit.backbones import REGISTRY
+
+    typer.echo(f"{'name':<22}{'size':>6}  {'preprocess':<10}{'width':>6}")
+    for b in sorted(REGISTRY.values(), key=lambda b: b.name):
+        typer.echo(f"{b.name:<22}{b.input_size:>6}  {b.preprocess:<10}{b.width:>6}")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app(prog_name="kaggle-kit")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Decoding and resizing images with OpenCV, and a threaded loader that prefetches ordered uint8 batches.
+
+Every image comes out as RGB uint8 of shape (size, size, 3): the backbone's in-graph preprocessing does the
+rest (channel order included), so the loader is the same for every backbone. Resizing is area interpolation
+when shrinking and bilinear when enlarging; never nearest-neighbour.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+# Above this many pixels a JPEG is decoded at reduced scale first (libjpeg's DCT scaling): a 12,000 x 9,000
+# photo would otherwise need 324 MB and a second of CPU per image.
+_REDUCE_ABOVE_PIXELS = 16_000_000
+
+
+def decode_image(path: Path | str, size: int) -> np.ndarray | None:
+    """Read one image file and return RGB uint8 (size, size, 3), or None if it cannot be decoded.
+
+    Grayscale, alpha, 16-bit and CMYK inputs all come out as 8-bit RGB (``IMREAD_COLOR`` converts them).
+    The file's bytes decide the format, not its name: a PNG called ``.jpg`` reads fine.
+    """
+    import cv2
+
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError:
+        return None
+    if data.size == 0:
+        return None
+    flags = cv2.IMREAD_COLOR
+    if data.size > 4_000_000:  # only huge files are worth a header peek
+        flags = _reduced_flag(data, size)
+    img = cv2.imdecode(data, flags)
+    if img is None or img.ndim != 3 or img.shape[0] == 0 or img.shape[1] == 0:
+        return None
+    return resize_rgb(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), size)
+
+
+def _reduced_flag(data: np.ndarray, size: int) -> int:
+    """Pick IMREAD_REDUCED_COLOR_{2,4,8} for a huge image while keeping both sides >= ``size``."""
+    import cv2
+
+    header = cv2.imdecode(data, cv2.IMREAD_REDUCED_GRAYSCALE_8)
+    if header is None:
+        return cv2.IMREAD_COLOR
+    h8, w8 = header.shape[:2]
+    if h8 * w8 * 64 < _REDUCE_ABOVE_PIXELS:
+        return cv2.IMREAD_COLOR
+    for factor, flag in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
+                         (2, cv2.IMREAD_REDUCED_COLOR_2)):
+        if min(h8, w8) * 8 // factor >= size:
+            return flag
+    return cv2.IMREAD_COLOR
+
+
+def resize_rgb(img: np.ndarray, size: int) -> np.ndarray:
+    """Resize (h, w, 3) to (size, size, 3): INTER_AREA to shrink, INTER_LINEAR to enlarge (never nearest)."""
+    import cv2
+
+    h, w = img.shape[:2]
+    if (h, w) == (size, size):
+        return np.ascontiguousarray(img)
+    interp = cv2.INTER_AREA if h * w >= size * size else cv2.INTER_LINEAR
+    return cv2.resize(img, (size, size), interpolation=interp)
+
+
+def iter_batches(
+    paths: Sequence[Path | str],
+    *,
+    size: int,
+    batch_size: int,
+    workers: int | None = None,
+    prefetch_batches: int = 4,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(images, ok)`` batches in the order of ``paths``: images uint8 (n, size, size, 3), ok bool (n,).
+
+    Decoding runs in a thread pool (OpenCV releases the GIL) at most ``prefetch_batches`` batches ahead of the
+    consumer, so memory stays bounded while inference overlaps decoding. Unreadable images give a zero image
+    and ``ok = False``. The last batch may be shorter; it is always yielded.
+    """
+    import cv2
+
+    cv2.setNumThreads(1)  # subtle: OpenCV's own pool would fight the decoder threads and the model for cores
+    workers = workers or max(1, (os.cpu_count() or 1))
+    window = max(1, prefetch_batches) * batch_size
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kk-decode") as pool:
+        pending: collections.deque[Future] = collections.deque()
+        it = iter(paths)
+        exhausted = False
+
+        def top_up():
+            nonlocal exhausted
+            while not exhausted and len(pending) < window:
+                try:
+                    path = next(it)
+                except StopIteration:
+                    exhausted = True
+                    return
+                pending.append(pool.submit(decode_image, path, size))
+
+        top_up()
+        while pending:
+            n = min(batch_size, len(pending))
+            batch = np.zeros((n, size, size, 3), dtype=np.uint8)
+            ok = np.zeros(n, dtype=bool)
+            for i in range(n):
+                img = pending.popleft().result()
+                if img is not None:
+                    batch[i] = img
+                    ok[i] = True
+            top_up()
+            yield batch, ok

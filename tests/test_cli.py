@@ -1,0 +1,66 @@
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from kaggle_kit.artifacts import experiment_dir, experiment_lock
+from kaggle_kit.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_importing_the_cli_loads_no_deep_learning_framework():
+    code = "import sys, kaggle_kit.cli; bad = {'tensorflow', 'keras', 'jax', 'torch'} & set(sys.modules); print(bad)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "set()"
+
+
+def test_help_lists_the_commands():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0 and "features" in result.output
+
+
+def test_unknown_backbone_is_one_line_exit_2(workdir, small_comp):
+    result = runner.invoke(app, ["features", "--backbone", "resnet5", "--data", str(small_comp)])
+    assert result.exit_code == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "unknown backbone 'resnet5'; choose one of:" in result.stderr and "xception" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_missing_data_folder_is_exit_2(workdir):
+    result = runner.invoke(app, ["features", "--backbone", "resnet50", "--weights", "none"])
+    assert result.exit_code == 2
+    assert "data folder data does not exist" in result.stderr
+
+
+def test_invalid_experiment_name_is_refused(workdir, small_comp):
+    result = runner.invoke(app, ["features", "--exp", "../escape", "--data", str(small_comp)])
+    assert result.exit_code == 2 and "invalid experiment name" in result.stderr
+
+
+def test_features_then_cached_and_the_experiment_remembers_its_data(workdir, small_comp):
+    args = ["features", "--backbone", "resnet50", "--weights", "none", "--image-size", "32", "-q"]
+    first = runner.invoke(app, [*args, "--data", str(small_comp)])
+    assert first.exit_code == 0, first.output
+    assert "NOT pretrained" in first.stderr
+    assert "resnet50_32: 20 train + 6 test images -> 2048 features" in first.stdout
+    assert (workdir / "experiments/default/features/resnet50_32/manifest.json").exists()
+    second = runner.invoke(app, args)  # no --data: the experiment remembers it
+    assert second.exit_code == 0, second.output
+    assert "resnet50_32: cached (20 train + 6 test rows, 2048 features)" in second.stdout
+
+
+def test_a_busy_experiment_refuses_with_exit_3(workdir, small_comp):
+    with experiment_lock(experiment_dir("default"), command="features --backbone x"):
+        result = runner.invoke(app, ["features", "--backbone", "resnet50", "--weights", "none",
+                                     "--image-size", "32", "--data", str(small_comp)])
+    assert result.exit_code == 3
+    assert "is busy (pid" in result.stderr

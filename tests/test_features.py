@@ -1,0 +1,169 @@
+import os
+
+import numpy as np
+import pytest
+
+import kaggle_kit.backbones as backbones_mod
+from kaggle_kit.artifacts import KitError
+from kaggle_kit.backbones import REGISTRY, WeightsChoice, build_extractor
+from kaggle_kit.data import discover
+from kaggle_kit.features import FeatureSettings, extract_features, load_features
+from kaggle_kit.images import decode_image, iter_batches
+
+SIZE = 32
+NONE = WeightsChoice("none", None, "none (random init, seed 0)")
+
+
+def settings(**kw):
+    base = dict(backbone=REGISTRY["resnet50"], weights=NONE, image_size=SIZE, batch_size=4, shard_size=8)
+    return FeatureSettings(**{**base, **kw})
+
+
+class CountingExtractor:
+    """Wraps the real extractor: counts images, and can raise Ctrl-C after ``stop_after`` batches."""
+
+    def __init__(self, stop_after=None):
+        self.images = 0
+        self.batches = 0
+        self.stop_after = stop_after
+
+    def install(self, monkeypatch):
+        real = build_extractor
+
+        def build(*a, **kw):
+            model = real(*a, **kw)
+            outer = self
+
+            class Wrapped:
+                def predict_on_batch(self, x):
+                    if outer.stop_after is not None and outer.batches >= outer.stop_after:
+                        raise KeyboardInterrupt
+                    outer.batches += 1
+                    outer.images += len(x)
+                    return model.predict_on_batch(x)
+
+            return Wrapped()
+
+        monkeypatch.setattr(backbones_mod, "build_extractor", build)
+        return self
+
+
+def test_rows_follow_ids_and_last_partial_batch_is_included(small_comp, tmp_path):
+    ds = discover(small_comp)  # 20 train, 6 test: batch 4 and shard 8 leave partial batches and shards
+    res = extract_features(ds, tmp_path / "f", settings(tta="flip"), progress=False)
+    fs = load_features(res.out_dir, image_list_hash=ds.image_list_hash())
+    assert fs.arrays["train"].shape == (20, 2048) and fs.arrays["test"].shape == (6, 2048)
+    assert fs.train_ids == ds.train_ids and fs.test_ids == ds.test_ids
+    np.testing.assert_array_equal(fs.y, ds.y)
+    model = build_extractor(REGISTRY["resnet50"], image_size=SIZE, weights=NONE)
+    for split, files in (("train", ds.train_files), ("test", ds.test_files)):
+        imgs = np.stack([decode_image(ds.root / f, SIZE) for f in files])
+        np.testing.assert_allclose(fs.arrays[split], model.predict_on_batch(imgs), rtol=1e-4, atol=1e-4)
+        flipped = np.ascontiguousarray(imgs[:, :, ::-1])
+        np.testing.assert_allclose(fs.arrays[f"{split}_flip"], model.predict_on_batch(flipped), rtol=1e-4, atol=1e-4)
+    assert not np.allclose(fs.arrays["train"], fs.arrays["train_flip"])
+    m = res.manifest
+    assert m["format"] == "kaggle-kit/features/1" and m["preprocess"] == "caffe" and m["input_size"] == SIZE
+    assert m["images_per_second"] > 0 and m["unreadable"] == {"train": [], "test": []}
+
+
+def test_cache_reuse_and_invalidation(small_comp, tmp_path, monkeypatch):
+    ds = discover(small_comp)
+    out = tmp_path / "f"
+    first = extract_features(ds, out, settings(), progress=False)
+    assert not first.cached
+    counter = CountingExtractor().install(monkeypatch)
+    again = extract_features(discover(small_comp), out, settings(), progress=False)
+    assert again.cached and counter.images == 0
+    f = small_comp / "test" / "3.jpg"
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    changed = extract_features(discover(small_comp), out, settings(), progress=False)
+    assert not changed.cached and counter.images == 28  # 26 images + 2 rows padding the last batch
+    other_size = extract_features(discover(small_comp), out, settings(image_size=40), progress=False)
+    assert not other_size.cached and other_size.manifest["input_size"] == 40
+
+
+def test_resume_after_interruption_equals_a_clean_run(small_comp, tmp_path, monkeypatch):
+    ds = discover(small_comp)
+    clean = load_features(extract_features(ds, tmp_path / "clean", settings(), progress=False).out_dir)
+
+    out = tmp_path / "resumed"
+    CountingExtractor(stop_after=3).install(monkeypatch)  # 12 images: shard 0 (8 rows) done, shard 1 not
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(ds, out, settings(), progress=False)
+    assert not (out / "manifest.json").exists() and not (out / "train.npy").exists()
+    shards = sorted(p.name for p in (out / ".partial").rglob("*.npz"))
+    assert shards == ["train-00000.npz"]
+    with pytest.raises(KitError, match="run 'kaggle-kit features"):
+        load_features(out)
+
+    counter = CountingExtractor().install(monkeypatch)
+    resumed = extract_features(ds, out, settings(), progress=False)
+    assert not resumed.cached
+    assert counter.images == 26 - 8 + 2  # the finished shard is not redone (+2 rows of padding in the last batch)
+    fs = load_features(out)
+    for split in ("train", "test"):
+        np.testing.assert_allclose(fs.arrays[split], clean.arrays[split], rtol=1e-4, atol=1e-4)
+    assert not (out / ".partial").exists()
+
+
+def test_damaged_shard_is_recomputed_not_trusted(small_comp, tmp_path, monkeypatch):
+    ds = discover(small_comp)
+    out = tmp_path / "f"
+    CountingExtractor(stop_after=3).install(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(ds, out, settings(), progress=False)
+    shard = next((out / ".partial").rglob("train-00000.npz"))
+    shard.write_bytes(shard.read_bytes()[:100])
+    counter = CountingExtractor().install(monkeypatch)
+    extract_features(ds, out, settings(), progress=False)
+    assert counter.images == 28  # everything recomputed: 26 rows + 2 padding
+
+
+def test_load_features_refuses_changed_images(small_comp, tmp_path):
+    ds = discover(small_comp)
+    res = extract_features(ds, tmp_path / "f", settings(), progress=False)
+    with pytest.raises(KitError, match="re-run 'kaggle-kit features --backbone resnet50'"):
+        load_features(res.out_dir, image_list_hash="something else")
+
+
+def test_loader_yields_every_image_once_in_order(small_comp):
+    ds = discover(small_comp)
+    paths = ds.train_paths()
+    seen = []
+    for batch, ok in iter_batches(paths, size=SIZE, batch_size=3, workers=3, prefetch_batches=1):
+        assert batch.dtype == np.uint8 and ok.all()
+        seen.extend(batch)
+    assert len(seen) == len(paths)
+    for img, p in zip(seen, paths):
+        np.testing.assert_array_equal(img, decode_image(p, SIZE))
+
+
+def test_decode_handles_odd_inputs(tmp_path, small_comp):
+    import cv2
+
+    src = small_comp / "train" / "cat.1.jpg"
+    gray = cv2.imread(str(src), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(tmp_path / "gray.png"), gray)
+    rgba = cv2.cvtColor(cv2.imread(str(src)), cv2.COLOR_BGR2BGRA)
+    cv2.imwrite(str(tmp_path / "png_named.jpg"), rgba)  # a PNG with alpha under a .jpg name
+    cv2.imwrite(str(tmp_path / "sixteen.png"), (gray.astype(np.uint16) * 257))
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "truncated.jpg").write_bytes(src.read_bytes()[:200])
+    for name in ("gray.png", "png_named.jpg", "sixteen.png"):
+        img = decode_image(tmp_path / name, 48)
+        assert img is not None and img.shape == (48, 48, 3) and img.dtype == np.uint8
+    assert decode_image(tmp_path / "empty.jpg", 48) is None
+    assert decode_image(tmp_path / "missing.jpg", 48) is None
+    bad = decode_image(tmp_path / "truncated.jpg", 48)
+    assert bad is None or bad.shape == (48, 48, 3)
+
+
+def test_resize_uses_area_when_shrinking():
+    from kaggle_kit.images import resize_rgb
+
+    img = np.zeros((4, 4, 3), np.uint8)
+    img[::2, ::2] = 255  # a checkerboard of single pixels: area averaging gives the mean, nearest would not
+    out = resize_rgb(img, 2)
+    np.testing.assert_array_equal(out, np.full((2, 2, 3), 64, np.uint8))
