@@ -138,6 +138,100 @@ def backbones():
         typer.echo(f"{b.name:<22}{b.input_size:>6}  {b.preprocess:<10}{b.width:>6}")
 
 
+class BlendMethod(str, Enum):
+    selection = "selection"
+    stack = "stack"
+    mean = "mean"
+
+
+class Metric(str, Enum):
+    logloss = "logloss"
+    accuracy = "accuracy"
+
+
+CompetitionOption = typer.Option(
+    "dogs-vs-cats-redux-kernels-edition", "--competition",
+    help="Competition slug: the part after /c/ in its address on kaggle.com.",
+)
+
+
+def _existing_experiment(exp: str) -> Path:
+    from kaggle_kit.artifacts import experiment_dir
+
+    exp_dir = experiment_dir(exp)
+    if not exp_dir.is_dir():
+        raise KitError(f"experiment {exp_dir} does not exist; run 'kaggle-kit features' and 'kaggle-kit cv' first")
+    return exp_dir
+
+
+@app.command()
+@handle_errors
+def blend(
+    exp: str = ExpOption,
+    method: Optional[BlendMethod] = typer.Option(
+        None, "--method", help="Blending method (default: the one with the lowest cross-fitted OOF log loss).",
+    ),
+):
+    """Blend the cv models' out-of-fold predictions, calibrate, choose a clip; print the cross-fitted ladder."""
+    from kaggle_kit.artifacts import experiment_lock
+    from kaggle_kit.blend import run_blend
+
+    exp_dir = _existing_experiment(exp)
+    with experiment_lock(exp_dir, command="blend"):
+        out_dir, m = run_blend(exp_dir, method=method.value if method else None, warn=_err)
+    scores = ", ".join(f"{k} {'-' if v is None else f'{v:.5f}'}" for k, v in m["method_scores"].items())
+    typer.echo(f"{len(m['models'])} models, {m['n_scored']} of {m['n_train']} training rows, "
+               f"{m['n_folds']} folds; cross-fitted OOF log loss by method: {scores} -> {m['method']}")
+    typer.echo("weights: " + ", ".join(f"{k} {v:.4g}" for k, v in m["weights"].items() if v != 0))
+    typer.echo("OOF log loss, cross-fitted:")
+    for step in m["ladder"]:
+        typer.echo(f"  {step['step']:<18} {step['oof_logloss']:.5f}  {step['detail']}")
+    typer.echo(f"chosen clip {m['clip']['chosen']:.4g} (OOF log loss {m['clip']['oof_logloss']:.5f}), "
+               "applied by 'kaggle-kit submit'")
+    typer.echo(str(out_dir))
+
+
+@app.command()
+@handle_errors
+def submit(
+    exp: str = ExpOption,
+    clip: str = typer.Option("auto", "--clip", help="'auto' (the blend's chosen clip) or c: labels clipped to c..1-c."),
+    name: Optional[str] = typer.Option(None, "--name", help="File name in submissions/ (default: <exp>-<time>.csv)."),
+    metric: Metric = typer.Option(Metric.logloss, "--metric", help="'accuracy' writes hard 0/1 labels (2013 contest)."),
+    upload: bool = typer.Option(False, "--upload", help="Also submit the file to Kaggle (pip install kaggle)."),
+    message: Optional[str] = typer.Option(None, "--message", "-m", help="Submission description (with --upload)."),
+    competition: str = CompetitionOption,
+):
+    """Write a validated submission CSV from the blend (never overwriting one); print its path last."""
+    from kaggle_kit.artifacts import experiment_lock
+    from kaggle_kit.submit import make_submission
+
+    exp_dir = _existing_experiment(exp)
+    with experiment_lock(exp_dir, command="submit"):
+        result = make_submission(exp_dir, exp=exp, clip=clip, name=name, metric=metric.value, upload=upload,
+                                 message=message, competition=competition)
+    lo, hi = result.label_range
+    typer.echo(f"{result.n_rows} rows, labels in [{lo:g}, {hi:g}] ({result.metric}), read back and validated")
+    if result.uploaded_to:
+        typer.echo(f"uploaded to {result.uploaded_to}; "
+                   f"scores: https://www.kaggle.com/c/{result.uploaded_to}/submissions")
+    typer.echo(str(result.path))
+
+
+@app.command()
+@handle_errors
+def download(
+    competition: str = CompetitionOption,
+    dest: Path = typer.Option(Path("data"), "--dest", file_okay=False, help="Folder to unpack into."),
+):
+    """Download a competition's files (official kaggle package); unpack train/, test/, sample_submission.csv."""
+    from kaggle_kit.kaggle_api import download_competition
+
+    out = download_competition(competition=competition, dest=dest, warn=_err)
+    typer.echo(f"{competition}: {', '.join(sorted(p.name for p in out.iterdir()))}")
+    typer.echo(str(out))
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app(prog_name="kaggle-kit")
 

@@ -1,0 +1,318 @@
+"""Blend stage: properties of selection, stacking, calibration, clip search and cross-fitting; the edge."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.special import expit
+from typer.testing import CliRunner
+
+from kaggle_kit import blend as B
+from kaggle_kit.artifacts import KitError, new_manifest, save_npy_atomic, sha256_json, write_json_atomic
+
+
+def noisy_models(rng, y, strengths, *, noise=1.0):
+    """(n, m) probabilities: column j is sigmoid(strength_j * (2y - 1) + N(0, noise))."""
+    signal = (2.0 * y - 1.0)[:, None] * np.asarray(strengths)[None, :]
+    return expit(signal + rng.normal(0.0, noise, (len(y), len(strengths))))
+
+
+def write_experiment(root: Path, *, exp: str = "default", n_train: int = 240, n_test: int = 60, n_folds: int = 4,
+                     repeats: int = 1, strengths=(2.0, 1.0, 0.5), seed: int = 0) -> Path:
+    """Write ``experiments/<exp>/folds/`` and ``cv/m<j>/`` as the cv stage's contract says; return exp_dir."""
+    rng = np.random.default_rng(seed)
+    exp_dir = root / "experiments" / exp
+    y = rng.integers(0, 2, n_train).astype(np.int8)
+    plan = np.stack([rng.permutation(np.arange(n_train) % n_folds) for _ in range(repeats)]).astype(np.int8)
+    plan_sha = sha256_json(plan.tolist())
+    test_ids = [str(i) for i in rng.permutation(np.arange(1, n_test + 1))]  # not sorted: order must be kept
+    save_npy_atomic(exp_dir / "folds" / "plan.npy", plan)
+    save_npy_atomic(exp_dir / "folds" / "y.npy", y)
+    write_json_atomic(exp_dir / "folds" / "ids.json",
+                      {"train_ids": [f"t{i}" for i in range(n_train)], "test_ids": test_ids})
+    write_json_atomic(exp_dir / "folds" / "manifest.json", new_manifest(
+        B.FOLDS_FORMAT, n_folds=n_folds, repeats=repeats, seed=seed, n_train=n_train, n_test=n_test,
+        plan_sha256=plan_sha))
+    y_test = rng.integers(0, 2, n_test)
+    for j, s in enumerate(strengths):
+        oof = np.stack([noisy_models(rng, y, [s])[:, 0] for _ in range(repeats)]).astype(np.float32)
+        test = noisy_models(rng, y_test, [s])[:, 0].astype(np.float32)
+        model_dir = exp_dir / "cv" / f"m{j}"
+        save_npy_atomic(model_dir / "oof.npy", oof)
+        save_npy_atomic(model_dir / "test.npy", test)
+        write_json_atomic(model_dir / "manifest.json", new_manifest(
+            B.CV_FORMAT, model=f"m{j}", plan_sha256=plan_sha,
+            scores={"oof_logloss": B.log_loss(y, oof.mean(axis=0)), "oof_accuracy": 0.0}))
+    return exp_dir
+
+
+# ----------------------------------------------------------------------------------------------- log loss
+def test_log_loss_matches_sklearn_and_known_values():
+    from sklearn.metrics import log_loss as sk_log_loss
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 500)
+    P = rng.uniform(0.01, 0.99, (500, 3))
+    np.testing.assert_allclose(B.log_loss(y, P), [sk_log_loss(y, P[:, j]) for j in range(3)], rtol=1e-10)
+    assert B.log_loss(y, y.astype(float)) < 1e-12
+    assert B.log_loss(y, np.full(500, 0.5)) == pytest.approx(math.log(2))
+
+
+# ---------------------------------------------------------------------------------------------- selection
+@pytest.mark.parametrize("seed", range(5))
+def test_selection_weights_are_nonnegative_and_sum_to_one(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 300)
+    P = noisy_models(rng, y, rng.uniform(0, 2, 6))
+    w = B.select_ensemble(P, y, rounds=17)
+    assert w.shape == (6,)
+    assert (w >= 0).all()
+    assert w.sum() == pytest.approx(1.0)
+
+
+def test_perfect_model_gets_the_most_weight():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 400)
+    P = noisy_models(rng, y, [0.5, 1.0, 0.3])
+    P = np.insert(P, 1, np.where(y == 1, 0.99, 0.01), axis=1)  # the perfect model, in the middle
+    w = B.select_ensemble(P, y)
+    assert np.argmax(w) == 1
+    stack = B.fit_blender(P, y, method="stack")
+    assert np.argmax(stack.weights) == 1
+
+
+def test_nan_and_inf_scores_never_win():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 200)
+    perfect = np.where(y == 1, 0.99, 0.01)
+    poisoned_nan = perfect.copy()
+    poisoned_nan[7] = np.nan
+    poisoned_inf = perfect.copy()
+    poisoned_inf[3] = -np.inf  # outside [0, 1]: an invalid score, however good the other rows
+    P = np.column_stack([poisoned_nan, poisoned_inf, noisy_models(rng, y, [0.5])[:, 0]])
+    w = B.select_ensemble(P, y)
+    np.testing.assert_array_equal(w, [0.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="NaN or inf"):
+        B.select_ensemble(P[:, :1], y)
+
+
+def test_ties_go_to_the_first_model_and_identical_models_blend_to_themselves():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 300)
+    p = noisy_models(rng, y, [1.0])[:, 0]
+    P = np.repeat(p[:, None], 3, axis=1)
+    w = B.select_ensemble(P, y)
+    np.testing.assert_array_equal(w, [1.0, 0.0, 0.0])
+    for method in ("selection", "mean"):
+        np.testing.assert_allclose(B.fit_blender(P, y, method=method).predict(P), p, rtol=1e-12)
+
+
+def test_zero_weight_model_does_not_poison_predictions():
+    blender = B.Blender("selection", np.array([1.0, 0.0]))
+    P = np.array([[0.2, np.nan], [0.7, 0.5]])
+    np.testing.assert_allclose(blender.predict(P), [0.2, 0.7])
+
+
+# -------------------------------------------------------------------------------------------- calibration
+def test_temperature_must_be_positive():
+    p = np.array([0.2, 0.9])
+    for bad in (0.0, -1.0, math.nan, math.inf):
+        with pytest.raises(B.CalibrationError, match="temperature must be"):
+            B.apply_temperature(p, temperature=bad)
+        with pytest.raises(B.CalibrationError):
+            B.Calibrator("temperature", {"temperature": bad})
+    with pytest.raises(B.CalibrationError, match="slope"):
+        B.Calibrator("platt", {"slope": -2.0, "intercept": 0.0})
+
+
+def test_fits_on_inverted_predictions_never_flip_them():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 500)
+    inverted = 1.0 - noisy_models(rng, y, [2.0])[:, 0]
+    assert B.fit_calibrator(inverted, y, kind="temperature").params["temperature"] > 0
+    with pytest.raises(B.CalibrationError, match="slope"):
+        B.fit_calibrator(inverted, y, kind="platt")
+
+
+def test_calibration_fixes_overconfidence_and_never_raises_oof_loss():
+    rng = np.random.default_rng(5)
+    n = 2000
+    truth = rng.uniform(0.05, 0.95, n)
+    y = (rng.uniform(size=n) < truth).astype(int)
+    overconfident = expit(3.0 * np.log(truth / (1 - truth)))
+    folds = np.arange(n) % 5
+    # subtle: with one model, stacking is itself a Platt scaling; the mean leaves calibration to the calibrator.
+    result = B.crossfit_blend(overconfident[:, None], y, folds, method="mean")
+    assert result.calibrator.kind != "none"
+    steps = dict(result.ladder)
+    assert steps["calibrated"] < steps["blend"] - 0.01
+    assert result.calibrator.kind == "platt" or 2.0 < result.calibrator.params["temperature"] < 4.0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_calibration_never_raises_oof_loss_and_is_dropped_when_useless(seed):
+    rng = np.random.default_rng(seed)
+    n = 2000
+    truth = rng.uniform(0.02, 0.98, n)
+    y = (rng.uniform(size=n) < truth).astype(int)
+    result = B.crossfit_blend(truth[:, None], y, rng.permutation(np.arange(n) % 5))
+    steps = dict(result.ladder)
+    assert steps["calibrated"] <= steps["blend"]
+    assert result.calibration_scores[result.calibrator.kind] == min(result.calibration_scores.values())
+    if seed == 0:  # already calibrated: fitting on other folds only adds noise, so it is dropped
+        assert result.calibrator.kind == "none"
+        assert steps["calibrated"] == steps["blend"]
+
+
+# -------------------------------------------------------------------------------------------- cross-fitting
+@pytest.mark.parametrize("seed", range(4))
+def test_crossfitted_scores_are_not_better_than_in_sample_on_noise(seed):
+    rng = np.random.default_rng(seed)
+    n = 600
+    y = rng.integers(0, 2, n)
+    P = rng.uniform(0.05, 0.95, (n, 5))  # random predictions of random labels
+    result = B.crossfit_blend(P, y, np.arange(n) % 5)
+    for method in ("selection", "stack"):
+        in_sample = B.log_loss(y, B.fit_blender(P, y, method=method).predict(P))
+        assert result.method_scores[method] >= in_sample
+    calibrated_in_sample = B.log_loss(y, result.calibrator.predict(result.blender.predict(P)))
+    assert dict(result.ladder)["calibrated"] >= calibrated_in_sample
+
+
+def test_crossfit_blend_leaves_out_unreadable_rows_and_orders_the_ladder():
+    rng = np.random.default_rng(6)
+    n = 400
+    y = rng.integers(0, 2, n)
+    P = noisy_models(rng, y, [2.0, 1.0, 1.5])
+    P[[5, 50], :] = np.nan
+    result = B.crossfit_blend(P, y, np.arange(n) % 4)
+    assert [s for s, _ in result.ladder] == ["best single model", "blend", "calibrated", "clipped"]
+    assert np.isnan(result.oof[[5, 50]]).all()
+    assert np.isfinite(np.delete(result.oof, [5, 50])).all()
+    assert result.n_used == n - 2
+    assert result.best_model == 0
+    steps = dict(result.ladder)
+    assert steps["blend"] == min(result.method_scores.values())
+    assert steps["blend"] < steps["best single model"]  # three informative models beat the best one
+
+
+def test_rows_of_fold_minus_one_are_left_out_like_nan_rows():
+    rng = np.random.default_rng(7)
+    n = 300
+    y = rng.integers(0, 2, n)
+    P = noisy_models(rng, y, [2.0, 1.0])
+    folds = np.arange(n) % 3
+    P_nan = P.copy()
+    P_nan[:10] = np.nan
+    folds_out = folds.copy()
+    folds_out[:10] = -1
+    a, b = B.crossfit_blend(P_nan, y, folds), B.crossfit_blend(P, y, folds_out)
+    np.testing.assert_array_equal(a.oof, b.oof)
+    assert a.ladder == b.ladder and a.n_used == b.n_used == n - 10
+
+
+def test_crossfit_refuses_a_single_fold_and_unknown_method():
+    y = np.array([0, 1, 0, 1])
+    P = np.full((4, 1), 0.5)
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        B.crossfit_blend(P, y, np.zeros(4, dtype=int))
+    with pytest.raises(ValueError, match="choose one of"):
+        B.crossfit_blend(P, y, np.array([0, 0, 1, 1]), method="median")
+
+
+# ----------------------------------------------------------------------------------------------- clip search
+@pytest.mark.parametrize("error_rate", [0.002, 0.01, 0.03])
+def test_best_clip_of_saturated_predictions_is_the_error_rate(error_rate):
+    n = 20000
+    y = np.zeros(n, dtype=int)
+    y[: n // 2] = 1
+    p = y.astype(float)
+    wrong = np.arange(0, n, round(1 / error_rate))  # exactly error_rate of the rows are confidently wrong
+    p[wrong] = 1 - p[wrong]
+    e = len(wrong) / n
+    c, loss = B.best_clip(p, y)
+    assert c == pytest.approx(e, rel=1e-3)
+    assert loss == pytest.approx(-(1 - e) * math.log(1 - e) - e * math.log(e), rel=1e-6)
+
+
+def test_best_clip_stays_in_bounds():
+    y = np.array([0, 1] * 50)
+    assert B.best_clip(1.0 - y, y)[0] == pytest.approx(0.05)  # all wrong: as much clip as allowed
+    assert B.best_clip(y.astype(float), y)[0] == pytest.approx(1e-4)  # all right: as little as allowed
+
+
+# ---------------------------------------------------------------------------------------------------- edge
+def test_run_blend_writes_the_contract(tmp_path):
+    exp_dir = write_experiment(tmp_path, repeats=2)
+    out_dir, manifest = B.run_blend(exp_dir, warn=lambda m: None)
+    oof = np.load(out_dir / "oof.npy")
+    test = np.load(out_dir / "test.npy")
+    assert oof.dtype == np.float32 and oof.shape == (240,)
+    assert test.dtype == np.float32 and test.shape == (60,)
+    assert np.isfinite(test).all() and ((test >= 0) & (test <= 1)).all()
+    on_disk = json.loads((out_dir / "manifest.json").read_text())
+    assert on_disk == json.loads(json.dumps(manifest))
+    assert on_disk["format"] == B.FORMAT
+    assert [s["step"] for s in on_disk["ladder"]] == ["best single model", "blend", "calibrated", "clipped"]
+    assert on_disk["clip"]["chosen"] == pytest.approx(B.best_clip(oof, np.load(exp_dir / "folds" / "y.npy"))[0])
+    assert set(on_disk["inputs"]["cv"]) == {"m0", "m1", "m2"}
+    if on_disk["method"] != "stack":
+        assert sum(on_disk["weights"].values()) == pytest.approx(1.0)
+    assert B.load_blend(exp_dir).test_ids == tuple(json.loads((exp_dir / "folds" / "ids.json").read_text())["test_ids"])
+
+
+def test_loader_refuses_results_of_another_fold_plan(tmp_path):
+    exp_dir = write_experiment(tmp_path)
+    path = exp_dir / "cv" / "m1" / "manifest.json"
+    write_json_atomic(path, {**json.loads(path.read_text()), "plan_sha256": "0" * 64})
+    with pytest.raises(KitError, match=r"another fold plan.*re-run 'kaggle-kit cv"):
+        B.load_cv_inputs(exp_dir)
+
+
+def test_loader_refuses_wrong_shapes_and_skips_unfinished_models(tmp_path):
+    exp_dir = write_experiment(tmp_path)
+    (exp_dir / "cv" / "m9").mkdir()
+    warnings = []
+    assert B.load_cv_inputs(exp_dir, warn=warnings.append).models == ("m0", "m1", "m2")
+    assert "m9" in warnings[0]
+    save_npy_atomic(exp_dir / "cv" / "m0" / "oof.npy", np.zeros((1, 7), dtype=np.float32))
+    with pytest.raises(KitError, match=r"oof.npy is \(1, 7\).*re-run 'kaggle-kit cv"):
+        B.load_cv_inputs(exp_dir)
+
+
+def test_load_blend_refuses_a_stale_blend(tmp_path):
+    exp_dir = write_experiment(tmp_path)
+    B.run_blend(exp_dir, warn=lambda m: None)
+    path = exp_dir / "cv" / "m2" / "manifest.json"
+    write_json_atomic(path, {**json.loads(path.read_text()), "scores": {"oof_logloss": 0.1}})
+    with pytest.raises(KitError, match="re-run 'kaggle-kit blend'"):
+        B.load_blend(exp_dir)
+
+
+def test_cli_blend(tmp_path, monkeypatch):
+    from kaggle_kit.cli import app
+
+    write_experiment(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["blend", "--method", "selection"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().splitlines()[-1] == str(Path("experiments") / "default" / "blend")
+    assert "clipped" in result.stdout
+    assert json.loads(Path("experiments/default/blend/manifest.json").read_text())["method"] == "selection"
+
+
+def test_cli_blend_errors_are_one_line(tmp_path, monkeypatch):
+    from kaggle_kit.cli import app
+
+    exp_dir = write_experiment(tmp_path)
+    (exp_dir / "folds" / "manifest.json").unlink()
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["blend"])
+    assert result.exit_code != 0
+    assert result.stderr.count("\n") == 1 and "run 'kaggle-kit cv' first" in result.stderr
+    missing = CliRunner().invoke(app, ["blend", "--exp", "nothing"])
+    assert missing.exit_code != 0 and missing.stderr.count("\n") == 1
