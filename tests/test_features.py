@@ -79,7 +79,7 @@ def test_cache_reuse_and_invalidation(small_comp, tmp_path, monkeypatch):
     st = f.stat()
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     changed = extract_features(discover(small_comp), out, settings(), progress=False)
-    assert not changed.cached and counter.images == 28  # 26 images + 2 rows padding the last batch
+    assert not changed.cached and counter.images == 4 + 28  # warm-up batch, 26 images + 2 rows of padding
     other_size = extract_features(discover(small_comp), out, settings(image_size=40), progress=False)
     assert not other_size.cached and other_size.manifest["input_size"] == 40
 
@@ -89,7 +89,7 @@ def test_resume_after_interruption_equals_a_clean_run(small_comp, tmp_path, monk
     clean = load_features(extract_features(ds, tmp_path / "clean", settings(), progress=False).out_dir)
 
     out = tmp_path / "resumed"
-    CountingExtractor(stop_after=3).install(monkeypatch)  # 12 images: shard 0 (8 rows) done, shard 1 not
+    CountingExtractor(stop_after=4).install(monkeypatch)  # warm-up + 12 images: shard 0 (8 rows) done, shard 1 not
     with pytest.raises(KeyboardInterrupt):
         extract_features(ds, out, settings(), progress=False)
     assert not (out / "manifest.json").exists() and not (out / "train.npy").exists()
@@ -101,7 +101,7 @@ def test_resume_after_interruption_equals_a_clean_run(small_comp, tmp_path, monk
     counter = CountingExtractor().install(monkeypatch)
     resumed = extract_features(ds, out, settings(), progress=False)
     assert not resumed.cached
-    assert counter.images == 26 - 8 + 2  # the finished shard is not redone (+2 rows of padding in the last batch)
+    assert counter.images == 4 + 26 - 8 + 2  # warm-up, then all but the finished shard (+2 rows of padding)
     fs = load_features(out)
     for split in ("train", "test"):
         np.testing.assert_allclose(fs.arrays[split], clean.arrays[split], rtol=1e-4, atol=1e-4)
@@ -111,14 +111,14 @@ def test_resume_after_interruption_equals_a_clean_run(small_comp, tmp_path, monk
 def test_damaged_shard_is_recomputed_not_trusted(small_comp, tmp_path, monkeypatch):
     ds = discover(small_comp)
     out = tmp_path / "f"
-    CountingExtractor(stop_after=3).install(monkeypatch)
+    CountingExtractor(stop_after=4).install(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         extract_features(ds, out, settings(), progress=False)
     shard = next((out / ".partial").rglob("train-00000.npz"))
     shard.write_bytes(shard.read_bytes()[:100])
     counter = CountingExtractor().install(monkeypatch)
     extract_features(ds, out, settings(), progress=False)
-    assert counter.images == 28  # everything recomputed: 26 rows + 2 padding
+    assert counter.images == 4 + 28  # warm-up, then everything recomputed: 26 rows + 2 padding
 
 
 def test_load_features_refuses_changed_images(small_comp, tmp_path):
