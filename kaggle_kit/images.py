@@ -32,7 +32,7 @@ def decode_image(path: Path | str, size: int) -> np.ndarray | None:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError:
         return None
-    if data.size == 0:
+    if data.size == 0 or _is_truncated_jpeg(data):
         return None
     flags = cv2.IMREAD_COLOR
     if data.size > 4_000_000:  # only huge files are worth a header peek
@@ -41,6 +41,18 @@ def decode_image(path: Path | str, size: int) -> np.ndarray | None:
     if img is None or img.ndim != 3 or img.shape[0] == 0 or img.shape[1] == 0:
         return None
     return resize_rgb(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), size)
+
+
+def _is_truncated_jpeg(data: np.ndarray) -> bool:
+    """A JPEG without its end-of-image marker near the end was cut short.
+
+    subtle: OpenCV decodes a truncated JPEG without error and fills the missing rows with gray, which would
+    put a half-gray photo into the training set; such a file is reported as unreadable instead.
+    """
+    if data.size < 4 or data[0] != 0xFF or data[1] != 0xD8:
+        return False
+    tail = data[-4096:].tobytes()
+    return b"\xff\xd9" not in tail
 
 
 def _reduced_flag(data: np.ndarray, size: int) -> int:

@@ -8,7 +8,7 @@ from kaggle_kit.artifacts import KitError
 from kaggle_kit.backbones import REGISTRY, WeightsChoice, build_extractor
 from kaggle_kit.data import discover
 from kaggle_kit.features import FeatureSettings, extract_features, load_features
-from kaggle_kit.images import decode_image, iter_batches
+from kaggle_kit.images import decode_image
 
 SIZE = 32
 NONE = WeightsChoice("none", None, "none (random init, seed 0)")
@@ -126,44 +126,3 @@ def test_load_features_refuses_changed_images(small_comp, tmp_path):
     res = extract_features(ds, tmp_path / "f", settings(), progress=False)
     with pytest.raises(KitError, match="re-run 'kaggle-kit features --backbone resnet50'"):
         load_features(res.out_dir, image_list_hash="something else")
-
-
-def test_loader_yields_every_image_once_in_order(small_comp):
-    ds = discover(small_comp)
-    paths = ds.train_paths()
-    seen = []
-    for batch, ok in iter_batches(paths, size=SIZE, batch_size=3, workers=3, prefetch_batches=1):
-        assert batch.dtype == np.uint8 and ok.all()
-        seen.extend(batch)
-    assert len(seen) == len(paths)
-    for img, p in zip(seen, paths):
-        np.testing.assert_array_equal(img, decode_image(p, SIZE))
-
-
-def test_decode_handles_odd_inputs(tmp_path, small_comp):
-    import cv2
-
-    src = small_comp / "train" / "cat.1.jpg"
-    gray = cv2.imread(str(src), cv2.IMREAD_GRAYSCALE)
-    cv2.imwrite(str(tmp_path / "gray.png"), gray)
-    rgba = cv2.cvtColor(cv2.imread(str(src)), cv2.COLOR_BGR2BGRA)
-    cv2.imwrite(str(tmp_path / "png_named.jpg"), rgba)  # a PNG with alpha under a .jpg name
-    cv2.imwrite(str(tmp_path / "sixteen.png"), (gray.astype(np.uint16) * 257))
-    (tmp_path / "empty.jpg").write_bytes(b"")
-    (tmp_path / "truncated.jpg").write_bytes(src.read_bytes()[:200])
-    for name in ("gray.png", "png_named.jpg", "sixteen.png"):
-        img = decode_image(tmp_path / name, 48)
-        assert img is not None and img.shape == (48, 48, 3) and img.dtype == np.uint8
-    assert decode_image(tmp_path / "empty.jpg", 48) is None
-    assert decode_image(tmp_path / "missing.jpg", 48) is None
-    bad = decode_image(tmp_path / "truncated.jpg", 48)
-    assert bad is None or bad.shape == (48, 48, 3)
-
-
-def test_resize_uses_area_when_shrinking():
-    from kaggle_kit.images import resize_rgb
-
-    img = np.zeros((4, 4, 3), np.uint8)
-    img[::2, ::2] = 255  # a checkerboard of single pixels: area averaging gives the mean, nearest would not
-    out = resize_rgb(img, 2)
-    np.testing.assert_array_equal(out, np.full((2, 2, 3), 64, np.uint8))
