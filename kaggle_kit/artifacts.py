@@ -144,6 +144,14 @@ def sha256_file(path: Path | str, *, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def sha256_array(a: np.ndarray) -> str:
+    """Hash of an array's dtype, shape and bytes."""
+    a = np.ascontiguousarray(a)
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 

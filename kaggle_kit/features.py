@@ -27,13 +27,14 @@ from typing import Callable
 
 import numpy as np
 
-from kaggle_kit import __version__
 from kaggle_kit.artifacts import (
     KitError,
     atomic_path,
     load_npy,
     new_manifest,
     read_manifest,
+    save_npy_atomic,
+    sha256_array,
     sha256_json,
     write_json_atomic,
 )
@@ -256,6 +257,64 @@ def _assemble(out_dir: Path, partial: Path, paths: dict[str, list[Path]], *, wid
     return ok_masks
 
 
+def _write_ids_and_manifest(out_dir: Path, dataset: Dataset, *, key: str, image_hash: str, width: int, tta: str,
+                            unreadable: dict[str, list[str]], **fields) -> dict:
+    """Write ``ids.json`` then ``manifest.json`` (last: it marks the feature set finished); return the manifest."""
+    ids = {"train_ids": list(dataset.train_ids), "train_labels": dataset.y.tolist(),
+           "test_ids": list(dataset.test_ids)}
+    write_json_atomic(out_dir / "ids.json", ids)
+    rows = {"train": dataset.n_train, "test": dataset.n_test}
+    manifest = new_manifest(
+        FORMAT,
+        key=key,
+        name=out_dir.name,
+        tta=tta,
+        width=width,
+        data_dir=str(dataset.root),
+        layout=dataset.layout,
+        classes=list(dataset.classes),
+        positive=dataset.positive,
+        image_list_hash=image_hash,
+        ids_sha256=sha256_json(ids),
+        n_train=dataset.n_train,
+        n_test=dataset.n_test,
+        files={**array_names(tta), "ids": "ids.json"},
+        shapes={k: [rows[k.split("_")[0]], width] for k in array_names(tta)},
+        unreadable=unreadable,
+        **fields,
+    )
+    write_json_atomic(out_dir / "manifest.json", manifest)
+    return manifest
+
+
+def write_feature_set(out_dir: Path, dataset: Dataset, arrays: dict[str, np.ndarray], *, backbone: str,
+                      note: str) -> dict:
+    """Save features computed elsewhere as a finished feature set that every later stage accepts.
+
+    ``arrays``: 'train' (n_train, width) and 'test' (n_test, width), optionally 'train_flip'/'test_flip', rows
+    in ``dataset``'s order. ``note`` says where they come from (it stands in the manifest as their weights).
+    Used by benchmarks and tests, and for features made by another tool.
+    """
+    tta = "flip" if "train_flip" in arrays else "none"
+    if set(arrays) != set(array_names(tta)):
+        raise KitError(f"feature arrays must be {sorted(array_names(tta))}, got {sorted(arrays)}")
+    width = arrays["train"].shape[1]
+    rows = {"train": dataset.n_train, "test": dataset.n_test}
+    for logical, arr in arrays.items():
+        if arr.shape != (rows[logical.split("_")[0]], width):
+            raise KitError(f"feature array {logical!r} has shape {arr.shape}, expected ({rows[logical.split('_')[0]]}, {width})")
+    image_hash = dataset.image_list_hash()
+    key = sha256_json({"format": FORMAT, "backbone": backbone, "weights": note, "images": image_hash,
+                       "arrays": {k: sha256_array(np.asarray(v, dtype=np.float32)) for k, v in arrays.items()}})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "manifest.json").unlink(missing_ok=True)
+    for logical, arr in arrays.items():
+        save_npy_atomic(out_dir / f"{logical}.npy", np.asarray(arr, dtype=np.float32))
+    return _write_ids_and_manifest(out_dir, dataset, key=key, image_hash=image_hash, width=width, tta=tta,
+                                   unreadable={"train": [], "test": []}, backbone=backbone, weights=note,
+                                   weights_kind="external", preprocess=None, input_size=None)
+
+
 def extract_features(
     dataset: Dataset,
     out_dir: Path,
@@ -329,36 +388,17 @@ def extract_features(
     for f in unreadable["test"]:
         warn(f"warning: cannot decode {dataset.root / f}; it will get the training prior as its prediction")
 
-    ids = {"train_ids": list(dataset.train_ids), "train_labels": dataset.y.tolist(),
-           "test_ids": list(dataset.test_ids)}
-    write_json_atomic(out_dir / "ids.json", ids)
-    files = {**array_names(settings.tta), "ids": "ids.json"}
-    shapes = {k: [len(paths[k.split("_")[0]]), backbone.width] for k in array_names(settings.tta)}
     import keras
 
-    manifest = new_manifest(
-        FORMAT,
-        key=key,
-        name=out_dir.name,
+    manifest = _write_ids_and_manifest(
+        out_dir, dataset, key=key, image_hash=image_hash, width=backbone.width, tta=settings.tta,
+        unreadable=unreadable,
         backbone=backbone.name,
         builder=backbone.builder,
         weights=settings.weights.identity,
         weights_kind=settings.weights.kind,
         input_size=settings.image_size,
         preprocess=backbone.preprocess,
-        tta=settings.tta,
-        width=backbone.width,
-        data_dir=str(dataset.root),
-        layout=dataset.layout,
-        classes=list(dataset.classes),
-        positive=dataset.positive,
-        image_list_hash=image_hash,
-        ids_sha256=sha256_json(ids),
-        n_train=dataset.n_train,
-        n_test=dataset.n_test,
-        files=files,
-        shapes=shapes,
-        unreadable=unreadable,
         images_computed=n_new,
         images_per_second=round(n_new / seconds, 2) if n_new and seconds > 0 else None,
         extract_seconds=round(seconds, 2),
@@ -367,9 +407,7 @@ def extract_features(
         batch_size=settings.batch_size,
         keras_backend=keras.backend.backend(),
         keras_version=keras.__version__,
-        kaggle_kit_version=__version__,
     )
-    write_json_atomic(out_dir / "manifest.json", manifest)
     shutil.rmtree(out_dir / ".partial", ignore_errors=True)
     return FeatureResult(out_dir, manifest, cached=False)
 

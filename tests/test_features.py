@@ -126,3 +126,21 @@ def test_load_features_refuses_changed_images(small_comp, tmp_path):
     res = extract_features(ds, tmp_path / "f", settings(), progress=False)
     with pytest.raises(KitError, match="re-run 'kaggle-kit features --backbone resnet50'"):
         load_features(res.out_dir, image_list_hash="something else")
+
+
+def test_write_feature_set_round_trips_and_checks_shapes(small_comp, tmp_path):
+    ds = discover(small_comp)
+    rng = np.random.default_rng(0)
+    arrays = {"train": rng.standard_normal((20, 5)).astype(np.float32),
+              "test": rng.standard_normal((6, 5)).astype(np.float32)}
+    from kaggle_kit.features import write_feature_set
+
+    manifest = write_feature_set(tmp_path / "ext", ds, arrays, backbone="external", note="made in a test")
+    fs = load_features(tmp_path / "ext", image_list_hash=ds.image_list_hash())
+    np.testing.assert_array_equal(fs.arrays["train"], arrays["train"])
+    assert fs.manifest["key"] == manifest["key"] and fs.test_ids == ds.test_ids
+    other = write_feature_set(tmp_path / "ext2", ds, {**arrays, "test": arrays["test"] + 1}, backbone="external",
+                              note="made in a test")
+    assert other["key"] != manifest["key"]  # the key follows the arrays' content
+    with pytest.raises(KitError, match="has shape"):
+        write_feature_set(tmp_path / "bad", ds, {**arrays, "test": arrays["test"][:5]}, backbone="x", note="y")

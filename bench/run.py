@@ -1,0 +1,248 @@
+"""`make bench`: speed and quality side by side, on this machine. Prints a table, writes
+experiments/bench/results.json. Every speed figure has a ratio beside it measured in the same run.
+
+Sections:
+1. extraction: `kaggle-kit features` end to end vs the model alone on pre-decoded batches vs the classic
+   tutorial pipeline (image_dataset_from_directory + model.predict), same photos, size, batch and model;
+2. memory: peak RSS of extraction at two data sizes (it must not grow with the number of images);
+3. later stages at Kaggle size: cv (logreg heads of three 2,048-wide backbones + concat), blend, submit on
+   synthetic features for 25,000 train / 12,500 test rows, through the real CLI, with their peak RSS;
+4. quality on the real mini competition: the kit's default pipeline vs the classic recipe, same features,
+   scored against the answer key.
+
+    .venv/bin/python bench/run.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from extraction import (  # noqa: E402
+    REPO,
+    classic_pipeline,
+    decoded_batch,
+    features_end_to_end,
+    model_only,
+    run_kit,
+    subset_competition,
+)
+
+SHARED = REPO.parent / "shared"
+MINI = SHARED / "data" / "dogs-vs-cats-mini"
+SQUEEZENET_H5 = SHARED / "weights" / "squeezenet_v1.1" / "squeezenet_v1.1_imagenet_notop.h5"
+OUT = REPO / "experiments" / "bench"
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------ 1. extraction
+def bench_extraction(work: Path, *, quick: bool) -> list[dict]:
+    rows = []
+    cases = [
+        # backbone, weights, size, photos per class, test photos, model-only batches
+        ("squeezenet", str(SQUEEZENET_H5), 227, 800 if not quick else 100, 400 if not quick else 50, 8),
+        ("resnet50", "none", 224, 96 if not quick else 16, 64 if not quick else 16, 3),
+    ]
+    for backbone, weights, size, per_class, n_test, n_batches in cases:
+        data = subset_competition(MINI, work / f"data-{backbone}", n_per_class=per_class, n_test=n_test)
+        log(f"{backbone}: end to end on {2 * per_class + n_test} photos")
+        e2e = features_end_to_end(data, work, backbone=backbone, weights=weights, size=size, batch=32,
+                                  exp=f"x-{backbone}")
+        log(f"{backbone}: model only")
+        alone = model_only(backbone, weights, images=decoded_batch(sorted((data / "train").iterdir()), size, 32),
+                           n_batches=n_batches)
+        log(f"{backbone}: classic pipeline")
+        classic = classic_pipeline(data, backbone, weights, size=size, batch=32)
+        rows.append({
+            "backbone": backbone, "size": size, "batch": 32, "weights": "imagenet" if weights != "none" else "none",
+            "end_to_end": e2e, "model_only": alone, "classic": classic,
+            "e2e_over_model_only": round(e2e["images_per_second"] / alone["images_per_second"], 3),
+            "e2e_over_classic": round(e2e["images_per_second"] / classic["images_per_second"], 3),
+        })
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- 2. memory
+def bench_extraction_memory(work: Path, *, quick: bool) -> dict:
+    small, large = (50, 200) if quick else (100, 800)
+    peaks = {}
+    for per_class in (small, large):
+        data = subset_competition(MINI, work / f"mem-{per_class}", n_per_class=per_class, n_test=per_class // 2)
+        r = features_end_to_end(data, work, backbone="squeezenet", weights=str(SQUEEZENET_H5), size=227, batch=32,
+                                exp=f"mem-{per_class}")
+        peaks[r["images"]] = r["peak_rss_mib"]
+    (n1, p1), (n2, p2) = sorted(peaks.items())
+    return {"images": [n1, n2], "peak_rss_mib": [p1, p2], "growth_ratio": round(p2 / p1, 3)}
+
+
+# --------------------------------------------------------------------------------- 3. Kaggle-size stages
+def make_synthetic_experiment(work: Path, *, n_train: int, n_test: int, widths: tuple[int, ...],
+                              seed: int = 0) -> Path:
+    """A competition folder of empty-named image files plus feature sets with real manifests.
+
+    The images are never decoded (features are given), so they are tiny placeholder files; the feature sets
+    carry signal in a low-rank subspace plus noise, different per backbone, so heads and blends have work.
+    """
+    from kaggle_kit.artifacts import experiment_dir, save_experiment
+    from kaggle_kit.data import discover
+    from kaggle_kit.features import write_feature_set
+
+    data = work / "kaggle-size-data"
+    (data / "train").mkdir(parents=True)
+    (data / "test").mkdir()
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n_train)
+    counters = {"cat": 0, "dog": 0}
+    for label in y:
+        cls = "dog" if label else "cat"
+        counters[cls] += 1
+        (data / "train" / f"{cls}.{counters[cls]}.jpg").touch()
+    for i in range(1, n_test + 1):
+        (data / "test" / f"{i}.jpg").touch()
+    dataset = discover(data)
+    exp_dir = experiment_dir("kaggle-size", root=work)
+    save_experiment(exp_dir, data_dir=dataset.root, positive="dog")
+    y_all = np.concatenate([dataset.y, rng.integers(0, 2, n_test)]).astype(np.float32)
+    for b, width in enumerate(widths):
+        rank = 32
+        basis = rng.standard_normal((rank, width)).astype(np.float32)
+        direction = rng.standard_normal(width).astype(np.float32)
+        direction /= np.linalg.norm(direction)
+        z = rng.standard_normal((len(y_all), rank)).astype(np.float32)
+        X = z @ basis + rng.standard_normal((len(y_all), width)).astype(np.float32)
+        X += np.outer(y_all - 0.5, direction * (4.0 + b)).astype(np.float32)
+        write_feature_set(exp_dir / "features" / f"synthetic{b}", dataset,
+                          {"train": X[:n_train], "test": X[n_train:]}, backbone=f"synthetic{b}",
+                          note="bench/run.py synthetic features")
+    return exp_dir
+
+
+def bench_later_stages(work: Path, *, quick: bool) -> dict:
+    n_train, n_test = (5000, 2500) if quick else (25_000, 12_500)
+    log(f"synthetic experiment: {n_train} train / {n_test} test rows, 3 x 2048 features")
+    exp_dir = make_synthetic_experiment(work, n_train=n_train, n_test=n_test, widths=(2048, 2048, 2048))
+    exp = exp_dir.name
+    out = {"n_train": n_train, "n_test": n_test, "widths": [2048, 2048, 2048]}
+    steps = [
+        ("cv", ["cv", "--exp", exp, "--folds", "5", "--head", "logreg", "--head", "concat", "--quiet"]),
+        ("blend", ["blend", "--exp", exp]),
+        ("submit", ["submit", "--exp", exp, "--name", f"bench-{int(time.time())}.csv"]),
+    ]
+    for step, args in steps:
+        log(f"kaggle-size {step}")
+        t0 = time.perf_counter()
+        stdout, peak = run_kit(args, cwd=work)
+        out[step] = {"seconds": round(time.perf_counter() - t0, 1), "peak_rss_mib": round(peak, 1)}
+        if step == "cv":
+            out[step]["table"] = stdout.strip().splitlines()[-6:]
+    submission = Path(stdout.strip().splitlines()[-1])
+    (work / submission).unlink(missing_ok=True)  # the bench's own CSV: not a user submission
+    return out
+
+
+# -------------------------------------------------------------------------------------------- 4. quality
+def bench_quality(work: Path, *, quick: bool) -> dict:
+    """The kit's default pipeline vs the classic recipe, on the same features of the mini competition."""
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+
+    from kaggle_kit.artifacts import experiment_dir
+    from kaggle_kit.features import load_features
+
+    exp = "mini-quality"
+    data = MINI if not quick else subset_competition(MINI, work / "mini-quick", n_per_class=150, n_test=100)
+    for backbone, weights in (("squeezenet", str(SQUEEZENET_H5)), ("efficientnet_lite0", "imagenet")):
+        log(f"quality: features {backbone} (flip TTA)")
+        run_kit(["features", "--backbone", backbone, "--weights", weights, "--tta", "flip", "--data", str(data),
+                 "--exp", exp, "--quiet"], cwd=work)
+    log("quality: cv, blend, submit")
+    run_kit(["cv", "--exp", exp, "--folds", "5", "--quiet"], cwd=work)
+    blend_out, _ = run_kit(["blend", "--exp", exp], cwd=work)
+    submit_out, _ = run_kit(["submit", "--exp", exp, "--name", f"bench-quality-{int(time.time())}.csv"], cwd=work)
+    csv = work / submit_out.strip().splitlines()[-1]
+    answers = pd.read_csv(MINI / "test_labels.csv").set_index("id")["label"]
+    sub = pd.read_csv(csv)
+    kit_loss = log_loss(answers.loc[sub["id"]].to_numpy(), sub["label"].to_numpy(), labels=[0, 1])
+    csv.unlink()
+
+    classic = {}
+    exp_dir = experiment_dir(exp, root=work)
+    for name in ("squeezenet", "efficientnet_lite0"):
+        fs = load_features(exp_dir / "features" / name)
+        model = LogisticRegression(max_iter=2000).fit(fs.arrays["train"], fs.y)
+        p = np.clip(model.predict_proba(fs.arrays["test"])[:, 1], 0.005, 0.995)
+        truth = answers.loc[[int(i) for i in fs.test_ids]].to_numpy()
+        classic[name] = round(float(log_loss(truth, p, labels=[0, 1])), 5)
+    return {"kit_submission_logloss": round(float(kit_loss), 5), "classic_recipe_logloss": classic,
+            "ladder": [line.strip() for line in blend_out.splitlines() if line.startswith("  ")]}
+
+
+# ----------------------------------------------------------------------------------------------- report
+def print_table(results: dict) -> None:
+    print("\n== extraction (images/s; same photos, size, batch 32, model)")
+    print(f"{'backbone':<12}{'size':>5}{'end-to-end':>12}{'model only':>12}{'classic':>10}{'e2e/model':>11}"
+          f"{'e2e/classic':>12}")
+    for r in results["extraction"]:
+        print(f"{r['backbone']:<12}{r['size']:>5}{r['end_to_end']['images_per_second']:>12.1f}"
+              f"{r['model_only']['images_per_second']:>12.1f}{r['classic']['images_per_second']:>10.1f}"
+              f"{r['e2e_over_model_only']:>11.3f}{r['e2e_over_classic']:>12.3f}")
+    m = results["extraction_memory"]
+    print(f"\n== extraction memory (squeezenet): peak RSS {m['peak_rss_mib'][0]:.0f} MiB at {m['images'][0]} images,"
+          f" {m['peak_rss_mib'][1]:.0f} MiB at {m['images'][1]} images (ratio {m['growth_ratio']})")
+    k = results["kaggle_size"]
+    print(f"\n== Kaggle-size later stages ({k['n_train']} train / {k['n_test']} test, 3 x 2048 features)")
+    for step in ("cv", "blend", "submit"):
+        print(f"{step:<8}{k[step]['seconds']:>8.1f} s   peak RSS {k[step]['peak_rss_mib']:>7.0f} MiB")
+    for line in k["cv"].get("table", []):
+        print(f"    {line}")
+    q = results["quality"]
+    print("\n== quality on dogs-vs-cats-mini (submission log loss against the answer key)")
+    print(f"kit default pipeline (squeezenet + efficientnet_lite0, flip TTA, cv, blend, auto clip): "
+          f"{q['kit_submission_logloss']:.5f}")
+    for name, loss in q["classic_recipe_logloss"].items():
+        print(f"classic recipe on {name} features (logistic regression, clip 0.005): {loss:.5f}")
+    for line in q["ladder"]:
+        print(f"    {line}")
+    print(f"\n{results['seconds']:.0f} s in all; written to {OUT / 'results.json'}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="kaggle-kit benchmarks")
+    ap.add_argument("--quick", action="store_true", help="small sizes, for checking the bench itself")
+    args = ap.parse_args()
+    if not MINI.is_dir():
+        sys.exit(f"bench: the mini competition is missing at {MINI}; ../shared must sit beside the checkout")
+    work = OUT / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    t0 = time.perf_counter()
+    results = {
+        "machine": {"cpus": os.cpu_count()},
+        "extraction": bench_extraction(work, quick=args.quick),
+        "extraction_memory": bench_extraction_memory(work, quick=args.quick),
+        "kaggle_size": bench_later_stages(work, quick=args.quick),
+        "quality": bench_quality(work, quick=args.quick),
+    }
+    results["seconds"] = round(time.perf_counter() - t0, 1)
+    results["quick"] = args.quick
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+    print_table(results)
+
+
+if __name__ == "__main__":
+    main()
