@@ -221,3 +221,9 @@ def build_extractor(backbone: Backbone, *, image_size: int, weights: WeightsChoi
     if model.output_shape[-1] != backbone.width:
         raise KitError(f"{backbone.name} gives {model.output_shape[-1]} features, registry says {backbone.width}")
     return model
+
+
+from kaggle_kit.ports import BACKBONES as _PORTS  # noqa: E402 - the kit's own ports register after the registry exists
+
+for _b in _PORTS:
+    register(_b)

@@ -1,0 +1,411 @@
+"""kaggle_kit.ports: the two ported backbones compute what their weights were trained for, and broken weights
+files end in one-line KitErrors.
+
+Real photos and weights come from ../shared beside the checkout; the fake torch files are written here in the
+legacy format, by pickle alone (torch is never imported).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import types
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from kaggle_kit import ports
+from kaggle_kit.artifacts import KitError
+from kaggle_kit.backbones import WeightsChoice, build_extractor, get_backbone, preprocess_layer, resolve_weights
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+MINI = SHARED / "data" / "dogs-vs-cats-mini"
+SQUEEZENET_H5 = SHARED / "weights" / "squeezenet_v1.1" / "squeezenet_v1.1_imagenet_notop.h5"
+needs_shared = pytest.mark.skipif(not (MINI.is_dir() and SQUEEZENET_H5.is_file()),
+                                  reason=f"real photos and weights are read from {SHARED}")
+
+IMAGENET = WeightsChoice("imagenet", None, "test")
+RANDOM = WeightsChoice("none", None, "test")
+CAT_CLASSES, DOG_CLASSES = range(281, 286), range(151, 269)
+
+
+def _decode(path: Path, size: int) -> np.ndarray:
+    """A photo as uint8 RGB (size, size, 3)."""
+    bgr = cv2.imread(str(path))
+    return cv2.resize(bgr[:, :, ::-1], (size, size), interpolation=cv2.INTER_AREA)
+
+
+def _decode_all(paths, size: int) -> np.ndarray:
+    """uint8 (len(paths), size, size, 3), decoded on two threads (OpenCV releases the GIL)."""
+    with ThreadPoolExecutor(2) as pool:
+        return np.stack(list(pool.map(lambda p: _decode(p, size), paths)))
+
+
+def _run(base, images: np.ndarray, mode: str) -> np.ndarray:
+    """uint8 (n, H, W, 3) -> the base model's float output, with the in-graph preprocessing in front."""
+    import keras
+
+    model = keras.Sequential([keras.Input(images.shape[1:], dtype="uint8"), preprocess_layer(mode), base])
+    return np.asarray(model.predict(images, batch_size=64, verbose=0))
+
+
+# ---------------------------------------------------------------------------------- a legacy torch writer
+@contextlib.contextmanager
+def _fake_torch(monkeypatch):
+    """Stand-ins for the globals a state_dict pickle names, so that pickle can write them without torch."""
+    torch, utils = types.ModuleType("torch"), types.ModuleType("torch._utils")
+
+    def rebuild(*args):
+        raise AssertionError("only pickled, never called")
+
+    rebuild.__module__, rebuild.__qualname__ = "torch._utils", "_rebuild_tensor_v2"
+    utils._rebuild_tensor_v2 = rebuild
+    torch.FloatStorage = type("FloatStorage", (), {"__module__": "torch"})
+    torch.LongStorage = type("LongStorage", (), {"__module__": "torch"})
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "torch", torch)
+        patch.setitem(sys.modules, "torch._utils", utils)
+        yield torch
+
+
+class _View:
+    """A tensor to write: ``shape``/``stride`` (in elements) from ``offset`` into the named storage."""
+
+    def __init__(self, key, offset, shape, stride):
+        self.key, self.offset, self.shape, self.stride = key, offset, tuple(shape), tuple(stride)
+
+
+class _Call:
+    """Pickles as a call of ``func(*args)``: how a malicious file smuggles code in."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def write_legacy_pth(path: Path, state: dict, monkeypatch, *, storages: dict[str, np.ndarray] | None = None):
+    """Write ``state`` like ``torch.save(state, path, _use_new_zipfile_serialization=False)``.
+
+    Values are arrays (each gets its own storage), :class:`_View` into ``storages`` (1-D arrays), or anything
+    else pickle can write. Float arrays are stored as float32, integer arrays as int64.
+    """
+    storages = dict(storages or {})
+    views = {}
+    for name, value in state.items():
+        if isinstance(value, np.ndarray):
+            key = f"s{len(storages)}"
+            storages[key] = value.ravel()
+            value = _View(key, 0, value.shape, [int(np.prod(value.shape[i + 1:])) for i in range(value.ndim)])
+        views[name] = value
+    storages = {k: v.astype(np.float32 if v.dtype.kind == "f" else np.int64) for k, v in storages.items()}
+
+    with _fake_torch(monkeypatch) as torch:
+        storage_types = {np.dtype(np.float32): torch.FloatStorage, np.dtype(np.int64): torch.LongStorage}
+
+        class StorageRef:
+            def __init__(self, key):
+                self.key = key
+
+        class Tensor:
+            def __init__(self, view):
+                self.view = view
+
+            def __reduce__(self):
+                v = self.view
+                return (sys.modules["torch._utils"]._rebuild_tensor_v2,
+                        (StorageRef(v.key), v.offset, v.shape, v.stride, False, collections.OrderedDict()))
+
+        class Pickler(pickle.Pickler):
+            def persistent_id(self, obj):
+                if isinstance(obj, StorageRef):
+                    array = storages[obj.key]
+                    return ("storage", storage_types[array.dtype], obj.key, "cpu", array.size, None)
+                return None
+
+        main = collections.OrderedDict(
+            (name, Tensor(value) if isinstance(value, _View) else value) for name, value in views.items())
+        with open(path, "wb") as f:
+            pickle.dump(0x1950A86A20F9469CFC6C, f, protocol=2)
+            pickle.dump(1001, f, protocol=2)
+            pickle.dump({"protocol_version": 1001, "little_endian": True,
+                         "type_sizes": {"short": 2, "int": 4, "long": 4}}, f, protocol=2)
+            Pickler(f, protocol=2).dump(main)
+            pickle.dump(sorted(storages), f, protocol=2)
+            for key in sorted(storages):
+                f.write(struct.pack("<q", storages[key].size))
+                f.write(storages[key].astype(storages[key].dtype.newbyteorder("<")).tobytes())
+
+
+@pytest.fixture(scope="module")
+def lite0_state() -> dict[str, np.ndarray]:
+    return ports.load_torch_state_dict(ports._lite0_default_file())
+
+
+def _assert_one_line_kit_error(excinfo, *fragments):
+    message = str(excinfo.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+# ------------------------------------------------------------------------------------------ the torch reader
+def test_legacy_torch_round_trip_with_shared_and_strided_storages(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    flat = rng.normal(size=40).astype(np.float32)
+    state = {
+        "dense": rng.normal(size=(3, 4)).astype(np.float32),
+        "steps": np.array(7, dtype=np.int64),
+        "tail": _View("shared", 30, (2, 5), (5, 1)),  # an offset into a storage another tensor uses
+        "transposed": _View("shared", 0, (4, 3), (1, 4)),  # a non-contiguous (column-major) view
+    }
+    write_legacy_pth(tmp_path / "t.pth", state, monkeypatch, storages={"shared": flat})
+    back = ports.load_torch_state_dict(tmp_path / "t.pth")
+
+    assert list(back) == list(state)
+    np.testing.assert_array_equal(back["dense"], state["dense"])
+    assert back["steps"].dtype == np.int64 and back["steps"].shape == () and back["steps"] == 7
+    np.testing.assert_array_equal(back["tail"], flat[30:].reshape(2, 5))
+    np.testing.assert_array_equal(back["transposed"], flat[:12].reshape(3, 4).T)
+
+
+def test_the_shipped_lite0_state_dict_reads_without_torch(lite0_state):
+    assert len(lite0_state) == 296
+    assert lite0_state["_conv_stem.weight"].shape == (32, 3, 3, 3)
+    assert lite0_state["_conv_head.weight"].shape == (1280, 320, 1, 1)
+    assert lite0_state["_fc.weight"].shape == (1000, 1280)
+    assert "torch" not in sys.modules
+
+
+def test_a_pickled_call_is_refused_before_it_runs(tmp_path, monkeypatch):
+    marker = tmp_path / "pwned"
+    write_legacy_pth(tmp_path / "evil.pth", {"x": _Call(os.system, f"touch {marker}")}, monkeypatch)
+    with pytest.raises(KitError) as excinfo:
+        ports.load_torch_state_dict(tmp_path / "evil.pth")
+    _assert_one_line_kit_error(excinfo, "refusing", "system")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda data: data[: len(data) - 100], "truncated"),
+    (lambda data: b"PK\x03\x04" + data[4:], "zip-format"),
+    (lambda data: b"not a pickle at all", "not a readable legacy torch file"),
+], ids=["truncated", "zip", "garbage"])
+def test_damaged_torch_files_are_one_line_errors(tmp_path, monkeypatch, damage, fragment):
+    write_legacy_pth(tmp_path / "ok.pth", {"w": np.ones((5, 5), np.float32)}, monkeypatch)
+    (tmp_path / "bad.pth").write_bytes(damage((tmp_path / "ok.pth").read_bytes()))
+    with pytest.raises(KitError) as excinfo:
+        ports.load_torch_state_dict(tmp_path / "bad.pth")
+    _assert_one_line_kit_error(excinfo, fragment)
+
+
+# ------------------------------------------------------------------------------------- EfficientNet-Lite0
+# An independent transcription of the published Lite0 (efficientnet_lite_builder.py block strings) and of the
+# PyTorch port's forward pass, in NumPy (channels first, OIHW kernels, TF-style static 'same' padding).
+_LITE0_BLOCK_STRINGS = ("r1_k3_s11_e1_i32_o16", "r2_k3_s22_e6_i16_o24", "r2_k5_s22_e6_i24_o40",
+                        "r3_k3_s22_e6_i40_o80", "r3_k5_s11_e6_i80_o112", "r4_k5_s22_e6_i112_o192",
+                        "r1_k3_s11_e6_i192_o320")
+
+
+def _numpy_lite0_logits(sd: dict[str, np.ndarray], image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) preprocessed -> (1000,) logits, as the PyTorch model computes them (in float64)."""
+    sd = {k: v.astype(np.float64) for k, v in sd.items()}
+
+    def conv(x, name, stride=1, depthwise=False):
+        w = sd[name]
+        k = w.shape[-1]
+        pads = []
+        for n in x.shape[1:]:  # Conv2dStaticSamePadding: the odd pixel goes to the bottom/right
+            total = max((-(-n // stride) - 1) * stride + k - n, 0)
+            pads.append((total // 2, total - total // 2))
+        windows = np.lib.stride_tricks.sliding_window_view(np.pad(x, [(0, 0)] + pads), (k, k), axis=(1, 2))
+        windows = windows[:, ::stride, ::stride]  # (in, oh, ow, k, k)
+        if depthwise:
+            return (windows * w[:, 0, None, None]).sum(axis=(3, 4))
+        return np.tensordot(w, windows, axes=([1, 2, 3], [0, 3, 4]))  # (out, oh, ow)
+
+    def bn(x, p, relu6=True):
+        g, b, m, v = (sd[f"{p}.{n}"][:, None, None] for n in ("weight", "bias", "running_mean", "running_var"))
+        y = (x - m) / np.sqrt(v + 1e-3) * g + b
+        return np.clip(y, 0, 6) if relu6 else y
+
+    x = bn(conv(image.transpose(2, 0, 1).astype(np.float64), "_conv_stem.weight", 2), "_bn0")
+    i = 0
+    for block in _LITE0_BLOCK_STRINGS:
+        opts = {part[0]: int(part[1:2] if part[0] == "s" else part[1:]) for part in block.split("_")}
+        for r in range(opts["r"]):
+            p, inputs = f"_blocks.{i}.", x
+            if opts["e"] != 1:
+                x = bn(conv(x, p + "_expand_conv.weight"), p + "_bn0")
+            x = bn(conv(x, p + "_depthwise_conv.weight", opts["s"] if r == 0 else 1, depthwise=True), p + "_bn1")
+            x = bn(conv(x, p + "_project_conv.weight"), p + "_bn2", relu6=False)
+            if r > 0:
+                x = x + inputs
+            i += 1
+    x = bn(conv(x, "_conv_head.weight"), "_bn1")
+    return sd["_fc.weight"] @ x.mean(axis=(1, 2)) + sd["_fc.bias"]
+
+
+def test_lite0_equals_the_pytorch_forward_pass(lite0_state):
+    # subtle: a non-square input of mixed parity catches swapped kernel axes and symmetric padding, which a
+    # square 224 input with global pooling would forgive.
+    image = np.random.default_rng(0).uniform(-1, 1, size=(66, 83, 3)).astype(np.float32)
+    model = ports.build_efficientnet_lite0(input_shape=image.shape, weights=IMAGENET, include_top=True)
+    got = np.asarray(model(image[None], training=False))[0]
+    want = _numpy_lite0_logits(lite0_state, image)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-3 * np.abs(want).max())
+
+
+def test_lite0_has_the_published_size_and_1280_pooled_features():
+    with_top = ports.build_efficientnet_lite0(input_shape=(96, 96, 3), weights=RANDOM, include_top=True)
+    assert sum(int(np.prod(w.shape)) for w in with_top.trainable_weights) == 4_652_008  # timm's count
+    assert with_top.output_shape == (None, 1000)
+    assert ports.build_efficientnet_lite0(input_shape=(96, 96, 3), weights=RANDOM).output_shape == (None, 1280)
+
+
+@pytest.fixture(scope="module")
+def hundred_photos() -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (100, 224, 224, 3) of cat.1..50 then dog.1..50, and their labels (1 = dog)."""
+    paths = [MINI / "train" / f"{kind}.{i}.jpg" for kind in ("cat", "dog") for i in range(1, 51)]
+    return _decode_all(paths, 224), np.repeat([0, 1], 50)
+
+
+@needs_shared
+def test_lite0_names_the_imagenet_family_of_cat_and_dog_photos(hundred_photos):
+    images, labels = hundred_photos
+    base = ports.build_efficientnet_lite0(input_shape=(224, 224, 3), weights=IMAGENET, include_top=True)
+    top1 = _run(base, images, get_backbone("efficientnet_lite0").preprocess).argmax(axis=1)
+    right = np.where(labels == 1, np.isin(top1, DOG_CLASSES), np.isin(top1, CAT_CLASSES))
+    # Measured: 86 of 100 (random weights: 0). Lite0 is a 75 % top-1 ImageNet model and these photos are
+    # squashed to 224 px; the misses are dark kittens, a Siamese taken for a French bulldog, dogs for dingoes.
+    assert right.mean() >= 0.80
+
+
+@needs_shared
+def test_lite0_preprocessing_reproduces_the_training_statistics(hundred_photos):
+    """The stem's batch norm stores the mean of its input over ImageNet; on real photos, the right preprocessing
+    puts the stem output's per-channel means within a few hundredths of a standard deviation of it."""
+    import keras
+
+    base = ports.build_efficientnet_lite0(input_shape=(224, 224, 3), weights=IMAGENET)
+    stem = keras.Model(base.inputs, base.get_layer("conv_stem").output)
+    bn0 = base.get_layer("bn0")
+    mean, std = np.asarray(bn0.moving_mean), np.sqrt(np.asarray(bn0.moving_variance) + bn0.epsilon)
+    error = {mode: float(np.median(np.abs(_run(stem, hundred_photos[0], mode).mean(axis=(0, 1, 2)) - mean) / std))
+             for mode in ("tf", "torch")}
+    assert get_backbone("efficientnet_lite0").preprocess == "tf"
+    assert error["tf"] < 0.05 < error["torch"]  # measured 0.015 and 0.146
+
+
+@pytest.mark.parametrize("state, fragments", [
+    ({"_bn0.weight": np.ones(32, np.float32)}, ["'_conv_stem.weight'", "missing"]),
+    ({"_conv_stem.weight": np.ones((32, 3, 5, 5), np.float32)}, ["'_conv_stem.weight'", "(32, 3, 5, 5)",
+                                                                 "(32, 3, 3, 3)"]),
+], ids=["missing", "wrong-shape"])
+def test_lite0_refuses_a_missing_or_misshapen_tensor(tmp_path, monkeypatch, state, fragments):
+    write_legacy_pth(tmp_path / "bad.pth", state, monkeypatch)
+    with pytest.raises(KitError) as excinfo:
+        ports.build_efficientnet_lite0(input_shape=(64, 64, 3), weights=WeightsChoice("file", tmp_path / "bad.pth", ""))
+    _assert_one_line_kit_error(excinfo, *fragments)
+
+
+def test_lite0_refuses_an_unused_tensor_but_not_the_top_it_was_asked_to_drop(tmp_path, monkeypatch, lite0_state):
+    path = tmp_path / "extra.pth"
+    write_legacy_pth(path, {**lite0_state, "_extra.weight": np.ones(3, np.float32)}, monkeypatch)
+    with pytest.raises(KitError) as excinfo:
+        ports.build_efficientnet_lite0(input_shape=(64, 64, 3), weights=WeightsChoice("file", path, ""))
+    _assert_one_line_kit_error(excinfo, "not used", "'_extra.weight'")
+
+    write_legacy_pth(path, lite0_state, monkeypatch)
+    model = ports.build_efficientnet_lite0(input_shape=(64, 64, 3), weights=WeightsChoice("file", path, ""))
+    np.testing.assert_array_equal(model.get_layer("conv_head").get_weights()[0],
+                                  lite0_state["_conv_head.weight"].transpose(2, 3, 1, 0))
+
+
+# --------------------------------------------------------------------------------------------- SqueezeNet
+def test_squeezenet_imagenet_weights_point_to_the_file():
+    with pytest.raises(KitError) as excinfo:
+        ports.build_squeezenet(input_shape=(227, 227, 3), weights=IMAGENET)
+    _assert_one_line_kit_error(excinfo, "not downloadable", "--weights", "squeezenet_v1.1_imagenet_notop.h5")
+
+
+def test_squeezenet_smallest_input_gives_512_features():
+    size = get_backbone("squeezenet").min_size
+    model = ports.build_squeezenet(input_shape=(size, size, 3), weights=RANDOM)
+    assert np.asarray(model(np.zeros((2, size, size, 3), np.float32))).shape == (2, 512)
+
+
+@needs_shared
+@pytest.mark.parametrize("damage", [lambda data: data[: len(data) // 2], lambda data: b"\x89HDF garbage" * 100],
+                         ids=["truncated", "garbage"])
+def test_squeezenet_refuses_a_truncated_or_garbage_h5(tmp_path, damage):
+    path = tmp_path / "bad.h5"
+    path.write_bytes(damage(SQUEEZENET_H5.read_bytes()))
+    with pytest.raises(KitError) as excinfo:
+        ports.build_squeezenet(input_shape=(227, 227, 3), weights=WeightsChoice("file", path, ""))
+    _assert_one_line_kit_error(excinfo, "cannot read SqueezeNet weights", str(path))
+
+
+@pytest.fixture(scope="module")
+def mini_photos() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The 1,600 training and 400 test photos of dogs-vs-cats-mini as uint8 (n, 227, 227, 3), with labels."""
+    import pandas as pd
+
+    train = [MINI / "train" / f"{kind}.{i}.jpg" for kind in ("cat", "dog") for i in range(1, 801)]
+    answers = pd.read_csv(MINI / "test_labels.csv")
+    test = [MINI / "test" / f"{i}.jpg" for i in answers["id"]]
+    return (_decode_all(train, 227), np.repeat([0, 1], 800),
+            _decode_all(test, 227), answers["label"].to_numpy())
+
+
+def _logistic_accuracy(base, photos) -> float:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x_train, y_train, x_test, y_test = photos
+    features_train, features_test = (_run(base, x, "caffe") for x in (x_train, x_test))
+    head = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(features_train, y_train)
+    return float((head.predict(features_test) == y_test).mean())
+
+
+@needs_shared
+def test_squeezenet_pretrained_features_separate_cats_from_dogs(mini_photos):
+    import keras
+
+    pretrained = ports.build_squeezenet(input_shape=(227, 227, 3),
+                                        weights=WeightsChoice("file", SQUEEZENET_H5, ""))
+    assert _logistic_accuracy(pretrained, mini_photos) >= 0.95  # measured 0.9675
+    keras.utils.set_random_seed(0)
+    random = ports.build_squeezenet(input_shape=(227, 227, 3), weights=RANDOM)
+    assert _logistic_accuracy(random, mini_photos) <= 0.85  # measured 0.64
+
+
+# ------------------------------------------------------------------------------------------- registration
+def test_ports_register_without_importing_keras_in_either_import_order():
+    code = ("import sys, kaggle_kit.{first}, kaggle_kit.{second}; from kaggle_kit.backbones import REGISTRY as R; "
+            "print(R['squeezenet'].preprocess, R['efficientnet_lite0'].preprocess, 'keras' in sys.modules)")
+    for first, second in (("ports", "backbones"), ("backbones", "ports")):
+        out = subprocess.run([sys.executable, "-c", code.format(first=first, second=second)],
+                             capture_output=True, text=True, check=True).stdout.split()
+        assert out == ["caffe", "tf", "False"]
+
+
+@needs_shared
+@pytest.mark.parametrize("name, weights", [("squeezenet", str(SQUEEZENET_H5)), ("efficientnet_lite0", "imagenet")])
+def test_registered_extractors_take_uint8_and_give_their_width(name, weights):
+    backbone = get_backbone(name)
+    extractor = build_extractor(backbone, image_size=backbone.input_size,
+                                weights=resolve_weights(backbone, weights))
+    photos = _decode_all([MINI / "test" / "1.jpg", MINI / "test" / "2.jpg"], backbone.input_size)
+    features = np.asarray(extractor(photos, training=False))
+    assert features.shape == (2, backbone.width) and np.isfinite(features).all() and features.std() > 0
