@@ -1,0 +1,562 @@
+"""The experiment report: one self-contained HTML page of an experiment's models, blend, calibration and mistakes.
+
+Core (pure numpy, every setting a keyword argument): ``y`` is always (n,) 0/1 labels and ``p`` (n,)
+probabilities of the positive class (NaN on rows without a prediction, which every function leaves out).
+
+- :func:`estimate_rank`, :func:`medal_zone`, :func:`leaderboard_sentence`: where a log loss would have placed
+  on the final private leaderboard of Dogs vs. Cats Redux, interpolated between the published rank figures;
+- :func:`reliability_bins`: the reliability diagram's points (``sklearn.calibration.calibration_curve``) and
+  the number of predictions in each bin;
+- :func:`clip_curve`: log loss of clip(p, c, 1 - c) over log-spaced clip levels c;
+- :func:`top_mistakes`: the rows whose predictions cost the most log loss;
+- :func:`crossfit_uncalibrated`: the blend's cross-fitted OOF predictions before calibration, recomputed from
+  the cv models' OOF predictions with the public functions of :mod:`kaggle_kit.blend` (the blend stage saves
+  only the calibrated ones).
+
+Edge: :func:`write_report` reads ``experiments/<exp>/`` through the loaders of :mod:`kaggle_kit.blend` and
+writes ``experiments/<exp>/report.html`` (images embedded as base64 data URIs, inline CSS, no script, no
+external resource) and the same plots as PNG files in ``experiments/<exp>/report/``. An experiment without a
+blend still gets a report: it says what is missing and shows what it can, from the best single model.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from kaggle_kit import __version__
+from kaggle_kit.blend import KAGGLE_EPS, fit_blender, log_loss
+
+# Final private leaderboard of Dogs vs. Cats Redux (1,314 teams): (rank, log loss). The last point: 271 teams
+# scored worse than predicting 0.5 everywhere (log 2 = 0.6931), so rank 1,314 - 271 = 1,043 scored 0.6931.
+LEADERBOARD: tuple[tuple[int, float], ...] = (
+    (1, 0.03302), (2, 0.03305), (3, 0.03483), (5, 0.03518), (10, 0.03807), (12, 0.03882), (20, 0.04183),
+    (50, 0.04842), (65, 0.05038), (100, 0.05629), (131, 0.06127), (200, 0.07383), (657, 0.12216),
+    (1043, 0.6931),
+)
+N_TEAMS = 1314
+MEDALS = (("gold", 12), ("silver", 65), ("bronze", 131))  # (medal, last rank that gets it)
+CLIP_RANGE = (1e-4, 0.1)
+N_MISTAKES = 24
+THUMBNAIL_PX = 128
+_CAVEAT = "estimate from the OOF score; the private leaderboard was scored on other images"
+
+
+# ------------------------------------------------------------------------------------------------ the core
+def estimate_rank(loss: float) -> int:
+    """The rank a log loss would have had on the final Redux leaderboard, interpolated linearly in log loss.
+
+    Monotone (a lower loss never gets a worse rank); clamped to rank 1 below the winner's 0.03302 and to rank
+    1,043 above 0.6931, the last figure known (the 271 teams below it are not spread out in the figures).
+    """
+    if not (math.isfinite(loss) and loss >= 0):
+        raise ValueError(f"loss must be a finite number >= 0, got {loss}")
+    ranks, losses = zip(*LEADERBOARD)
+    return int(round(float(np.interp(loss, losses, ranks))))
+
+
+def medal_zone(rank: int) -> str | None:
+    """'gold' (ranks 1-12), 'silver' (13-65), 'bronze' (66-131), or None outside the medals."""
+    for medal, last in MEDALS:
+        if rank <= last:
+            return medal
+    return None
+
+
+def leaderboard_sentence(loss: float) -> str:
+    """One sentence placing ``loss`` on the final Redux leaderboard, with its medal zone and the caveat."""
+    best, worst = LEADERBOARD[0][1], LEADERBOARD[-1][1]
+    if loss > worst:
+        return (f"worse than predicting 0.5 everywhere ({worst}): among the last {N_TEAMS - LEADERBOARD[-1][0]} "
+                f"of {N_TEAMS:,} teams, outside the medal zones — {_CAVEAT}")
+    rank = estimate_rank(loss)
+    medal = medal_zone(rank)
+    if medal is None:
+        zone = f"outside the medal zones (bronze ends at rank {MEDALS[-1][1]})"
+    else:
+        i = [m for m, _ in MEDALS].index(medal)
+        zone = f"{medal} medal zone (ranks {MEDALS[i - 1][1] + 1 if i else 1}-{MEDALS[i][1]})"
+    ahead = f"better than the winner's {best}: " if loss < best else ""
+    return f"{ahead}≈ rank {rank:,} of {N_TEAMS:,} — {_CAVEAT}; {zone}"
+
+
+@dataclass(frozen=True)
+class Reliability:
+    """A reliability diagram: ``edges`` (n_bins + 1,) uniform on [0, 1], ``counts`` (n_bins,) predictions per
+    bin; ``prob_pred`` and ``prob_true`` (k,) the mean prediction and the fraction of positives of the k
+    non-empty bins, in bin order (as ``sklearn.calibration.calibration_curve`` returns them)."""
+
+    edges: np.ndarray
+    counts: np.ndarray
+    prob_pred: np.ndarray
+    prob_true: np.ndarray
+
+
+def reliability_bins(y: np.ndarray, p: np.ndarray, *, n_bins: int = 10) -> Reliability:
+    """Reliability diagram of (n,) predictions ``p`` against (n,) labels ``y`` in ``n_bins`` uniform bins."""
+    from sklearn.calibration import calibration_curve
+
+    y, p = _finite_rows(y, p)
+    if len(np.unique(y)) < 2:
+        raise ValueError("a reliability diagram needs rows of both classes")
+    prob_true, prob_pred = calibration_curve(y, p, n_bins=n_bins, strategy="uniform")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    # subtle: the same bin assignment as calibration_curve's uniform strategy (1.0 goes into the last bin).
+    counts = np.bincount(np.searchsorted(edges[1:-1], p, side="right"), minlength=n_bins)
+    return Reliability(edges=edges, counts=counts, prob_pred=prob_pred, prob_true=prob_true)
+
+
+def clip_curve(y: np.ndarray, p: np.ndarray, *, low: float = CLIP_RANGE[0], high: float = CLIP_RANGE[1],
+               n: int = 61) -> tuple[np.ndarray, np.ndarray]:
+    """Log loss of clip(p, c, 1 - c) at ``n`` log-spaced clip levels c from ``low`` to ``high``.
+
+    ``y`` and ``p`` are (n_rows,); returns (levels (n,), losses (n,)).
+    """
+    if not 0 < low < high < 0.5:
+        raise ValueError(f"clip levels need 0 < low < high < 0.5, got low={low}, high={high}")
+    y, p = _finite_rows(y, p)
+    levels = np.geomspace(low, high, n)
+    return levels, np.asarray(log_loss(y, np.clip(p[:, None], levels, 1.0 - levels)))
+
+
+def row_losses(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """(n,) log loss of each row as Kaggle scores it (``p`` clipped to [1e-15, 1 - 1e-15]); NaN where ``p`` is."""
+    y = np.asarray(y, dtype=np.float64)
+    p = np.clip(np.asarray(p, dtype=np.float64), KAGGLE_EPS, 1.0 - KAGGLE_EPS)
+    return -(y * np.log(p) + (1.0 - y) * np.log1p(-p))
+
+
+def top_mistakes(y: np.ndarray, p: np.ndarray, *, k: int = N_MISTAKES) -> np.ndarray:
+    """Row indices of at most ``k`` mistakes (predictions on the wrong side of 0.5), most costly first.
+
+    A mistake costs more than log 2; ties keep the row order. Rows where ``p`` is NaN are never returned.
+    """
+    losses = row_losses(y, p)
+    wrong = np.flatnonzero(losses > math.log(2))  # NaN compares False: rows without a prediction drop out
+    order = np.argsort(-losses[wrong], kind="stable")
+    return wrong[order[:k]]
+
+
+def crossfit_uncalibrated(P: np.ndarray, y: np.ndarray, folds: np.ndarray, *, method: str,
+                          rounds: int) -> np.ndarray:
+    """The blend's cross-fitted OOF predictions before calibration, as ``blend.crossfit_blend`` scores them.
+
+    ``P`` (n, n_models) OOF probabilities in the blend's model order, ``y`` (n,) 0/1, ``folds`` (n,) the fold
+    plan's first repeat; for each fold a ``method`` blender is fitted on the other folds' usable rows and
+    predicts the held-out fold. Rows with a non-finite value in ``P`` or fold -1 get NaN. Returns (n,).
+    """
+    P = np.asarray(P, dtype=np.float64)
+    y = np.asarray(y)
+    folds = np.asarray(folds)
+    valid = np.isfinite(P).all(axis=1) & (folds >= 0)
+    out = np.full(len(y), np.nan)
+    for f in np.unique(folds[valid]):
+        train, held = valid & (folds != f), valid & (folds == f)
+        out[held] = fit_blender(P[train], y[train], method=method, rounds=rounds).predict(P[held])
+    return out
+
+
+def _finite_rows(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y)
+    p = np.asarray(p, dtype=np.float64)
+    if y.shape != p.shape or y.ndim != 1:
+        raise ValueError(f"y {y.shape} and p {p.shape} must both be (n,)")
+    keep = np.isfinite(p)
+    if not keep.any():
+        raise ValueError("no row has a finite prediction")
+    return y[keep], p[keep]
+
+
+# ------------------------------------------------------------------------------------------------- the edge
+@dataclass(frozen=True)
+class ModelRow:
+    """One cv model for the table: its manifest's scores and seconds, its blend weight (None: not blended)."""
+
+    model: str
+    head: str
+    features: str
+    oof_logloss: float | None
+    oof_accuracy: float | None
+    seconds: float | None
+    weight: float | None
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """The costly mistakes, most costly first: training ids, labels, predictions, row log losses, and each
+    photo's thumbnail as JPEG bytes (None when the photo cannot be found or decoded)."""
+
+    ids: tuple[str, ...]
+    y: np.ndarray
+    p: np.ndarray
+    losses: np.ndarray
+    thumbnails: tuple[bytes | None, ...]
+    n_mistakes: int
+    classes: tuple[str, str]
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """What :func:`write_report` wrote: the page, its PNG plots, and the notes about what is missing."""
+
+    path: Path
+    plots: tuple[Path, ...]
+    notes: tuple[str, ...]
+    has_blend: bool
+    n_models: int
+    estimate: str
+
+
+def _optional_float(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _model_rows(exp_dir: Path, models: tuple[str, ...], weights: dict[str, float] | None) -> list[ModelRow]:
+    from kaggle_kit.artifacts import read_manifest
+    from kaggle_kit.blend import CV_FORMAT
+
+    rows = []
+    for model in models:
+        m = read_manifest(exp_dir / "cv" / model / "manifest.json", fmt=CV_FORMAT, rerun=f"kaggle-kit cv ({model})")
+        scores = m.get("scores", {})
+        rows.append(ModelRow(
+            model=model,
+            head=str(m.get("head", "-")),
+            features=", ".join(m["features"]) if isinstance(m.get("features"), list) else str(m.get("features", "-")),
+            oof_logloss=_optional_float(scores.get("oof_logloss")),
+            oof_accuracy=_optional_float(scores.get("oof_accuracy")),
+            seconds=_optional_float(m.get("seconds")),
+            weight=None if weights is None or model not in weights else float(weights[model]),
+        ))
+    return rows
+
+
+def _load_blend_parts(exp_dir: Path, n_train: int) -> tuple[dict[str, Any] | None, np.ndarray | None, str | None]:
+    """(blend manifest, its calibrated OOF (n_train,), None), or (None, None, why there is no usable blend)."""
+    from kaggle_kit.artifacts import KitError, load_npy
+    from kaggle_kit.blend import load_blend
+
+    if not (exp_dir / "blend" / "manifest.json").exists():
+        return None, None, "no blend yet: run 'kaggle-kit blend'"
+    try:
+        manifest = load_blend(exp_dir).manifest
+        oof = np.asarray(load_npy(exp_dir / "blend" / "oof.npy", mmap=False), dtype=np.float64)
+    except KitError as exc:
+        return None, None, f"the blend cannot be used: {exc}"
+    if oof.shape != (n_train,):
+        return None, None, (f"the blend cannot be used: {exp_dir / 'blend' / 'oof.npy'} has shape {oof.shape}, "
+                            f"expected ({n_train},); re-run 'kaggle-kit blend'")
+    return manifest, oof, None
+
+
+def _find_images(exp_dir: Path,
+                 train_ids: tuple[str, ...]) -> tuple[dict[str, Path], tuple[str, str] | None, str | None]:
+    """Map training ids to image files through the experiment's data folder; (map, classes, note or None)."""
+    from kaggle_kit.artifacts import KitError, load_experiment
+    from kaggle_kit.data import discover
+
+    try:
+        remembered = load_experiment(exp_dir)
+        if remembered is None:
+            return {}, None, f"no thumbnails: {exp_dir / 'experiment.json'} (the data folder) does not exist"
+        dataset = discover(remembered["data_dir"], positive=remembered["positive"])
+    except KitError as exc:
+        return {}, None, f"no thumbnails: {exc}"
+    files = dict(zip(dataset.train_ids, dataset.train_paths()))
+    note = None
+    if dataset.train_ids != train_ids:
+        found = sum(i in files for i in train_ids)
+        note = (f"the training ids in {dataset.root} do not match the fold plan's ({dataset.n_train} images vs "
+                f"{len(train_ids)} rows, {found} of the plan's ids found): thumbnails are looked up by id, and the "
+                "photos may have changed since 'kaggle-kit cv'")
+    return files, dataset.classes, note
+
+
+def thumbnail(path: Path, *, size: int = THUMBNAIL_PX, quality: int = 85) -> bytes | None:
+    """JPEG bytes of the image at ``path`` scaled to fit ``size`` x ``size`` (aspect kept), or None if unreadable."""
+    import cv2
+
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError:
+        return None
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if img is None or img.ndim != 3 or 0 in img.shape[:2]:
+        return None
+    h, w = img.shape[:2]
+    scale = size / max(h, w)
+    if scale < 1:
+        img = cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return buf.tobytes() if ok else None
+
+
+# --------------------------------------------------------------------------------------------------- plots
+def _figure(width: float, height: float):
+    """A matplotlib Figure on the Agg canvas, outside pyplot's global state (nothing to close or leak)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def plot_reliability(curves: list[tuple[str, Reliability]], *, title: str) -> bytes:
+    """PNG of a reliability diagram (one line per (label, Reliability)) over a histogram of the predictions."""
+    fig = _figure(6.4, 6.4)
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    top.plot([0, 1], [0, 1], ls=":", color="grey", label="perfectly calibrated")
+    for label, r in curves:
+        top.plot(r.prob_pred, r.prob_true, marker="o", label=label)
+        bottom.stairs(r.counts, r.edges, label=label)
+    top.set(ylabel="fraction of positives", title=title, xlim=(0, 1), ylim=(0, 1))
+    top.legend(loc="upper left")
+    bottom.set(xlabel="mean predicted P(positive) in the bin", ylabel="rows", yscale="log")
+    return _png(fig)
+
+
+def plot_clip_curve(levels: np.ndarray, losses: np.ndarray, *, unclipped: float, chosen: float,
+                    chosen_loss: float, chosen_label: str, title: str) -> bytes:
+    """PNG of OOF log loss against the clip level (log x axis), the chosen clip marked."""
+    fig = _figure(6.4, 4.0)
+    ax = fig.subplots()
+    ax.plot(levels, losses, label="clip(p, c, 1 - c)")
+    ax.axhline(unclipped, ls=":", color="grey", label=f"no clip ({unclipped:.5f})")
+    ax.axvline(chosen, ls="--", color="tab:red")
+    ax.plot([chosen], [chosen_loss], "o", color="tab:red",
+            label=f"{chosen_label}: c = {chosen:.4g} ({chosen_loss:.5f})")
+    ax.set(xscale="log", xlabel="clip level c", ylabel="OOF log loss", title=title)
+    ax.legend()
+    return _png(fig)
+
+
+# ---------------------------------------------------------------------------------------------------- HTML
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto; max-width: 70em;
+       padding: 0 1em; color: #222; line-height: 1.4; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; }
+.meta { color: #666; }
+.note { background: #fff4e5; border-left: 4px solid #f0a020; padding: 0.5em 1em; margin: 0.6em 0; }
+.estimate { background: #eef6ee; border-left: 4px solid #3a3; padding: 0.6em 1em; font-size: 1.1em; }
+table { border-collapse: collapse; margin: 0.5em 0; }
+th, td { border-bottom: 1px solid #e4e4e4; padding: 0.3em 0.8em; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.best td { font-weight: bold; }
+figure { margin: 1em 0; } figcaption { color: #555; max-width: 50em; }
+img.plot { max-width: 100%; border: 1px solid #eee; }
+.gallery { display: flex; flex-wrap: wrap; gap: 0.8em; }
+.card { width: 140px; border: 1px solid #ddd; border-radius: 4px; padding: 4px; font-size: 0.8em; }
+.card .thumb { height: 128px; display: flex; align-items: center; justify-content: center; background: #f6f6f6; }
+.card .thumb img { max-width: 128px; max-height: 128px; }
+"""
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _data_uri(mime: str, data: bytes) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _models_table(rows: list[ModelRow], best: str, method: str | None) -> str:
+    weight_head = "blend weight" if method != "stack" else "blend coefficient (stack, on logits)"
+    out = ['<table id="models"><thead><tr><th>model</th><th>head</th><th>features</th><th>OOF log loss</th>'
+           f'<th>OOF accuracy</th><th>seconds</th><th>{_e(weight_head)}</th></tr></thead><tbody>']
+    for r in rows:
+        weight = "-" if r.weight is None else format(r.weight, ".4f")
+        out.append(
+            f'<tr data-model="{_e(r.model)}"{" class=best" if r.model == best else ""}><td>{_e(r.model)}</td>'
+            f"<td>{_e(r.head)}</td><td>{_e(r.features)}</td>"
+            f'<td class="num">{_fmt(r.oof_logloss, ".5f")}</td><td class="num">{_fmt(r.oof_accuracy, ".4f")}</td>'
+            f'<td class="num">{_fmt(r.seconds, ".2f")}</td><td class="num">{weight}</td></tr>'
+        )
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def _ladder_table(ladder: list[dict[str, Any]]) -> str:
+    out = ['<table id="ladder"><thead><tr><th>step</th><th>OOF log loss (cross-fitted)</th><th>detail</th></tr>'
+           "</thead><tbody>"]
+    for s in ladder:
+        out.append(f'<tr><td>{_e(s["step"])}</td><td class="num">{s["oof_logloss"]:.5f}</td>'
+                   f'<td>{_e(s["detail"])}</td></tr>')
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def _figure_html(png: bytes, alt: str, caption: str) -> str:
+    return (f'<figure><img class="plot" alt="{_e(alt)}" src="{_data_uri("image/png", png)}">'
+            f"<figcaption>{_e(caption)}</figcaption></figure>")
+
+
+def _gallery_html(g: Gallery) -> str:
+    neg, pos = g.classes
+    if g.n_mistakes == 0:
+        return "<p>No OOF mistakes: every prediction is on the right side of 0.5.</p>"
+    out = [f"<p>{g.n_mistakes:,} OOF predictions are on the wrong side of 0.5; the {len(g.ids)} most costly "
+           "are shown. Mislabelled or unusual training photos show up here.</p>", '<div class="gallery">']
+    for i, label, p, loss, jpeg in zip(g.ids, g.y, g.p, g.losses, g.thumbnails):
+        img = (f'<img alt="{_e(i)}" src="{_data_uri("image/jpeg", jpeg)}">' if jpeg is not None
+               else "<span>no image</span>")
+        out.append(f'<div class="card"><div class="thumb">{img}</div><b>{_e(i)}</b><br>'
+                   f"true: {_e(pos if label == 1 else neg)}<br>P({_e(pos)}) = {p:.4f}<br>loss {loss:.2f}</div>")
+    out.append("</div>")
+    return "".join(out)
+
+
+def render_html(*, exp_name: str, header: str, notes: list[str], estimate: str, models_table: str,
+                ladder: str, figures: list[str], gallery: str) -> str:
+    """The report page from its parts: ``header``, ``notes`` and ``estimate`` are plain text, the rest HTML."""
+    note_html = "".join(f'<p class="note">{_e(n)}</p>' for n in notes)
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>kaggle-kit report: {_e(exp_name)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>kaggle-kit report: experiment {_e(exp_name)}</h1><p class=\"meta\">{_e(header)}</p>{note_html}"
+        f"<h2>Leaderboard estimate</h2><p class=\"estimate\" id=\"estimate\">{_e(estimate)}</p>"
+        f"<h2>Models</h2>{models_table}<h2>Ladder</h2>{ladder}<h2>Calibration and clipping</h2>{''.join(figures)}"
+        f"<h2>The most costly OOF mistakes</h2>{gallery}</body></html>\n"
+    )
+
+
+def write_report(exp_dir: Path, *, progress: bool = True, warn: Callable[[str], None] = print) -> ReportResult:
+    """Write ``<exp>/report.html`` and ``<exp>/report/*.png`` from the experiment's cv results and blend.
+
+    Needs the fold plan and at least one finished cv model; the blend, the data folder and the photos are
+    optional, and the page says which of them are missing and why.
+    """
+    from tqdm import tqdm
+
+    from kaggle_kit.artifacts import write_bytes_atomic
+    from kaggle_kit.blend import CLIP_BOUNDS, best_clip, load_cv_inputs
+
+    bar = tqdm(total=6, desc="report", unit="step", disable=not progress)
+    bar.set_postfix_str("reading")
+    inputs = load_cv_inputs(exp_dir, warn=warn)
+    folds = inputs.folds
+    y = folds.y
+    blend_manifest, blend_oof, missing = _load_blend_parts(exp_dir, len(y))
+    notes = [missing] if missing else []
+    weights = blend_manifest["weights"] if blend_manifest else None
+    rows = _model_rows(exp_dir, inputs.models, weights)
+    # subtle: the best single model is the one the table ranks first, by its manifest's score; a model without
+    # a score sorts last rather than failing the report.
+    rows.sort(key=lambda r: (r.oof_logloss is None, r.oof_logloss or 0.0, r.model))
+    best = rows[0].model
+    best_p = inputs.oof[:, inputs.models.index(best)]
+    bar.update()
+
+    bar.set_postfix_str("reliability")
+    if blend_manifest is not None:
+        blended = [inputs.models.index(m) for m in blend_manifest["models"]]
+        before = crossfit_uncalibrated(inputs.oof[:, blended], y, folds.plan[0], method=blend_manifest["method"],
+                                       rounds=blend_manifest["rounds"])
+        final, final_name = blend_oof, "the calibrated blend"
+        calibration = blend_manifest["calibration"]
+        curves = [(f"blend, before calibration ({log_loss(*_finite_rows(y, before)):.5f})",
+                   reliability_bins(y, before)),
+                  (f"calibrated: {calibration['kind']} ({log_loss(*_finite_rows(y, final)):.5f})",
+                   reliability_bins(y, final))]
+        rel_title = "Reliability of the blend's OOF predictions"
+        after = ("no calibration lowered the cross-fitted log loss, so the two curves coincide"
+                 if calibration["kind"] == "none" else f"after {calibration['kind']} calibration (blend/oof.npy)")
+        rel_caption = ("Cross-fitted OOF predictions of the blend before calibration (for each fold, the "
+                       f"{blend_manifest['method']} blender refitted on the other folds, as 'kaggle-kit blend' scores "
+                       f"it); {after}. Log losses in the legend. Below: rows per bin.")
+    else:
+        final, final_name = best_p, f"the best single model, {best}"
+        curves = [(f"{best} ({log_loss(*_finite_rows(y, best_p)):.5f})", reliability_bins(y, best_p))]
+        rel_title = f"Reliability of {best}'s OOF predictions"
+        rel_caption = (f"OOF predictions of the best single model, {best} (averaged over repeats). No calibrated "
+                       "curve: that comes with the blend. Below: rows per bin.")
+    reliability_png = plot_reliability(curves, title=rel_title)
+    bar.update()
+
+    bar.set_postfix_str("clip curve")
+    levels, losses = clip_curve(y, final)
+    fy, fp = _finite_rows(y, final)
+    if blend_manifest is not None:
+        chosen, chosen_loss = blend_manifest["clip"]["chosen"], blend_manifest["clip"]["oof_logloss"]
+        chosen_label = "chosen by 'kaggle-kit blend'"
+    else:
+        chosen, chosen_loss = best_clip(fp, fy)
+        chosen_label = f"best in {CLIP_BOUNDS[0]:g}..{CLIP_BOUNDS[1]:g}, in-sample"
+    unclipped = log_loss(fy, fp)
+    clip_png = plot_clip_curve(levels, losses, unclipped=unclipped, chosen=chosen, chosen_loss=chosen_loss,
+                               chosen_label=chosen_label, title=f"OOF log loss against the clip level: {final_name}")
+    clip_caption = (f"Log loss of clip(p, c, 1 - c) on the OOF predictions of {final_name}, c log-spaced from "
+                    f"{CLIP_RANGE[0]:g} to {CLIP_RANGE[1]:g}; no clip scores {unclipped:.5f}. 'kaggle-kit submit' "
+                    "applies the blend's chosen clip.")
+    bar.update()
+
+    bar.set_postfix_str("thumbnails")
+    files, classes, image_note = _find_images(exp_dir, folds.train_ids)
+    if image_note:
+        notes.append(image_note)
+    rows_idx = top_mistakes(y, final)
+    ids = tuple(folds.train_ids[i] for i in rows_idx)
+    thumbs = tuple(thumbnail(files[i]) if i in files else None
+                   for i in tqdm(ids, desc="thumbnails", unit="img", disable=not progress, leave=False))
+    unreadable = [i for i, t in zip(ids, thumbs) if i in files and t is None]
+    if unreadable:
+        notes.append(f"cannot decode {len(unreadable)} of the gallery's photos (first: {files[unreadable[0]]})")
+    per_row = row_losses(y, final)
+    gallery = Gallery(ids=ids, y=y[rows_idx], p=final[rows_idx], losses=per_row[rows_idx],
+                      thumbnails=thumbs, n_mistakes=int((per_row > math.log(2)).sum()),
+                      classes=classes or ("negative", "positive"))
+    bar.update()
+
+    bar.set_postfix_str("writing plots")
+    plot_dir = exp_dir / "report"
+    plots = (plot_dir / "reliability.png", plot_dir / "clip_curve.png")
+    for path, png in zip(plots, (reliability_png, clip_png)):
+        write_bytes_atomic(path, png)
+    bar.update()
+
+    bar.set_postfix_str("writing the page")
+    if blend_manifest is not None:
+        score, score_name = blend_manifest["ladder"][-1]["oof_logloss"], "the clipped blend, cross-fitted"
+        ladder = _ladder_table(blend_manifest["ladder"])
+    else:
+        score, score_name = rows[0].oof_logloss, f"the best single model {best}, unclipped"
+        ladder = f'<p class="note">No ladder: {_e(missing)}</p>'
+    estimate = (f"OOF log loss {score:.5f} ({score_name}) on the final Dogs vs. Cats Redux leaderboard: "
+                f"{leaderboard_sentence(score)}" if score is not None
+                else "No estimate: the best model's manifest has no OOF log loss.")
+    blend_text = (f"blend: {blend_manifest['method']}, calibration {blend_manifest['calibration']['kind']}, "
+                  f"clip {blend_manifest['clip']['chosen']:.4g}" if blend_manifest else "no blend")
+    header = (f"{len(y):,} training rows, {folds.manifest['n_folds']} folds x {folds.manifest['repeats']} repeats, "
+                f"{len(rows)} models, {blend_text}. kaggle-kit {__version__}, "
+                f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.")
+    page = render_html(
+        exp_name=exp_dir.name, header=header, notes=notes, estimate=estimate,
+        models_table=_models_table(rows, best, blend_manifest["method"] if blend_manifest else None), ladder=ladder,
+        figures=[_figure_html(reliability_png, rel_title, rel_caption),
+                 _figure_html(clip_png, "OOF log loss against the clip level", clip_caption)],
+        gallery=_gallery_html(gallery),
+    )
+    path = exp_dir / "report.html"
+    write_bytes_atomic(path, page.encode("utf-8"))
+    bar.update()
+    bar.close()
+    return ReportResult(path=path, plots=plots, notes=tuple(notes), has_blend=blend_manifest is not None,
+                        n_models=len(rows), estimate=estimate)
