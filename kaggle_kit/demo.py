@@ -1,0 +1,444 @@
+"""``kaggle-kit demo``: the whole pipeline, features -> cv -> blend -> submit, on a sample competition.
+
+Where the images come from:
+
+- ``--data DIR``: the user's competition folder, as every other command reads it;
+- otherwise the public ``cats_and_dogs_filtered`` sample (2,000 training + 1,000 validation photos of the
+  original Dogs vs. Cats), downloaded once into a cache folder and arranged in Kaggle's layout: the training
+  photos become ``train/cat.<n>.jpg`` / ``train/dog.<n>.jpg``, the validation photos ``test/<id>.jpg``
+  (shuffled with a fixed seed), with ``sample_submission.csv`` and the answer key ``test_labels.csv``;
+- when that download is impossible (no network), a small synthetic competition made on the spot: a SMOKE
+  RUN that shows the pipeline works, not how well it scores on photos.
+
+The stages are the ``kaggle-kit`` commands themselves, run through the command line's own parser
+(:func:`run_stage`), so the demo does exactly what a user typing them would, caches included. A competition
+folder holding ``test_labels.csv`` (``id,label``, label 1 = the positive class) is an answer key: the demo
+then also scores the submission against it, which Kaggle's real test set never allows.
+
+Cache layout (``~/.cache/kaggle-kit/`` unless ``--cache DIR``)::
+
+    cats_and_dogs_filtered/     the arranged sample; its manifest.json is written last (finished marker)
+    synthetic/                  the synthetic competition of the smoke run, same convention
+"""
+
+from __future__ import annotations
+
+import csv
+import http.client
+import shlex
+import shutil
+import time
+import urllib.error
+import zipfile
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from kaggle_kit.artifacts import (
+    KitError,
+    atomic_path,
+    check_name,
+    new_manifest,
+    read_manifest,
+    write_json_atomic,
+)
+
+CATS_AND_DOGS_URL = "https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip"
+CATS_AND_DOGS = "cats_and_dogs_filtered"
+SYNTHETIC = "synthetic"
+DEFAULT_CACHE = Path("~/.cache/kaggle-kit")
+DEFAULT_FOLDS = 5
+DOWNLOAD_TIMEOUT = 15.0  # seconds without a byte from the server before the download is given up
+ANSWER_KEY = "test_labels.csv"
+DATA_FORMAT = "kaggle-kit/demo-data/1"
+# The archive's class folders and the Kaggle class names they become (label 1 = dog, as in the competition).
+CLASS_FOLDERS = {"cats": "cat", "dogs": "dog"}
+NEGATIVE, POSITIVE = "cat", "dog"
+# Synthetic images are ambiguous in places, so that the smoke run's ladder has something to show: this share
+# of them is drawn in the other class's colours, and of their objects this share has the other class's shape.
+SWAPPED_PALETTE = 0.3
+SWAPPED_SHAPE = 0.35
+SYNTHETIC_VERSION = 1  # part of a cached synthetic competition's identity: bump it when the drawing changes
+
+
+# ------------------------------------------------------------------------------ the synthetic competition
+def synthetic_photo(rng: np.random.Generator, *, positive: bool, height: int, width: int) -> np.ndarray:
+    """One photo-like BGR uint8 image (height, width, 3) of a class that differs visibly from the other.
+
+    Negative ('cat'): a texture of soft spots, mostly round blobs, mostly a warm orange palette. Positive
+    ('dog'): a texture of stripes, mostly rectangular boxes, mostly a cool blue palette. "Mostly": see
+    ``SWAPPED_PALETTE`` and ``SWAPPED_SHAPE``; the texture, of random strength, is the only cue that never
+    lies. Each image draws its own shades, orientation, texture scale, objects and sensor noise from ``rng``:
+    no two are alike, and ImageNet features, not pixel equality, separate the classes.
+    """
+    import cv2
+
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    angle = rng.uniform(0, np.pi)
+    ramp = (xx * np.cos(angle) + yy * np.sin(angle)) / np.hypot(height, width)  # in [-1, 1]
+    blue = positive != (rng.random() < SWAPPED_PALETTE)
+    hue = rng.uniform(100, 120) if blue else rng.uniform(8, 22)  # OpenCV hue (0-180): blue vs orange
+    sat = rng.uniform(110, 210)
+    val = rng.uniform(130, 210) * (0.8 + 0.2 * ramp)
+    if positive:
+        theta, period = rng.uniform(0, np.pi), rng.uniform(7, 16)
+        texture = 0.5 + 0.5 * np.sin(2 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta)) / period)
+    else:
+        texture = np.zeros((height, width), np.float32)
+        for _ in range(height * width // 500):
+            center = (int(rng.integers(width)), int(rng.integers(height)))
+            cv2.circle(texture, center, int(rng.integers(2, 7)), 1.0, thickness=-1, lineType=cv2.LINE_AA)
+        texture = cv2.GaussianBlur(texture, (0, 0), 1.5)
+    val = val * (1.0 - rng.uniform(0.0, 0.3) * np.clip(texture, 0, 1))  # near 0: the texture all but vanishes
+    hsv = np.stack([np.full_like(val, hue), np.full_like(val, sat), val], axis=-1)
+    image = cv2.cvtColor(np.clip(hsv, 0, 255).astype(np.uint8), cv2.COLOR_HSV2BGR)
+    for _ in range(int(rng.integers(2, 5))):
+        shade = (hue + rng.uniform(-10, 10), rng.uniform(120, 255), rng.uniform(60, 255))
+        bgr = cv2.cvtColor(np.uint8([[np.clip(shade, 0, 255)]]), cv2.COLOR_HSV2BGR)[0, 0].tolist()
+        cx, cy = rng.uniform(0.15, 0.85) * width, rng.uniform(0.15, 0.85) * height
+        a, b = rng.uniform(0.06, 0.2) * width, rng.uniform(0.06, 0.2) * height
+        if positive != (rng.random() < SWAPPED_SHAPE):
+            box = cv2.boxPoints(((cx, cy), (2 * a, 2 * b), rng.uniform(0, 90)))
+            cv2.fillPoly(image, [np.round(box).astype(np.int32)], bgr, lineType=cv2.LINE_AA)
+        else:
+            cv2.ellipse(image, ((cx, cy), (2 * a, 2 * b), rng.uniform(0, 180)), bgr, thickness=-1,
+                        lineType=cv2.LINE_AA)
+    image = cv2.GaussianBlur(image, (0, 0), 0.8).astype(np.float32)
+    image += rng.normal(0, 5, image.shape).astype(np.float32)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def _write_jpeg(path: Path, image: np.ndarray) -> None:
+    import cv2
+
+    ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    if not ok:
+        raise KitError(f"OpenCV could not encode {path} as JPEG")
+    path.write_bytes(encoded.tobytes())
+
+
+def _write_csvs(dest: Path, test_labels: Sequence[int]) -> None:
+    """``sample_submission.csv`` (ids 1..n, label 0.5) and the answer key ``test_labels.csv`` (label 1 = dog)."""
+    ids = range(1, len(test_labels) + 1)
+    (dest / "sample_submission.csv").write_text("id,label\n" + "".join(f"{i},0.5\n" for i in ids))
+    (dest / ANSWER_KEY).write_text("id,label\n" + "".join(f"{i},{y}\n" for i, y in zip(ids, test_labels)))
+
+
+def make_synthetic_competition(dest: Path, *, n_per_class: int = 120, n_test: int = 80, seed: int = 0) -> Path:
+    """Write a synthetic binary competition into ``dest`` (which must not exist) in Kaggle's layout.
+
+    ``train/cat.<n>.jpg`` and ``train/dog.<n>.jpg`` (``n_per_class`` each), ``test/<id>.jpg`` for ids
+    1..``n_test`` (half of each class, rounded down for dogs, in shuffled order), ``sample_submission.csv``
+    and ``test_labels.csv``. Images are 200-400 px JPEGs from :func:`synthetic_photo`; everything is a
+    function of ``seed``.
+    """
+    if n_per_class < 1 or n_test < 1:
+        raise ValueError(f"n_per_class and n_test must be at least 1, got {n_per_class} and {n_test}")
+    rng = np.random.default_rng(seed)
+    (dest / "train").mkdir(parents=True)
+    (dest / "test").mkdir()
+
+    def photo(positive: bool) -> np.ndarray:
+        return synthetic_photo(rng, positive=positive, height=int(rng.integers(200, 361)),
+                               width=int(rng.integers(240, 401)))
+
+    for cls, positive in ((NEGATIVE, False), (POSITIVE, True)):
+        for n in range(1, n_per_class + 1):
+            _write_jpeg(dest / "train" / f"{cls}.{n}.jpg", photo(positive))
+    test_labels = rng.permutation(np.arange(n_test) < n_test // 2).astype(int).tolist()
+    for i, label in enumerate(test_labels, start=1):
+        _write_jpeg(dest / "test" / f"{i}.jpg", photo(bool(label)))
+    _write_csvs(dest, test_labels)
+    return dest
+
+
+# ----------------------------------------------------------------------------- the cats_and_dogs sample
+def _numeric_name_key(path: Path) -> tuple:
+    """'cat.2.jpg' before 'cat.10.jpg': the digits of the name compare as numbers."""
+    digits = "".join(ch for ch in path.stem if ch.isdigit())
+    return (int(digits) if digits else -1, path.name)
+
+
+def _class_images(folder: Path) -> dict[str, list[Path]]:
+    """Kaggle class name -> the images of ``folder/cats`` and ``folder/dogs``, in numeric name order."""
+    from kaggle_kit.data import IMAGE_EXTENSIONS
+
+    found = {}
+    for sub, cls in CLASS_FOLDERS.items():
+        where = folder / sub
+        images = [p for p in where.iterdir() if p.is_file() and not p.name.startswith(".")
+                  and p.suffix.lower() in IMAGE_EXTENSIONS] if where.is_dir() else []
+        if not images:
+            raise KitError(f"{where} holds no images: not the {CATS_AND_DOGS} archive's layout "
+                           f"({CATS_AND_DOGS}/{{train,validation}}/{{cats,dogs}}/*.jpg)")
+        found[cls] = sorted(images, key=_numeric_name_key)
+    return found
+
+
+def arrange_cats_and_dogs(source: Path, dest: Path, *, seed: int = 0) -> Path:
+    """Copy the unpacked archive ``source`` (holding ``train/`` and ``validation/``) into ``dest`` (which must
+    not exist) in Kaggle's layout; return ``dest``.
+
+    ``train/{cats,dogs}/*`` become ``train/cat.<n>.<ext>`` / ``train/dog.<n>.<ext>`` (n = 1.. in numeric name
+    order); the ``validation/`` photos of both classes become ``test/<id>.<ext>`` with ids 1..m in an order
+    shuffled by ``seed``, whose classes are written to ``test_labels.csv`` (label 1 = dog) beside
+    ``sample_submission.csv``. ``source`` is left as it was.
+    """
+    train, validation = _class_images(source / "train"), _class_images(source / "validation")
+    (dest / "train").mkdir(parents=True)
+    (dest / "test").mkdir()
+    for cls, images in train.items():
+        for n, path in enumerate(images, start=1):
+            shutil.copyfile(path, dest / "train" / f"{cls}.{n}{path.suffix.lower()}")
+    held_out = [(path, int(cls == POSITIVE)) for cls, images in validation.items() for path in images]
+    order = np.random.default_rng(seed).permutation(len(held_out))
+    test_labels = []
+    for i, k in enumerate(order, start=1):
+        path, label = held_out[k]
+        shutil.copyfile(path, dest / "test" / f"{i}{path.suffix.lower()}")
+        test_labels.append(label)
+    _write_csvs(dest, test_labels)
+    return dest
+
+
+def download_file(url: str, dest: Path, *, timeout: float = DOWNLOAD_TIMEOUT) -> None:
+    """Download ``url`` to ``dest`` atomically: ``dest`` appears only once every byte has arrived.
+
+    Raises ``OSError`` (``urllib.error.URLError`` included) or ``http.client.HTTPException`` when it cannot.
+    """
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=timeout) as response, atomic_path(dest, suffix=".part") as tmp:
+        with open(tmp, "wb") as out:
+            shutil.copyfileobj(response, out, 1 << 20)
+
+
+def _is_finished(folder: Path, params: dict) -> bool:
+    """True when ``folder`` is a finished data folder made with ``params``."""
+    if not (folder / "manifest.json").is_file():
+        return False
+    try:
+        manifest = read_manifest(folder / "manifest.json", fmt=DATA_FORMAT, rerun="kaggle-kit demo")
+    except KitError:
+        return False
+    return manifest.get("params") == params
+
+
+def _build_folder(folder: Path, params: dict, build: Callable[[Path], None]) -> Path:
+    """Run ``build(staging)`` in a staging folder beside ``folder``, then put the result in its place.
+
+    The manifest (with ``params``) is written last inside the staging folder, which is then renamed to
+    ``folder``: a folder that has a manifest is complete. subtle: the staging name is fixed, so the leftovers
+    of a killed run are cleared by the next one (two demos sharing a cache at the same moment would collide).
+    """
+    staging = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    build(staging)
+    write_json_atomic(staging / "manifest.json", new_manifest(DATA_FORMAT, params=params))
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.rename(folder)
+    return folder
+
+
+def fetch_cats_and_dogs(cache: Path, *, seed: int = 0, url: str = CATS_AND_DOGS_URL,
+                        timeout: float = DOWNLOAD_TIMEOUT, progress: Callable[[str], None] = print) -> Path:
+    """``<cache>/cats_and_dogs_filtered``, in Kaggle's layout: reused when finished, else downloaded and arranged.
+
+    ``progress`` gets the download's messages (and the archive's warnings). Network failures propagate
+    (``OSError``, ``http.client.HTTPException``); a damaged archive is deleted and refused with a
+    :class:`KitError`.
+    """
+    from kaggle_kit.kaggle_api import extract_zip
+
+    folder = cache / CATS_AND_DOGS
+    params = {"url": url, "seed": seed}
+    if _is_finished(folder, params):
+        return folder
+    archive = cache / f"{CATS_AND_DOGS}.zip"
+    if not archive.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        progress(f"downloading {url} into {cache} ...")
+        t0 = time.perf_counter()
+        download_file(url, archive, timeout=timeout)
+        progress(f"downloaded {archive.stat().st_size / 1e6:.1f} MB in {time.perf_counter() - t0:.0f} s")
+    unpacked = cache / f".{CATS_AND_DOGS}.unpacked"
+    shutil.rmtree(unpacked, ignore_errors=True)
+    try:
+        extract_zip(archive, unpacked, warn=progress)
+        _build_folder(folder, params, lambda staging: arrange_cats_and_dogs(unpacked / CATS_AND_DOGS, staging,
+                                                                            seed=seed))
+    except (zipfile.BadZipFile, KitError) as exc:
+        archive.unlink(missing_ok=True)
+        raise KitError(f"the downloaded {archive} cannot be used ({exc}); it was deleted: run the demo again "
+                       "to download it anew") from None
+    finally:
+        shutil.rmtree(unpacked, ignore_errors=True)
+    archive.unlink()  # the arranged folder holds every photo; the archive is no longer needed
+    return folder
+
+
+def synthetic_competition(cache: Path, *, n_per_class: int = 120, n_test: int = 80, seed: int = 0) -> Path:
+    """``<cache>/synthetic``: the smoke run's competition, reused when made with the same settings."""
+    folder = cache / SYNTHETIC
+    params = {"n_per_class": n_per_class, "n_test": n_test, "seed": seed, "version": SYNTHETIC_VERSION}
+    if _is_finished(folder, params):
+        return folder
+    return _build_folder(folder, params, lambda staging: make_synthetic_competition(
+        staging, n_per_class=n_per_class, n_test=n_test, seed=seed))
+
+
+def _reason(exc: BaseException) -> str:
+    """A one-line reason for a failed download: the cause inside a URLError, else the exception's text."""
+    if type(exc) is urllib.error.URLError:  # subtle: not HTTPError, whose own text carries the status code
+        exc = exc.reason if isinstance(exc.reason, BaseException) else OSError(exc.reason)
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+@dataclass(frozen=True)
+class DemoData:
+    """The competition folder the demo runs on; ``smoke`` when it is synthetic; ``note`` says which, in a line."""
+
+    root: Path
+    smoke: bool
+    note: str
+
+
+def prepare_demo_data(cache: Path, *, seed: int = 0, n_per_class: int = 120, n_test: int = 80,
+                      url: str = CATS_AND_DOGS_URL, timeout: float = DOWNLOAD_TIMEOUT,
+                      progress: Callable[[str], None] = print) -> DemoData:
+    """The cats_and_dogs_filtered sample when it can be had, else the synthetic competition (a smoke run)."""
+    cache = Path(cache).expanduser()
+    try:
+        root = fetch_cats_and_dogs(cache, seed=seed, url=url, timeout=timeout, progress=progress)
+    except (OSError, http.client.HTTPException) as exc:
+        root = synthetic_competition(cache, n_per_class=n_per_class, n_test=n_test, seed=seed)
+        note = (f"SMOKE RUN: cannot get {CATS_AND_DOGS} ({_reason(exc)}); running on a synthetic competition "
+                f"instead ({2 * n_per_class} train + {n_test} test images in {root}): it shows the pipeline "
+                "works, its scores say nothing about real photos")
+        return DemoData(root=root, smoke=True, note=note)
+    return DemoData(root=root, smoke=False, note=f"competition: {CATS_AND_DOGS} in Kaggle's layout, {root}")
+
+
+# ---------------------------------------------------------------------------------------------- scoring
+@dataclass(frozen=True)
+class Score:
+    """A submission scored against an answer key: ``n`` rows, Kaggle's log loss, accuracy at 0.5."""
+
+    n: int
+    logloss: float
+    accuracy: float
+
+
+def _read_id_label(path: Path) -> dict[str, str]:
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None or [h.strip().lower() for h in header[:2]] != ["id", "label"]:
+            raise KitError(f"{path}: the header must be 'id,label' (found {header!r})", code=2)
+        return {row[0].strip(): row[1].strip() for row in reader if row and row[0].strip()}
+
+
+def score_submission(submission: Path, answer_key: Path) -> Score:
+    """Score a submission CSV against an answer key CSV (both ``id,label``; the key's labels 0/1)."""
+    from kaggle_kit.blend import log_loss
+
+    predicted, truth = _read_id_label(submission), _read_id_label(answer_key)
+    if set(predicted) != set(truth):
+        raise KitError(f"{answer_key} and {submission} hold different ids ({len(set(truth) - set(predicted))} "
+                       f"only in the key, {len(set(predicted) - set(truth))} only in the submission)", code=2)
+    ids = sorted(truth)
+    try:
+        y = np.array([int(truth[i]) for i in ids])
+        p = np.array([float(predicted[i]) for i in ids])
+    except ValueError as exc:
+        raise KitError(f"cannot score {submission} against {answer_key}: {exc}", code=2) from None
+    if not np.isin(y, (0, 1)).all():
+        raise KitError(f"{answer_key}: labels must be 0 or 1", code=2)
+    return Score(n=len(ids), logloss=float(log_loss(y, p)), accuracy=float(np.mean((p >= 0.5) == (y == 1))))
+
+
+def ladder_line(blend_manifest: dict) -> str:
+    """'OOF log loss: best single model 0.1 -> blend 0.09 -> calibrated ... -> clipped ...' from a blend manifest."""
+    steps = " -> ".join(f"{s['step']} {s['oof_logloss']:.5f}" for s in blend_manifest["ladder"])
+    return f"OOF log loss ({blend_manifest['n_folds']}-fold, cross-fitted): {steps}"
+
+
+# --------------------------------------------------------------------------------------------- the run
+def run_stage(argv: list[str], *, echo: Callable[[str], None] = print) -> None:
+    """Run ``kaggle-kit <argv>`` through the command line's own parser, as a user typing it would.
+
+    A failing stage has already printed its one-line error; this raises a :class:`KitError` naming the stage,
+    with the stage's exit code. subtle: in standalone mode Typer always ends with ``SystemExit`` (code 0 or
+    None on success), which is also how its own usage errors report.
+    """
+    import typer
+
+    from kaggle_kit.cli import app
+
+    echo(f"$ kaggle-kit {shlex.join(argv)}")
+    code = 0
+    try:
+        typer.main.get_command(app).main(argv, prog_name="kaggle-kit", standalone_mode=True)
+    except SystemExit as exc:
+        code = exc.code
+    if code not in (0, None):
+        raise KitError(f"the demo stopped at 'kaggle-kit {argv[0]}' (exit {code}); the message above says why. "
+                       "Finished stages are cached: run the demo again once it is fixed",
+                       code=code if isinstance(code, int) else 1)
+
+
+def run_demo(*, data: Path | None, exp: str, backbones: Sequence[str], folds: int = DEFAULT_FOLDS,
+             heads: Sequence[str] = (), cache: Path = DEFAULT_CACHE, positive: str | None = None,
+             echo: Callable[[str], None] = print, progress: Callable[[str], None] = print) -> Path:
+    """Run features (flip TTA) for each backbone -> cv -> blend -> submit; return the submission's path.
+
+    ``heads`` are passed to 'kaggle-kit cv' as ``--head`` (none: its default heads).
+
+    Without ``data`` the competition comes from :func:`prepare_demo_data`; a smoke run uses the experiment
+    ``<exp>-smoke`` (so it never mixes with real results) and a submission named ``SMOKE-RUN-...``. Prints
+    the ladder, the score against the answer key when the folder has one, and the submission path last.
+    ``echo`` gets the report (its first line says where the competition comes from), ``progress`` the
+    download's messages.
+    """
+    from kaggle_kit.artifacts import experiment_dir
+    from kaggle_kit.blend import load_blend
+    from kaggle_kit.submit import submission_path
+
+    if not backbones:
+        raise KitError("--backbone: give at least one backbone", code=2)
+    check_name("experiment", exp)
+    if data is None:
+        prepared = prepare_demo_data(cache, progress=progress)
+        echo(prepared.note)
+        data_dir, smoke = prepared.root, prepared.smoke
+    else:
+        data_dir, smoke = Path(data), False
+    exp = f"{exp}-smoke" if smoke else exp
+    with_positive = ["--positive", positive] if positive else []
+    for backbone in backbones:
+        run_stage(["features", "--data", str(data_dir), "--exp", exp, "--backbone", backbone, "--tta", "flip",
+                   *with_positive], echo=echo)
+    # subtle: cv is told the demo's feature sets, or it would also fit every other one cached in the experiment.
+    run_stage(["cv", "--exp", exp, "--folds", str(folds), *(a for b in backbones for a in ("--backbone", b)),
+               *(a for h in heads for a in ("--head", h))], echo=echo)
+    run_stage(["blend", "--exp", exp], echo=echo)
+    path = submission_path(exp=exp, name=None, now=datetime.now())
+    if smoke:
+        path = path.with_name(f"SMOKE-RUN-{path.name}")
+    run_stage(["submit", "--exp", exp, "--name", path.name], echo=echo)
+
+    echo("")
+    echo(ladder_line(load_blend(experiment_dir(exp)).manifest))
+    key = data_dir / ANSWER_KEY
+    if key.is_file():
+        score = score_submission(path, key)
+        echo(f"scored against the answer key {key}: log loss {score.logloss:.5f}, "
+             f"accuracy {100 * score.accuracy:.2f} % on {score.n} test images")
+    if smoke:
+        echo("SMOKE RUN finished: synthetic images, so these scores only show that every stage works")
+    echo(str(path))
+    return path
+
