@@ -102,17 +102,18 @@ def features(
     exp_dir = experiment_dir(exp)
     data_dir, positive = _resolve_data(exp_dir, data, positive)
     dataset = discover(data_dir, positive=positive)
-    for w in dataset.warnings:
-        _err(f"warning: {w}")
     choice = resolve_weights(spec, weights)
-    if choice.kind == "none":
-        _err("WARNING: --weights none: random weights, these features are NOT pretrained and will score poorly "
-             "(use them for plumbing tests only)")
     size = image_size or spec.input_size
     out_name = check_name("feature set", name) if name else default_name(spec, size)
     settings = FeatureSettings(backbone=spec, weights=choice, image_size=size, tta=tta.value,
                                batch_size=batch_size, workers=workers, shard_size=shard_size)
     with experiment_lock(exp_dir, command=f"features --backbone {backbone}"):
+        # Warnings only once the lock is held: a run refused as busy says so in one line.
+        for w in dataset.warnings:
+            _err(f"warning: {w}")
+        if choice.kind == "none":
+            _err("WARNING: --weights none: random weights, these features are NOT pretrained and will score poorly "
+                 "(use them for plumbing tests only)")
         save_experiment(exp_dir, data_dir=dataset.root, positive=positive)
         result = extract_features(dataset, features_dir(exp_dir, out_name), settings, force=force,
                                   warn=_err, progress=not quiet)
@@ -230,6 +231,112 @@ def download(
     out = download_competition(competition=competition, dest=dest, warn=_err)
     typer.echo(f"{competition}: {', '.join(sorted(p.name for p in out.iterdir()))}")
     typer.echo(str(out))
+
+
+@app.command()
+@handle_errors
+def demo(
+    data: Optional[Path] = typer.Option(
+        None, "--data", file_okay=False,
+        help="Competition folder. Default: the public cats_and_dogs_filtered sample (downloaded once into "
+        "--cache); offline, a synthetic SMOKE RUN.",
+    ),
+    exp: str = typer.Option("demo", "--exp", help="Experiment name (a smoke run uses <exp>-smoke)."),
+    backbone: list[str] = typer.Option(
+        ["efficientnet_lite0"], "--backbone", "-b", help="Backbone(s), repeatable; see 'kaggle-kit backbones'.",
+    ),
+    folds: int = typer.Option(5, "--folds", min=2, help="Folds of the cross-validation."),
+    head: Optional[list[str]] = typer.Option(
+        None, "--head", help="Head(s) for 'kaggle-kit cv', repeatable (default: cv's; 'logreg' alone is fastest).",
+    ),
+    cache: Path = typer.Option(
+        Path("~/.cache/kaggle-kit"), "--cache", file_okay=False, help="Where the sample competition is kept.",
+    ),
+    positive: Optional[str] = typer.Option(None, "--positive", help="Class whose label is 1 (default: dog)."),
+):
+    """Run the whole pipeline (features --tta flip, cv, blend, submit) on a sample competition; print the
+    ladder, the score against an answer key (test_labels.csv) if the folder has one, and the path last."""
+    from kaggle_kit.demo import run_demo
+
+    run_demo(data=data, exp=exp, backbones=backbone, folds=folds, heads=head or (), cache=cache,
+             positive=positive, echo=typer.echo, progress=_err)
+
+
+class Head(str, Enum):
+    logreg = "logreg"
+    mlp = "mlp"
+    concat = "concat"
+    concat_mlp = "concat_mlp"
+
+
+@app.command()
+@handle_errors
+def cv(
+    exp: str = ExpOption,
+    folds: Optional[int] = typer.Option(
+        None, "--folds", min=2, max=127,
+        help="Folds of the experiment's plan (default: the current plan's, else 5). A new plan makes every "
+        "cv result made on the old one stale.",
+    ),
+    repeats: Optional[int] = typer.Option(None, "--repeats", min=1, help="Repeats of the k-fold split (default 1)."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Seed of the split and the heads (default 0)."),
+    backbone: Optional[list[str]] = typer.Option(
+        None, "--backbone", "-b", help="Feature set(s), repeatable (default: every cached one).",
+    ),
+    head: Optional[list[Head]] = typer.Option(
+        None, "--head",
+        help="Head(s), repeatable: logreg, mlp (on each feature set), concat (logreg on all of them side by "
+        "side), concat_mlp. Default: logreg and mlp, plus concat with two or more feature sets.",
+    ),
+    force: bool = typer.Option(False, "--force", help="Recompute even if a matching cached result exists."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Fit k-fold heads on the cached features: out-of-fold and test predictions for every model (cached)."""
+    from kaggle_kit.artifacts import experiment_dir, experiment_lock
+    from kaggle_kit.cv import cached_feature_sets, run_cv
+
+    exp_dir = experiment_dir(exp)
+    cached_feature_sets(exp_dir)  # refuse before the lock creates anything
+    data_dir, positive = _resolve_data(exp_dir, None, None)
+    with experiment_lock(exp_dir, command="cv"):
+        run = run_cv(exp_dir, data_dir=data_dir, positive=positive, n_folds=folds, repeats=repeats, seed=seed,
+                     feature_sets=backbone or None, heads=[h.value for h in head] if head else None,
+                     force=force, progress=not quiet)
+    status = {"kept": "", "new": " (new)",
+              "replaced": " (new: cv results made on the previous plan are stale)"}[run.plan_status]
+    typer.echo(f"fold plan: {run.plan.describe()}{status}")
+    typer.echo(f"{'model':<32}{'OOF log loss':>13}{'accuracy':>10}{'seconds':>10}")
+    for r in run.results:
+        s = r.manifest["scores"]
+        took = "cached" if r.cached else f"{r.manifest['seconds']:.1f}"
+        typer.echo(f"{r.model:<32}{s['oof_logloss']:>13.5f}{s['oof_accuracy']:>10.2%}{took:>10}")
+    if any(r.cached for r in run.results):
+        typer.echo("cached: inputs unchanged since the last run; --force recomputes")
+    if run.stale:
+        _err(f"warning: made on another fold plan, so 'kaggle-kit blend' refuses them: {', '.join(run.stale)}; "
+             "re-run 'kaggle-kit cv' to recompute them")
+    typer.echo(str(exp_dir / "cv"))
+
+
+@app.command()
+@handle_errors
+def report(
+    exp: str = ExpOption,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Write experiments/<exp>/report.html (one self-contained page: models, ladder, calibration, clip curve,
+    costliest mistakes, leaderboard estimate) and its plots as PNG in report/; print the page's path last."""
+    from kaggle_kit.artifacts import experiment_lock
+    from kaggle_kit.report import write_report
+
+    exp_dir = _existing_experiment(exp)
+    with experiment_lock(exp_dir, command="report"):
+        result = write_report(exp_dir, progress=not quiet, warn=_err)
+    for note in result.notes:
+        _err(f"note: {note}")
+    typer.echo(f"{result.n_models} models, {'blend' if result.has_blend else 'no blend'}; {result.estimate}")
+    typer.echo(f"plots: {', '.join(str(p) for p in result.plots)}")
+    typer.echo(str(result.path))
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -1,0 +1,80 @@
+"""folds: the plan is a stratified partition, reproducible from its seed, and replaced only when asked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kaggle_kit.artifacts import KitError
+from kaggle_kit.folds import ensure_plan, load_plan, make_plan
+
+
+def labels(n: int = 503, positive: float = 0.37, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).random(n) < positive).astype(np.int8)
+
+
+@pytest.mark.parametrize("n_folds,repeats", [(2, 1), (5, 3), (10, 1)])
+def test_plan_partitions_rows_and_keeps_the_class_ratio(n_folds, repeats):
+    y = labels()
+    plan = make_plan(y, n_folds=n_folds, repeats=repeats, seed=4)
+    assert plan.shape == (repeats, len(y)) and plan.dtype == np.int8
+    for r in range(repeats):
+        # every row in exactly one fold: the folds' sizes add up and every fold is used
+        sizes = np.bincount(plan[r], minlength=n_folds)
+        assert sizes.sum() == len(y) and len(sizes) == n_folds and sizes.min() > 0
+        assert sizes.max() - sizes.min() <= 2
+        for f in range(n_folds):
+            assert abs(y[plan[r] == f].mean() - y.mean()) < 0.02
+
+
+def test_same_seed_same_plan_other_seed_other_plan():
+    y = labels()
+    a = make_plan(y, n_folds=5, repeats=2, seed=7)
+    assert np.array_equal(a, make_plan(y, n_folds=5, repeats=2, seed=7))
+    assert not np.array_equal(a, make_plan(y, n_folds=5, repeats=2, seed=8))
+    assert not np.array_equal(a[0], a[1])  # repeats are different splits
+
+
+def test_impossible_plans_say_what_to_do():
+    y = np.array([0] * 20 + [1] * 3, dtype=np.int8)
+    with pytest.raises(KitError, match="--folds 5 is more than the 3 training images of the smaller class; "
+                                       "use --folds 3 or fewer"):
+        make_plan(y, n_folds=5, repeats=1, seed=0)
+    with pytest.raises(KitError, match="--folds 1"):
+        make_plan(y, n_folds=1, repeats=1, seed=0)
+
+
+def ids(n: int) -> tuple[list[str], list[str]]:
+    return [f"r{i}" for i in range(n)], ["t1", "t2"]
+
+
+def test_plan_is_kept_until_settings_or_data_change(tmp_path):
+    y = labels(60)
+    train_ids, test_ids = ids(60)
+    plan, status = ensure_plan(tmp_path, y=y, train_ids=train_ids, test_ids=test_ids, n_folds=None, repeats=None,
+                               seed=None)
+    assert status == "new" and (plan.n_folds, plan.repeats, plan.manifest["seed"]) == (5, 1, 0)
+    manifest = tmp_path / "folds" / "manifest.json"
+    mtime = manifest.stat().st_mtime_ns
+    same, status = ensure_plan(tmp_path, y=y, train_ids=train_ids, test_ids=test_ids, n_folds=5, repeats=None,
+                               seed=None)
+    assert status == "kept" and same.sha256 == plan.sha256 and manifest.stat().st_mtime_ns == mtime
+    other, status = ensure_plan(tmp_path, y=y, train_ids=train_ids, test_ids=test_ids, n_folds=None,
+                                repeats=None, seed=3)
+    assert status == "replaced" and other.sha256 != plan.sha256
+    assert other.n_folds == 5  # the settings not given carry over
+    assert load_plan(tmp_path).sha256 == other.sha256
+    relabelled, status = ensure_plan(tmp_path, y=1 - y, train_ids=train_ids, test_ids=test_ids, n_folds=None,
+                                     repeats=None, seed=None)
+    assert status == "replaced" and relabelled.manifest["y_sha256"] != other.manifest["y_sha256"]
+    _, status = ensure_plan(tmp_path, y=1 - y, train_ids=train_ids, test_ids=["t1"], n_folds=None, repeats=None,
+                            seed=None)
+    assert status == "replaced"
+
+
+def test_a_plan_file_that_does_not_match_its_manifest_is_refused(tmp_path):
+    y = labels(60)
+    ensure_plan(tmp_path, y=y, train_ids=ids(60)[0], test_ids=ids(60)[1], n_folds=3, repeats=1, seed=0)
+    np.save(tmp_path / "folds" / "plan.npy", np.zeros((1, 60), dtype=np.int8))
+    with pytest.raises(KitError, match="do not match its manifest.*re-run 'kaggle-kit cv'"):
+        load_plan(tmp_path)
