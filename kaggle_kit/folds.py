@@ -13,7 +13,6 @@ Every cv result records the ``plan_sha256`` it was made on; a new plan makes all
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,6 +26,7 @@ from kaggle_kit.artifacts import (
     read_json,
     read_manifest,
     save_npy_atomic,
+    sha256_array,
     sha256_json,
     write_json_atomic,
 )
@@ -60,14 +60,6 @@ def make_plan(y: np.ndarray, *, n_folds: int, repeats: int, seed: int) -> np.nda
         for f, (_, held_out) in enumerate(splitter.split(np.zeros(len(y)), y)):
             plan[r, held_out] = f
     return plan
-
-
-def array_sha256(a: np.ndarray) -> str:
-    """Hash of an array's dtype, shape and bytes."""
-    a = np.ascontiguousarray(a)
-    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
-    h.update(a.tobytes())
-    return h.hexdigest()
 
 
 def ids_sha256(train_ids: Sequence[str], test_ids: Sequence[str]) -> str:
@@ -115,7 +107,7 @@ def load_plan(exp_dir: Path) -> FoldPlan:
     if not (out / "ids.json").exists():
         raise KitError(f"{out / 'ids.json'} does not exist; re-run '{RERUN}'")
     ids = read_json(out / "ids.json")
-    if (array_sha256(plan) != manifest.get("plan_sha256") or array_sha256(y) != manifest.get("y_sha256")
+    if (sha256_array(plan) != manifest.get("plan_sha256") or sha256_array(y) != manifest.get("y_sha256")
             or sha256_json(ids) != manifest.get("ids_sha256")):
         raise KitError(f"the files in {out} do not match its manifest (an interrupted write?); re-run '{RERUN}'")
     return FoldPlan(plan=plan, y=y, train_ids=tuple(ids["train_ids"]), test_ids=tuple(ids["test_ids"]),
@@ -143,7 +135,7 @@ def ensure_plan(exp_dir: Path, *, y: np.ndarray, train_ids: Sequence[str], test_
         "n_folds": n_folds if n_folds is not None else old.get("n_folds", 5),
         "repeats": repeats if repeats is not None else old.get("repeats", 1),
         "seed": seed if seed is not None else old.get("seed", 0),
-        "y_sha256": array_sha256(y),
+        "y_sha256": sha256_array(y),
         "ids_sha256": ids_sha256(train_ids, test_ids),
     }
     if current is not None and all(old.get(key) == value for key, value in wanted.items()):
@@ -156,7 +148,7 @@ def ensure_plan(exp_dir: Path, *, y: np.ndarray, train_ids: Sequence[str], test_
     save_npy_atomic(out / "y.npy", y)
     ids = {"train_ids": list(train_ids), "test_ids": list(test_ids)}
     write_json_atomic(out / "ids.json", ids)
-    manifest = new_manifest(FORMAT, **wanted, n_train=len(y), n_test=len(test_ids), plan_sha256=array_sha256(plan))
+    manifest = new_manifest(FORMAT, **wanted, n_train=len(y), n_test=len(test_ids), plan_sha256=sha256_array(plan))
     write_json_atomic(out / "manifest.json", manifest)
     return FoldPlan(plan=plan, y=y, train_ids=tuple(ids["train_ids"]), test_ids=tuple(ids["test_ids"]),
                     manifest=manifest), "replaced" if current is not None else "new"
