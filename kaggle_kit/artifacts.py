@@ -117,12 +117,16 @@ def save_npy_atomic(target: Path | str, array: np.ndarray) -> None:
             np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
 
 
-def load_npy(path: Path | str, *, mmap: bool = True) -> np.ndarray:
-    """Load an array written by the kit: never unpickles, memory-maps by default (features can be large)."""
+def load_npy(path: Path | str, *, mmap: bool = True, rerun: str | None = None) -> np.ndarray:
+    """Load an array written by the kit: never unpickles, memory-maps by default (features can be large).
+
+    ``rerun``: the command that rewrites the file, named in the error when it cannot be read.
+    """
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise KitError(f"cannot read {path}: {exc}") from None
+        advice = f"; re-run '{rerun}'" if rerun else ""
+        raise KitError(f"cannot read {path}: {' '.join(str(exc).split())}{advice}") from None
 
 
 def read_json(path: Path | str) -> Any:

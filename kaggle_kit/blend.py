@@ -34,6 +34,7 @@ from scipy.special import expit, logit
 FORMAT = "kaggle-kit/blend/1"
 FOLDS_FORMAT = "kaggle-kit/folds/1"
 CV_FORMAT = "kaggle-kit/cv/1"
+FEATURES_FORMAT = "kaggle-kit/features/1"
 METHODS = ("selection", "stack", "mean")
 CALIBRATIONS = ("none", "temperature", "platt")
 KAGGLE_EPS = 1e-15  # Kaggle clips submitted probabilities to [1e-15, 1 - 1e-15] before scoring
@@ -378,7 +379,9 @@ class CvInputs:
     """The cv models' predictions, checked against the fold plan.
 
     ``oof`` float64 (n_train, n_models): OOF probabilities averaged over repeats (NaN on unreadable rows);
-    ``test`` float64 (n_test, n_models); ``cv_sha256`` maps each model to the hash of its cv manifest.
+    ``test`` float64 (n_test, n_models); ``cv_sha256`` maps each model to the hash of its cv manifest;
+    ``prior_rows`` bool (n_test,): test images that no model could decode (every model gave them the
+    training prior), or None when the feature sets do not say.
     """
 
     folds: FoldPlan
@@ -386,6 +389,7 @@ class CvInputs:
     oof: np.ndarray
     test: np.ndarray
     cv_sha256: dict[str, str]
+    prior_rows: np.ndarray | None = None
 
 
 def load_fold_plan(exp_dir: Path) -> FoldPlan:
@@ -420,6 +424,35 @@ def load_fold_plan(exp_dir: Path) -> FoldPlan:
                     train_ids=tuple(map(str, ids["train_ids"])), test_ids=tuple(map(str, ids["test_ids"])))
 
 
+def check_features(exp_dir: Path, model_dir: Path, manifest: dict[str, Any], *, rerun: str) -> set[str] | None:
+    """Refuse a cv model whose feature sets were re-extracted since it was fitted (``rerun``: the advice).
+
+    Returns the ids of the test images its feature sets could not decode (the model gave them the training
+    prior), or None when that is not known (no feature keys in the cv manifest, or a feature set since removed:
+    the cv result itself is still whole, so it is used).
+    """
+    from kaggle_kit.artifacts import KitError, features_dir, read_manifest
+
+    keys = manifest.get("feature_keys")
+    if not isinstance(keys, dict):
+        return None
+    prior_ids: set[str] | None = set()
+    for name, key in keys.items():
+        path = features_dir(exp_dir, name) / "manifest.json"
+        if not path.exists():
+            prior_ids = None
+            continue
+        features = read_manifest(path, fmt=FEATURES_FORMAT, rerun=f"kaggle-kit features (feature set '{name}')")
+        if features.get("key") != key:
+            raise KitError(f"the features '{name}' changed after {model_dir} was fitted on them; {rerun}")
+        unreadable = features.get("unreadable_ids", {}).get("test")
+        if prior_ids is not None and unreadable is not None:
+            prior_ids |= set(unreadable)
+        else:
+            prior_ids = None
+    return prior_ids
+
+
 def load_cv_inputs(exp_dir: Path, *, warn: Callable[[str], None] = print) -> CvInputs:
     """Read every finished model under ``<exp>/cv/`` and check it against the fold plan.
 
@@ -432,7 +465,7 @@ def load_cv_inputs(exp_dir: Path, *, warn: Callable[[str], None] = print) -> CvI
     repeats = folds.manifest["repeats"]
     cv_dir = exp_dir / "cv"
     model_dirs = sorted(p for p in cv_dir.iterdir() if p.is_dir()) if cv_dir.is_dir() else []
-    models, oofs, tests, hashes = [], [], [], {}
+    models, oofs, tests, hashes, priors = [], [], [], {}, []
     for model_dir in model_dirs:
         if not (model_dir / "manifest.json").exists():
             warn(f"warning: {model_dir} has no manifest.json (an unfinished cv run); it is left out of the blend")
@@ -441,8 +474,9 @@ def load_cv_inputs(exp_dir: Path, *, warn: Callable[[str], None] = print) -> CvI
         manifest = read_manifest(model_dir / "manifest.json", fmt=CV_FORMAT, rerun=rerun)
         if manifest.get("plan_sha256") != folds.manifest["plan_sha256"]:
             raise KitError(f"{model_dir} was fitted on another fold plan than {exp_dir / 'folds'}; re-run '{rerun}'")
-        oof = np.asarray(load_npy(model_dir / "oof.npy", mmap=False), dtype=np.float64)
-        test = np.asarray(load_npy(model_dir / "test.npy", mmap=False), dtype=np.float64)
+        priors.append(check_features(exp_dir, model_dir, manifest, rerun=f"re-run '{rerun}'"))
+        oof = np.asarray(load_npy(model_dir / "oof.npy", mmap=False, rerun=rerun), dtype=np.float64)
+        test = np.asarray(load_npy(model_dir / "test.npy", mmap=False, rerun=rerun), dtype=np.float64)
         if oof.shape != (repeats, n_train) or test.shape != (n_test,):
             raise KitError(
                 f"{model_dir}: oof.npy is {oof.shape} and test.npy {test.shape}, but the experiment has "
@@ -458,8 +492,12 @@ def load_cv_inputs(exp_dir: Path, *, warn: Callable[[str], None] = print) -> CvI
         hashes[model_dir.name] = sha256_json(manifest)
     if not models:
         raise KitError(f"no finished cv results in {cv_dir}; run 'kaggle-kit cv' first")
+    prior_rows = None
+    if all(p is not None for p in priors):
+        pinned = set.intersection(*priors)
+        prior_rows = np.array([i in pinned for i in folds.test_ids], dtype=bool)
     return CvInputs(folds=folds, models=tuple(models), oof=np.stack(oofs, axis=1), test=np.stack(tests, axis=1),
-                    cv_sha256=hashes)
+                    cv_sha256=hashes, prior_rows=prior_rows)
 
 
 def _json_scores(scores: dict[str, float]) -> dict[str, float | None]:
@@ -490,6 +528,10 @@ def run_blend(exp_dir: Path, *, method: str | None = None, rounds: int = DEFAULT
     except ValueError as exc:
         raise KitError(f"cannot blend the cv results in {exp_dir / 'cv'}: {exc}") from None
     test = result.calibrator.predict(result.blender.predict(inputs.test))
+    # subtle: a test image nobody could decode keeps the training prior the cv models gave it; the blender and
+    # the calibrator were fitted on the models' scores of real images and would move it.
+    prior_rows = inputs.prior_rows if inputs.prior_rows is not None else np.zeros(len(test), dtype=bool)
+    test[prior_rows] = inputs.test[prior_rows].mean(axis=1)
     details = _ladder_details(result, inputs.models)
     out_dir = exp_dir / "blend"
     # subtle: drop the old manifest first, so a crash never pairs it with new arrays.
@@ -511,6 +553,7 @@ def run_blend(exp_dir: Path, *, method: str | None = None, rounds: int = DEFAULT
         n_train=folds.manifest["n_train"],
         n_test=folds.manifest["n_test"],
         n_scored=result.n_used,
+        n_test_prior=int(prior_rows.sum()),
         n_folds=folds.manifest["n_folds"],
         repeats=folds.manifest["repeats"],
         plan_sha256=folds.manifest["plan_sha256"],
@@ -544,7 +587,8 @@ def load_blend(exp_dir: Path) -> BlendOutput:
         current = read_manifest(path, fmt=CV_FORMAT, rerun="kaggle-kit cv") if path.exists() else None
         if current is None or sha256_json(current) != digest:
             raise KitError(f"the cv results of '{model}' changed since {blend_dir} was made; re-run 'kaggle-kit blend'")
-    test = np.asarray(load_npy(blend_dir / "test.npy", mmap=False))
+        check_features(exp_dir, path.parent, current, rerun="re-run 'kaggle-kit cv', then 'kaggle-kit blend'")
+    test = np.asarray(load_npy(blend_dir / "test.npy", mmap=False, rerun="kaggle-kit blend"))
     if test.shape != (len(folds.test_ids),):
         raise KitError(f"{blend_dir / 'test.npy'} has shape {test.shape}, expected ({len(folds.test_ids)},); "
                        "re-run 'kaggle-kit blend'")

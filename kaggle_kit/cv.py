@@ -291,9 +291,12 @@ def run_model(exp_dir: Path, spec: ModelSpec, sets: dict, plan: FoldPlan, datase
     unreadable = {split: {f for fs in members for f in fs.manifest["unreadable"][split]} for split in ("train", "test")}
     usable = np.array([f not in unreadable["train"] for f in dataset.train_files])
     train_views, test_views = _views(members, flip=tta_train or tta_predict)
-    result = cross_validate(train_views, plan.y, plan.plan, test_views, head=spec.head, settings=settings,
-                            usable=usable, tta_train=tta_train, tta_predict=tta_predict,
-                            seed=plan.manifest["seed"], on_fold=on_fold)
+    try:
+        result = cross_validate(train_views, plan.y, plan.plan, test_views, head=spec.head, settings=settings,
+                                usable=usable, tta_train=tta_train, tta_predict=tta_predict,
+                                seed=plan.manifest["seed"], on_fold=on_fold)
+    except ValueError as exc:  # the heads refuse data they cannot fit (one class left, too few rows per fold)
+        raise KitError(f"cannot fit {spec.name}: {exc}; add training images or use fewer --folds", code=2) from None
     test = result.test.copy()
     test[[f in unreadable["test"] for f in dataset.test_files]] = float(plan.y[usable].mean())
     seconds = round(time.perf_counter() - t0, 2)

@@ -8,6 +8,10 @@ Two layouts are understood (JPEG, PNG, and anything else OpenCV decodes, by exte
 Label 1 is the positive class (``dog`` by default). Test ids come in numeric order, unless
 ``DIR/sample_submission.csv`` exists: then its ``id`` column gives the order, as Kaggle scores it.
 
+Hidden files and folders (``.DS_Store``, ``.ipynb_checkpoints/``) are skipped silently; any other file that
+cannot be used (not an image name, a name off the layout, a duplicate test id, a name that is not UTF-8) is
+skipped with a line in ``Dataset.warnings``.
+
 The result is a :class:`Dataset` whose order is fixed by the names alone (never by the order the file system
 lists them), so a feature row always belongs to the same image.
 """
@@ -15,6 +19,7 @@ lists them), so a feature row always belongs to the same image.
 from __future__ import annotations
 
 import csv
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,19 +79,34 @@ class Dataset:
 
 def _numeric_key(text: str) -> tuple:
     """Sort key putting '2' before '10' and numbers before other names."""
-    return (0, int(text), text) if text.isdigit() else (1, 0, text)
+    # subtle: isdigit() is also true for '²', which int() refuses; isdecimal() is exactly what int() reads.
+    return (0, int(text), text) if text.isdecimal() else (1, 0, text)
+
+
+def _is_utf8(name: str) -> bool:
+    """False for a name holding bytes that are not UTF-8 (Python keeps them as lone surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _image_files(folder: Path, warnings: list[str], *, recursive: bool = False) -> list[Path]:
     entries = folder.rglob("*") if recursive else folder.iterdir()
     files = []
     for path in entries:
-        if path.name.startswith("."):
-            continue
+        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue  # .DS_Store, and everything under a hidden folder such as .ipynb_checkpoints/
         if not path.is_file():
             continue
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             warnings.append(f"ignored {path}: not an image file name (expected one of {sorted(IMAGE_EXTENSIONS)})")
+            continue
+        if not _is_utf8(path.relative_to(folder).as_posix()):
+            # An id that is not text could not be written into the submission CSV.
+            shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+            warnings.append(f"ignored {shown}: its name is not valid UTF-8 (rename the file)")
             continue
         files.append(path)
     return files

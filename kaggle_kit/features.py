@@ -82,6 +82,29 @@ def default_name(backbone: Backbone, image_size: int) -> str:
     return backbone.name if image_size == backbone.input_size else f"{backbone.name}_{image_size}"
 
 
+def rerun_options(out_dir: Path, manifest: dict) -> str:
+    """The options besides ``--backbone`` with which ``kaggle-kit features`` remakes the set in ``out_dir``."""
+    from kaggle_kit.backbones import REGISTRY
+
+    spec = REGISTRY.get(manifest["backbone"])
+    size = manifest.get("input_size")
+    if spec is None or size is None:  # features made by another tool (write_feature_set)
+        return ""
+    options = []
+    if size != spec.input_size:
+        options.append(f"--image-size {size}")
+    if manifest.get("weights_kind") in ("none", "file"):
+        options.append("--weights none" if manifest["weights_kind"] == "none" else "--weights FILE")
+    if manifest.get("tta") == "flip":
+        options.append("--tta flip")
+    exp_dir = out_dir.parent.parent
+    if out_dir.parent.name == "features" and exp_dir.parent.name == "experiments" and exp_dir.name != "default":
+        options.append(f"--exp {exp_dir.name}")
+    if out_dir.name != default_name(spec, size):
+        options.append(f"--name {out_dir.name}")
+    return " ".join(options)
+
+
 def array_names(tta: str) -> dict[str, str]:
     """Logical array -> file name: 'train', 'test', and with flip TTA 'train_flip', 'test_flip'."""
     names = {split: f"{split}.npy" for split in SPLITS}
@@ -259,11 +282,20 @@ def _assemble(out_dir: Path, partial: Path, paths: dict[str, list[Path]], *, wid
 
 def _write_ids_and_manifest(out_dir: Path, dataset: Dataset, *, key: str, image_hash: str, width: int, tta: str,
                             unreadable: dict[str, list[str]], **fields) -> dict:
-    """Write ``ids.json`` then ``manifest.json`` (last: it marks the feature set finished); return the manifest."""
+    """Write ``ids.json`` then ``manifest.json`` (last: it marks the feature set finished); return the manifest.
+
+    ``unreadable`` maps 'train'/'test' to the relative files that could not be decoded; the manifest keeps them
+    and their ids (``unreadable_ids``: blend keeps the training prior for such test rows).
+    """
     ids = {"train_ids": list(dataset.train_ids), "train_labels": dataset.y.tolist(),
            "test_ids": list(dataset.test_ids)}
     write_json_atomic(out_dir / "ids.json", ids)
     rows = {"train": dataset.n_train, "test": dataset.n_test}
+    bad = {split: set(files) for split, files in unreadable.items()}
+    unreadable_ids = {
+        "train": [i for f, i in zip(dataset.train_files, dataset.train_ids) if f in bad["train"]],
+        "test": [i for f, i in zip(dataset.test_files, dataset.test_ids) if f in bad["test"]],
+    }
     manifest = new_manifest(
         FORMAT,
         key=key,
@@ -281,6 +313,7 @@ def _write_ids_and_manifest(out_dir: Path, dataset: Dataset, *, key: str, image_
         files={**array_names(tta), "ids": "ids.json"},
         shapes={k: [rows[k.split("_")[0]], width] for k in array_names(tta)},
         unreadable=unreadable,
+        unreadable_ids=unreadable_ids,
         **fields,
     )
     write_json_atomic(out_dir / "manifest.json", manifest)
@@ -339,6 +372,8 @@ def extract_features(
     for stale in (out_dir / ".partial").iterdir():  # shards of other configurations can never be used again
         if stale != partial:
             shutil.rmtree(stale, ignore_errors=True)
+    for stale in out_dir.glob(".*.tmp"):  # arrays of a run killed while assembling (as large as the results)
+        stale.unlink(missing_ok=True)
 
     paths = {"train": dataset.train_paths(), "test": dataset.test_paths()}
     total = sum(len(p) for p in paths.values())
@@ -430,9 +465,10 @@ def load_features(out_dir: Path, *, image_list_hash: str | None = None) -> Featu
     rerun = f"kaggle-kit features --backbone <backbone> (feature set '{out_dir.name}')"
     manifest = read_manifest(out_dir / "manifest.json", fmt=FORMAT, rerun=rerun)
     if image_list_hash is not None and manifest["image_list_hash"] != image_list_hash:
+        options = rerun_options(out_dir, manifest)
         raise KitError(
             f"features in {out_dir} were computed on other images than the data folder now holds; "
-            f"re-run 'kaggle-kit features --backbone {manifest['backbone']}'"
+            f"re-run 'kaggle-kit features --backbone {manifest['backbone']}'" + (f" with {options}" if options else "")
         )
     with open(out_dir / manifest["files"]["ids"], encoding="utf-8") as fh:
         ids = json.load(fh)

@@ -18,6 +18,12 @@ import numpy as np
 # Above this many pixels a JPEG is decoded at reduced scale first (libjpeg's DCT scaling): a 12,000 x 9,000
 # photo would otherwise need 324 MB and a second of CPU per image.
 _REDUCE_ABOVE_PIXELS = 16_000_000
+# Above this many pixels an image is refused as unreadable: a header claiming 65,000 x 65,000 is a decompression
+# bomb or a lie (libjpeg would fill the missing rows with gray), not a photo.
+_MAX_PIXELS = 1 << 28
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic): they carry the image's size.
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 
 
 def decode_image(path: Path | str, size: int) -> np.ndarray | None:
@@ -34,10 +40,15 @@ def decode_image(path: Path | str, size: int) -> np.ndarray | None:
         return None
     if data.size == 0 or _is_truncated_jpeg(data):
         return None
-    flags = cv2.IMREAD_COLOR
-    if data.size > 4_000_000:  # only huge files are worth a header peek
-        flags = _reduced_flag(data, size)
-    img = cv2.imdecode(data, flags)
+    # subtle: the pixel count decides, not the file size: a 12,000 x 9,000 photo of plain content is 2 MB.
+    dims = _header_size(data)
+    if dims and dims[0] * dims[1] > _MAX_PIXELS:
+        return None
+    flags = _reduced_flag(dims, size) if dims else cv2.IMREAD_COLOR
+    try:
+        img = cv2.imdecode(data, flags)
+    except cv2.error:  # e.g. a header claiming more pixels than OpenCV accepts (a decompression bomb)
+        return None
     if img is None or img.ndim != 3 or img.shape[0] == 0 or img.shape[1] == 0:
         return None
     return resize_rgb(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), size)
@@ -55,19 +66,52 @@ def _is_truncated_jpeg(data: np.ndarray) -> bool:
     return b"\xff\xd9" not in tail
 
 
-def _reduced_flag(data: np.ndarray, size: int) -> int:
-    """Pick IMREAD_REDUCED_COLOR_{2,4,8} for a huge image while keeping both sides >= ``size``."""
+def _header_size(data: np.ndarray) -> tuple[int, int] | None:
+    """(height, width) that a PNG or JPEG header claims, read without decoding; None for other formats."""
+    if data.size >= 24 and data[:8].tobytes() == _PNG_SIGNATURE:
+        w, h = int.from_bytes(data[16:20].tobytes(), "big"), int.from_bytes(data[20:24].tobytes(), "big")
+        return h, w
+    return _jpeg_size(data)
+
+
+def _jpeg_size(data: np.ndarray) -> tuple[int, int] | None:
+    """(height, width) from a JPEG's start-of-frame header, or None (not a JPEG, or no frame header found).
+
+    Walks the marker segments only (a few dozen bytes read), so it costs microseconds for any file size.
+    """
+    n = min(int(data.size), 1 << 20)  # headers (EXIF, ICC profiles) precede the frame; 1 MB is plenty
+    if n < 4 or data[0] != 0xFF or data[1] != 0xD8:
+        return None
+    i = 2
+    while i + 9 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = int(data[i + 1])
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+            continue
+        if marker in _JPEG_SOF:
+            h, w = (int(data[i + 5]) << 8) | int(data[i + 6]), (int(data[i + 7]) << 8) | int(data[i + 8])
+            return (h, w) if h and w else None
+        if marker in (0xD9, 0xDA):  # end of image, start of scan: no frame header before them
+            return None
+        i += 2 + ((int(data[i + 2]) << 8) | int(data[i + 3]))
+    return None
+
+
+def _reduced_flag(dims: tuple[int, int], size: int) -> int:
+    """Pick IMREAD_REDUCED_COLOR_{2,4,8} for a huge (height, width) image while keeping both sides >= ``size``."""
     import cv2
 
-    header = cv2.imdecode(data, cv2.IMREAD_REDUCED_GRAYSCALE_8)
-    if header is None:
-        return cv2.IMREAD_COLOR
-    h8, w8 = header.shape[:2]
-    if h8 * w8 * 64 < _REDUCE_ABOVE_PIXELS:
+    h, w = dims
+    if h * w <= _REDUCE_ABOVE_PIXELS:
         return cv2.IMREAD_COLOR
     for factor, flag in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
                          (2, cv2.IMREAD_REDUCED_COLOR_2)):
-        if min(h8, w8) * 8 // factor >= size:
+        if min(h, w) // factor >= size:
             return flag
     return cv2.IMREAD_COLOR
 

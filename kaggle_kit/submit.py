@@ -24,6 +24,7 @@ METRICS = ("logloss", "accuracy")
 DECIMALS = 6  # labels are written with '%.6f'
 MIN_CLIP = 10.0 ** -DECIMALS
 _SHOWN_IDS = 10
+_MAX_NAME_BYTES = 200
 
 
 # ------------------------------------------------------------------------------------------------ the core
@@ -66,17 +67,26 @@ def validate_submission(path: Path, *, ids: Sequence[str], metric: str, clip: fl
     """Read a written submission back and check header, every id once in order, labels in range, no NaN."""
     import pandas as pd
 
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if metric not in METRICS:
+        raise KitError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}", code=2)
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except ValueError as exc:  # pandas' parser and empty-data errors and UnicodeDecodeError are all ValueErrors
+        raise KitError(f"the submission failed validation ({path} is not a readable CSV file: "
+                       f"{' '.join(str(exc).split())}); nothing was written") from None
     problems = []
     if list(frame.columns) != ["id", "label"]:
         problems.append(f"header is {','.join(frame.columns)!r}, expected 'id,label'")
-    elif frame["id"].tolist() != list(ids):
+    elif frame["id"].duplicated().any() or frame["id"].tolist() != list(ids):
         written = frame["id"]
-        if written.duplicated().any():
+        if written.duplicated().any():  # subtle: even when ``ids`` repeats them too: Kaggle wants each id once
             problems.append(f"{int(written.duplicated().sum())} ids are repeated")
         if set(written) != set(ids):
             problems.append(f"{len(set(ids) - set(written))} test ids missing, {len(set(written) - set(ids))} unknown")
-        problems.append("the ids are not in the test order")
+        if written.tolist() != list(ids):
+            problems.append("the ids are not in the test order")
+    elif frame.empty:
+        problems.append("it has no rows")
     else:
         labels = pd.to_numeric(frame["label"], errors="coerce").to_numpy(dtype=np.float64)
         if np.isnan(labels).any():
@@ -103,6 +113,10 @@ def submission_path(*, exp: str, name: str | None, now: datetime, root: Path | s
                        f"submission files are written only under ./{SUBMISSIONS_DIR}/", code=2)
     elif not name.endswith(".csv"):
         raise KitError(f"--name {name!r} must end in '.csv'", code=2)
+    elif len(name.encode("utf-8", "surrogateescape")) > _MAX_NAME_BYTES:
+        # subtle: the temporary file beside it has a longer name, and file systems stop at 255 bytes.
+        raise KitError(f"--name is {len(name.encode('utf-8', 'surrogateescape'))} bytes long; use at most "
+                       f"{_MAX_NAME_BYTES}", code=2)
     return Path(root) / SUBMISSIONS_DIR / name
 
 

@@ -1,5 +1,6 @@
 """Property-based: random file names, ids and sample_submission contents never crash discovery."""
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -56,5 +57,54 @@ def test_discovery_returns_a_dataset_or_a_kit_error(train, test, sample, positiv
         assert len(set(ds.test_ids)) == ds.n_test
         assert set(np.unique(ds.y)) == {0, 1}
         assert all((ds.root / f).is_file() for f in ds.train_files + ds.test_files)
+    finally:
+        shutil.rmtree(root)
+
+
+# Gaps of the test above: image names with odd stems ('²', '١٢', spaces) are rare there (a free name has no image
+# extension), names that are not UTF-8 (bytes from a zip made on another system), the class-folder layout and
+# test images in subfolders never occur.
+image_names = st.builds(lambda s, e: f"{s}.{e}", names, st.sampled_from(["jpg", "PNG", "jpeg"]))
+raw_names = st.binary(min_size=1, max_size=16).filter(lambda b: b"/" not in b and b"\0" not in b).map(
+    lambda b: b + b".jpg")
+odd_names = st.one_of(image_names, raw_names, st.sampled_from(["\u00b2.jpg", "\u0661\u0662.jpg", " 7.jpg", "7 .jpg"]))
+
+
+def _write_raw(folder: Path, name) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        raw = name if isinstance(name, bytes) else os.fsencode(name)
+        with open(os.path.join(os.fsencode(folder), raw), "wb") as fh:
+            fh.write(_PNG)
+    except OSError:
+        pass
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(folders=st.booleans(), train=st.lists(st.tuples(st.sampled_from(["cat", "dog", "caf\u00e9"]), odd_names),
+                                             min_size=1, max_size=10),
+       test=st.lists(st.tuples(st.one_of(st.just(""), names), odd_names), max_size=8))
+def test_discovery_of_odd_names_gives_text_ids_or_a_kit_error(folders, train, test):
+    root = Path(tempfile.mkdtemp())
+    try:
+        (root / "test").mkdir()
+        for cls, name in train:
+            if folders:
+                _write_raw(root / "train" / cls, name)
+            else:
+                _write_raw(root / "train", f"{cls}.{len(name)}.jpg" if isinstance(name, bytes) else f"{cls}.{name}")
+        for sub, name in test:
+            _write_raw(root / "test" / sub if sub not in (".", "..") else root / "test", name)
+        (root / "train").mkdir(exist_ok=True)
+        try:
+            ds = discover(root, positive="dog")
+        except KitError as exc:
+            assert exc.code == 2 and "\n" not in str(exc)
+            return
+        for i in ds.train_ids + ds.test_ids + ds.train_files + ds.test_files:
+            i.encode("utf-8")  # every id can be written into the submission CSV
+        assert len(set(ds.test_ids)) == ds.n_test > 0 and set(np.unique(ds.y)) == {0, 1}
+        assert all((ds.root / f).is_file() for f in ds.train_files + ds.test_files)
+        ds.image_list_hash()
     finally:
         shutil.rmtree(root)
