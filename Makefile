@@ -21,8 +21,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-## test: run the whole test suite (what CI runs)
+## test: run the whole test suite (what CI runs); installs Debian's chromium for the report tests if missing
 test: install
+	@command -v chromium >/dev/null || { echo "installing Debian's chromium (the report tests open the page in it)"; \
+		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 	$(BIN)/pytest -q
 
 ## demo: install, then run the whole pipeline (DATA=dir for your own competition folder)
