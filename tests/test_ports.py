@@ -287,7 +287,34 @@ def test_lite0_names_the_imagenet_family_of_cat_and_dog_photos(hundred_photos):
     right = np.where(labels == 1, np.isin(top1, DOG_CLASSES), np.isin(top1, CAT_CLASSES))
     # Measured: 86 of 100 (random weights: 0). Lite0 is a 75 % top-1 ImageNet model and these photos are
     # squashed to 224 px; the misses are dark kittens, a Siamese taken for a French bulldog, dogs for dingoes.
+    # The issue's bar is 90: no standard protocol reaches it on these 100 photos (82-89 over 2 normalisations
+    # x 4 geometries x 3 interpolations; 88-91 % on 400 other mini photos), see the issue 3 note.
     assert right.mean() >= 0.80
+
+
+@needs_shared
+def test_lite0_kernels_are_oriented_as_trained(hundred_photos):
+    """The NumPy reference pins the graph to PyTorch's semantics; this pins those semantics to the weights:
+    the same kernels transposed (kh <-> kw) or rotated 180 degrees name far fewer photos' families."""
+    import keras
+
+    images, labels = hundred_photos
+    base = ports.build_efficientnet_lite0(input_shape=(224, 224, 3), weights=IMAGENET, include_top=True)
+    spatial = [layer for layer in base.layers
+               if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)) and layer.kernel.shape[0] > 1]
+    loaded = {layer.name: layer.get_weights() for layer in spatial}
+
+    def families_named(change) -> int:
+        for layer in spatial:
+            kernel = loaded[layer.name][0]
+            layer.set_weights([np.ascontiguousarray(change(kernel))])
+        top1 = _run(base, images, "tf").argmax(axis=1)
+        return int(np.where(labels == 1, np.isin(top1, DOG_CLASSES), np.isin(top1, CAT_CLASSES)).sum())
+
+    as_loaded = families_named(lambda k: k)
+    transposed = families_named(lambda k: k.transpose(1, 0, 2, 3))
+    rotated = families_named(lambda k: k[::-1, ::-1])
+    assert as_loaded >= max(transposed, rotated) + 10, (as_loaded, transposed, rotated)  # measured 86, 71, 64
 
 
 @needs_shared
