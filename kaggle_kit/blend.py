@@ -35,7 +35,7 @@ FORMAT = "kaggle-kit/blend/1"
 FOLDS_FORMAT = "kaggle-kit/folds/1"
 CV_FORMAT = "kaggle-kit/cv/1"
 FEATURES_FORMAT = "kaggle-kit/features/1"
-METHODS = ("selection", "stack", "mean")
+METHODS = ("selection", "stack", "mean", "single")
 CALIBRATIONS = ("none", "temperature", "platt")
 KAGGLE_EPS = 1e-15  # Kaggle clips submitted probabilities to [1e-15, 1 - 1e-15] before scoring
 LOGIT_EPS = 1e-6  # probabilities are clipped to [1e-6, 1 - 1e-6] before taking logits (|logit| <= 13.8)
@@ -43,8 +43,9 @@ CLIP_BOUNDS = (1e-4, 0.05)
 DEFAULT_ROUNDS = 25
 
 # subtle: when two methods (or calibrations) score the same, the simpler one wins: ties between a one-model
-# selection and the mean are common with few models.
-_METHOD_PREFERENCE = ("mean", "selection", "stack")
+# selection and the mean are common with few models. 'single' (the model best on the fitting rows alone) is
+# the honest fallback: picked whenever no blend beats it out of fold, as when one backbone dominates.
+_METHOD_PREFERENCE = ("single", "mean", "selection", "stack")
 
 
 # ------------------------------------------------------------------------------------------------ the core
@@ -100,8 +101,8 @@ def select_ensemble(P: np.ndarray, y: np.ndarray, *, rounds: int = DEFAULT_ROUND
 class Blender:
     """A fitted blend: ``predict`` maps (n, n_models) probabilities to (n,).
 
-    ``selection`` and ``mean`` average probabilities with ``weights`` (>= 0, sum 1); ``stack`` is
-    sigmoid(logits(P) @ weights + intercept), whose weights may have any sign.
+    ``selection``, ``mean`` and ``single`` (one weight 1) average probabilities with ``weights`` (>= 0, sum 1);
+    ``stack`` is sigmoid(logits(P) @ weights + intercept), whose weights may have any sign.
     """
 
     method: str
@@ -129,6 +130,11 @@ def fit_blender(P: np.ndarray, y: np.ndarray, *, method: str, rounds: int = DEFA
         return Blender("mean", np.full(P.shape[1], 1.0 / P.shape[1]))
     if method == "selection":
         return Blender("selection", select_ensemble(P, y, rounds=rounds))
+    if method == "single":
+        scores = log_loss(np.asarray(y), P)  # (n_models,)
+        weights = np.zeros(P.shape[1])
+        weights[int(np.argmin(np.where(np.isfinite(scores), scores, np.inf)))] = 1.0
+        return Blender("single", weights)
     if method == "stack":
         from sklearn.linear_model import LogisticRegression
 

@@ -143,6 +143,7 @@ class BlendMethod(str, Enum):
     selection = "selection"
     stack = "stack"
     mean = "mean"
+    single = "single"
 
 
 class Metric(str, Enum):
