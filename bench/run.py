@@ -10,7 +10,7 @@ Sections:
 4. quality on the real mini competition: the kit's default pipeline vs the classic recipe, same features,
    scored against the answer key.
 
-    .venv/bin/python bench/run.py [--quick]
+    .venv/bin/python bench/run.py [--quick] [--only quality ...]   (one section: results-<section>.json)
 """
 
 from __future__ import annotations
@@ -190,7 +190,29 @@ def bench_quality(work: Path, *, quick: bool) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- report
+SECTIONS = {
+    "extraction": bench_extraction,
+    "extraction_memory": bench_extraction_memory,
+    "kaggle_size": bench_later_stages,
+    "quality": bench_quality,
+}
+
+
 def print_table(results: dict) -> None:
+    if "extraction" in results:
+        _print_extraction(results)
+    if "extraction_memory" in results:
+        m = results["extraction_memory"]
+        print(f"\n== extraction memory (squeezenet): peak RSS {m['peak_rss_mib'][0]:.0f} MiB at {m['images'][0]} "
+              f"images, {m['peak_rss_mib'][1]:.0f} MiB at {m['images'][1]} images (ratio {m['growth_ratio']})")
+    if "kaggle_size" in results:
+        _print_kaggle_size(results["kaggle_size"])
+    if "quality" in results:
+        _print_quality(results["quality"])
+    print(f"\n{results['seconds']:.0f} s in all")
+
+
+def _print_extraction(results: dict) -> None:
     print("\n== extraction (images/s; same photos, size, batch 32, model)")
     print(f"{'backbone':<12}{'size':>5}{'end-to-end':>12}{'model only':>12}{'classic':>10}{'e2e/model':>11}"
           f"{'e2e/classic':>12}")
@@ -198,16 +220,17 @@ def print_table(results: dict) -> None:
         print(f"{r['backbone']:<12}{r['size']:>5}{r['end_to_end']['images_per_second']:>12.1f}"
               f"{r['model_only']['images_per_second']:>12.1f}{r['classic']['images_per_second']:>10.1f}"
               f"{r['e2e_over_model_only']:>11.3f}{r['e2e_over_classic']:>12.3f}")
-    m = results["extraction_memory"]
-    print(f"\n== extraction memory (squeezenet): peak RSS {m['peak_rss_mib'][0]:.0f} MiB at {m['images'][0]} images,"
-          f" {m['peak_rss_mib'][1]:.0f} MiB at {m['images'][1]} images (ratio {m['growth_ratio']})")
-    k = results["kaggle_size"]
+
+
+def _print_kaggle_size(k: dict) -> None:
     print(f"\n== Kaggle-size later stages ({k['n_train']} train / {k['n_test']} test, 3 x 2048 features)")
     for step in ("cv", "blend", "submit"):
         print(f"{step:<8}{k[step]['seconds']:>8.1f} s   peak RSS {k[step]['peak_rss_mib']:>7.0f} MiB")
     for line in k["cv"].get("table", []):
         print(f"    {line}")
-    q = results["quality"]
+
+
+def _print_quality(q: dict) -> None:
     print("\n== quality on dogs-vs-cats-mini (submission log loss against the answer key)")
     print(f"kit default pipeline (squeezenet + efficientnet_lite0, flip TTA, cv, blend, auto clip): "
           f"{q['kit_submission_logloss']:.5f}")
@@ -215,13 +238,15 @@ def print_table(results: dict) -> None:
         print(f"classic recipe on {name} features (logistic regression, clip 0.005): {loss:.5f}")
     for line in q["ladder"]:
         print(f"    {line}")
-    print(f"\n{results['seconds']:.0f} s in all; written to {OUT / 'results.json'}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="kaggle-kit benchmarks")
     ap.add_argument("--quick", action="store_true", help="small sizes, for checking the bench itself")
+    ap.add_argument("--only", choices=tuple(SECTIONS), action="append",
+                    help="run only this section (repeatable); results go to results-<sections>.json")
     args = ap.parse_args()
+    sections = args.only or list(SECTIONS)
     if not MINI.is_dir():
         sys.exit(f"bench: the mini competition is missing at {MINI}; ../shared must sit beside the checkout")
     work = OUT / "work"
@@ -229,17 +254,14 @@ def main() -> None:
     work.mkdir(parents=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     t0 = time.perf_counter()
-    results = {
-        "machine": {"cpus": os.cpu_count()},
-        "extraction": bench_extraction(work, quick=args.quick),
-        "extraction_memory": bench_extraction_memory(work, quick=args.quick),
-        "kaggle_size": bench_later_stages(work, quick=args.quick),
-        "quality": bench_quality(work, quick=args.quick),
-    }
+    results = {"machine": {"cpus": os.cpu_count()}}
+    for name in sections:
+        results[name] = SECTIONS[name](work, quick=args.quick)
     results["seconds"] = round(time.perf_counter() - t0, 1)
     results["quick"] = args.quick
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    name = "results.json" if args.only is None else f"results-{'-'.join(sections)}.json"
+    (OUT / name).write_text(json.dumps(results, indent=2) + "\n")
     shutil.rmtree(work, ignore_errors=True)
     print_table(results)
 
