@@ -13,8 +13,8 @@ Every reported score is cross-fitted: for each fold of the experiment's plan the
 the clip are fitted on the other folds' rows and scored on the held-out fold, so a gain is never the
 in-sample one. The final blender and calibrator, used for the test predictions, are fitted on every row.
 
-Edge: :func:`load_cv_inputs` reads ``experiments/<exp>/folds/`` and ``experiments/<exp>/cv/<model>/``;
-:func:`run_blend` writes ``experiments/<exp>/blend/``:
+Edge: :func:`load_cv_inputs` reads ``experiments/<exp>/folds/`` (with :func:`kaggle_kit.folds.load_plan`) and
+``experiments/<exp>/cv/<model>/``; :func:`run_blend` writes ``experiments/<exp>/blend/``:
 
 - ``oof.npy`` float32 (n_train,): cross-fitted blended + calibrated OOF predictions (NaN on unreadable rows);
 - ``test.npy`` float32 (n_test,): blended + calibrated test predictions, not yet clipped;
@@ -31,13 +31,14 @@ from typing import Any, Callable
 import numpy as np
 from scipy.special import expit, logit
 
+from kaggle_kit.cv import FORMAT as CV_FORMAT
+from kaggle_kit.features import FORMAT as FEATURES_FORMAT
+from kaggle_kit.folds import FoldPlan, load_plan
+from kaggle_kit.metrics import log_loss
+
 FORMAT = "kaggle-kit/blend/1"
-FOLDS_FORMAT = "kaggle-kit/folds/1"
-CV_FORMAT = "kaggle-kit/cv/1"
-FEATURES_FORMAT = "kaggle-kit/features/1"
 METHODS = ("selection", "stack", "mean", "single")
 CALIBRATIONS = ("none", "temperature", "platt")
-KAGGLE_EPS = 1e-15  # Kaggle clips submitted probabilities to [1e-15, 1 - 1e-15] before scoring
 LOGIT_EPS = 1e-6  # probabilities are clipped to [1e-6, 1 - 1e-6] before taking logits (|logit| <= 13.8)
 CLIP_BOUNDS = (1e-4, 0.05)
 DEFAULT_ROUNDS = 25
@@ -49,23 +50,6 @@ _METHOD_PREFERENCE = ("single", "mean", "selection", "stack")
 
 
 # ------------------------------------------------------------------------------------------------ the core
-def log_loss(y: np.ndarray, p: np.ndarray) -> float | np.ndarray:
-    """Binary log loss as Kaggle scores it (``p`` clipped to [1e-15, 1 - 1e-15]).
-
-    ``y`` (n,) 0/1; ``p`` (n,) -> a float, or (n, m) -> (m,) one loss per column. Vectorised over columns so
-    that greedy selection scores every candidate in one pass (``sklearn.metrics.log_loss`` scores one at a
-    time and its input checks would dominate). A NaN or a value outside [0, 1] anywhere in a column gives
-    NaN for that column: such a prediction is invalid, and clipping it would hide that.
-    """
-    y = np.asarray(y, dtype=np.float64)
-    p = np.asarray(p, dtype=np.float64)
-    p = np.clip(np.where((p >= 0) & (p <= 1), p, np.nan), KAGGLE_EPS, 1.0 - KAGGLE_EPS)
-    if p.ndim == 2:
-        y = y[:, None]
-    losses = -(y * np.log(p) + (1.0 - y) * np.log1p(-p)).mean(axis=0)
-    return float(losses) if np.ndim(losses) == 0 else losses
-
-
 def logits(p: np.ndarray) -> np.ndarray:
     """Logits of probabilities clipped to [1e-6, 1 - 1e-6]: finite even for saturated 0/1 predictions."""
     return logit(np.clip(np.asarray(p, dtype=np.float64), LOGIT_EPS, 1.0 - LOGIT_EPS))
@@ -369,18 +353,6 @@ def crossfit_blend(P: np.ndarray, y: np.ndarray, folds: np.ndarray, *, method: s
 
 # ------------------------------------------------------------------------------------------------- the edge
 @dataclass(frozen=True)
-class FoldPlan:
-    """The experiment's fold plan: ``plan`` int (repeats, n_train) fold of each row per repeat (-1: a row left
-    out), ``y`` int8 (n_train,), ids in the kit's fixed row order (``test_ids`` is the submission order)."""
-
-    manifest: dict[str, Any]
-    plan: np.ndarray
-    y: np.ndarray
-    train_ids: tuple[str, ...]
-    test_ids: tuple[str, ...]
-
-
-@dataclass(frozen=True)
 class CvInputs:
     """The cv models' predictions, checked against the fold plan.
 
@@ -397,37 +369,6 @@ class CvInputs:
     cv_sha256: dict[str, str]
     prior_rows: np.ndarray | None = None
 
-
-def load_fold_plan(exp_dir: Path) -> FoldPlan:
-    """Read and check ``<exp>/folds/`` (written by 'kaggle-kit cv')."""
-    from kaggle_kit.artifacts import KitError, load_npy, read_json, read_manifest
-
-    folds_dir = exp_dir / "folds"
-    manifest = read_manifest(folds_dir / "manifest.json", fmt=FOLDS_FORMAT, rerun="kaggle-kit cv")
-    missing = [k for k in ("n_folds", "repeats", "n_train", "n_test", "plan_sha256") if k not in manifest]
-    if missing:
-        raise KitError(f"{folds_dir / 'manifest.json'} lacks {', '.join(missing)}; re-run 'kaggle-kit cv'")
-    n_train, n_test = manifest["n_train"], manifest["n_test"]
-    repeats, n_folds = manifest["repeats"], manifest["n_folds"]
-    plan = np.asarray(load_npy(folds_dir / "plan.npy", mmap=False))
-    y = np.asarray(load_npy(folds_dir / "y.npy", mmap=False))
-    ids_path = folds_dir / "ids.json"
-    if not ids_path.exists():
-        raise KitError(f"{ids_path} does not exist; re-run 'kaggle-kit cv'")
-    ids = read_json(ids_path)
-    problems = []
-    if plan.shape != (repeats, n_train) or plan.dtype.kind not in "iu":
-        problems.append(f"plan.npy is {plan.dtype} {plan.shape}, expected integers ({repeats}, {n_train})")
-    elif plan.size and (plan.min() < -1 or plan.max() >= n_folds):
-        problems.append(f"plan.npy holds folds outside 0..{n_folds - 1} (and -1 for rows left out)")
-    if y.shape != (n_train,) or not np.isin(y, (0, 1)).all():
-        problems.append(f"y.npy is {y.shape}, expected ({n_train},) of 0/1 labels")
-    if len(ids.get("train_ids", ())) != n_train or len(ids.get("test_ids", ())) != n_test:
-        problems.append(f"ids.json does not hold {n_train} train_ids and {n_test} test_ids")
-    if problems:
-        raise KitError(f"{folds_dir}: {'; '.join(problems)}; re-run 'kaggle-kit cv'")
-    return FoldPlan(manifest=manifest, plan=plan, y=y.astype(np.int8),
-                    train_ids=tuple(map(str, ids["train_ids"])), test_ids=tuple(map(str, ids["test_ids"])))
 
 
 def check_features(exp_dir: Path, model_dir: Path, manifest: dict[str, Any], *, rerun: str) -> set[str] | None:
@@ -466,7 +407,7 @@ def load_cv_inputs(exp_dir: Path, *, warn: Callable[[str], None] = print) -> CvI
     """
     from kaggle_kit.artifacts import KitError, load_npy, read_manifest, sha256_json
 
-    folds = load_fold_plan(exp_dir)
+    folds = load_plan(exp_dir)
     n_train, n_test = folds.manifest["n_train"], folds.manifest["n_test"]
     repeats = folds.manifest["repeats"]
     cv_dir = exp_dir / "cv"
@@ -585,7 +526,7 @@ def load_blend(exp_dir: Path) -> BlendOutput:
 
     blend_dir = exp_dir / "blend"
     manifest = read_manifest(blend_dir / "manifest.json", fmt=FORMAT, rerun="kaggle-kit blend")
-    folds = load_fold_plan(exp_dir)
+    folds = load_plan(exp_dir)
     if manifest["plan_sha256"] != folds.manifest["plan_sha256"]:
         raise KitError(f"{blend_dir} was made on another fold plan; re-run 'kaggle-kit blend'")
     for model, digest in manifest["inputs"]["cv"].items():

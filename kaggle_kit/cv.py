@@ -38,11 +38,11 @@ from kaggle_kit.artifacts import (
     sha256_json,
     write_json_atomic,
 )
-from kaggle_kit.blend import log_loss
 from kaggle_kit.data import Dataset
 from kaggle_kit.features import FeatureSet, load_features
 from kaggle_kit.folds import FoldPlan, ensure_plan, folds_dir, load_plan
 from kaggle_kit.heads import HEADS
+from kaggle_kit.metrics import log_loss
 
 FORMAT = "kaggle-kit/cv/1"
 CONCAT = "concat"

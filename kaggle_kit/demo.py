@@ -343,7 +343,7 @@ def _read_id_label(path: Path) -> dict[str, str]:
 
 def score_submission(submission: Path, answer_key: Path) -> Score:
     """Score a submission CSV against an answer key CSV (both ``id,label``; the key's labels 0/1)."""
-    from kaggle_kit.blend import log_loss
+    from kaggle_kit.metrics import log_loss
 
     predicted, truth = _read_id_label(submission), _read_id_label(answer_key)
     if set(predicted) != set(truth):

@@ -33,6 +33,8 @@ from kaggle_kit.artifacts import (
 
 FORMAT = "kaggle-kit/folds/1"
 RERUN = "kaggle-kit cv"
+# What the writer always puts in the manifest and the loader and its users rely on.
+_MANIFEST_KEYS = ("n_folds", "repeats", "seed", "n_train", "n_test", "plan_sha256", "y_sha256", "ids_sha256")
 
 
 def make_plan(y: np.ndarray, *, n_folds: int, repeats: int, seed: int) -> np.ndarray:
@@ -69,7 +71,9 @@ def ids_sha256(train_ids: Sequence[str], test_ids: Sequence[str]) -> str:
 
 @dataclass(frozen=True)
 class FoldPlan:
-    """A loaded plan: ``plan`` int8 (repeats, n_train), ``y`` int8 (n_train,), and its manifest."""
+    """A loaded plan: ``plan`` int (repeats, n_train) the fold of each row per repeat (-1: a row left out),
+    ``y`` int8 (n_train,), the ids in the kit's fixed row order (``test_ids`` is the submission order), and the
+    manifest."""
 
     plan: np.ndarray
     y: np.ndarray
@@ -99,19 +103,43 @@ def folds_dir(exp_dir: Path) -> Path:
 
 
 def load_plan(exp_dir: Path) -> FoldPlan:
-    """Load ``<exp>/folds/``, checking every file against the manifest."""
+    """Load ``<exp>/folds/``, checking every file against the manifest and the manifest's shapes."""
     out = folds_dir(exp_dir)
     manifest = read_manifest(out / "manifest.json", fmt=FORMAT, rerun=RERUN)
-    plan = np.asarray(load_npy(out / "plan.npy", mmap=False))
-    y = np.asarray(load_npy(out / "y.npy", mmap=False))
+    missing = [key for key in _MANIFEST_KEYS if key not in manifest]
+    if missing:
+        raise KitError(f"{out / 'manifest.json'} lacks {', '.join(missing)}; re-run '{RERUN}'")
+    plan = np.asarray(load_npy(out / "plan.npy", mmap=False, rerun=RERUN))
+    y = np.asarray(load_npy(out / "y.npy", mmap=False, rerun=RERUN))
     if not (out / "ids.json").exists():
         raise KitError(f"{out / 'ids.json'} does not exist; re-run '{RERUN}'")
     ids = read_json(out / "ids.json")
-    if (sha256_array(plan) != manifest.get("plan_sha256") or sha256_array(y) != manifest.get("y_sha256")
-            or sha256_json(ids) != manifest.get("ids_sha256")):
+    if (sha256_array(plan) != manifest["plan_sha256"] or sha256_array(y) != manifest["y_sha256"]
+            or sha256_json(ids) != manifest["ids_sha256"]):
         raise KitError(f"the files in {out} do not match its manifest (an interrupted write?); re-run '{RERUN}'")
-    return FoldPlan(plan=plan, y=y, train_ids=tuple(ids["train_ids"]), test_ids=tuple(ids["test_ids"]),
-                    manifest=manifest)
+    # The hashes only prove the files are the ones the manifest was written with; these prove they fit it.
+    problems = _shape_problems(manifest, plan, y, ids)
+    if problems:
+        raise KitError(f"{out}: {'; '.join(problems)}; re-run '{RERUN}'")
+    return FoldPlan(plan=plan, y=y.astype(np.int8), train_ids=tuple(map(str, ids["train_ids"])),
+                    test_ids=tuple(map(str, ids["test_ids"])), manifest=manifest)
+
+
+def _shape_problems(manifest: dict[str, Any], plan: np.ndarray, y: np.ndarray, ids: Any) -> list[str]:
+    """What in the plan, labels and ids disagrees with the manifest's n_folds, repeats, n_train and n_test."""
+    n_train, n_test = manifest["n_train"], manifest["n_test"]
+    repeats, n_folds = manifest["repeats"], manifest["n_folds"]
+    problems = []
+    if plan.shape != (repeats, n_train) or plan.dtype.kind not in "iu":
+        problems.append(f"plan.npy is {plan.dtype} {plan.shape}, expected integers ({repeats}, {n_train})")
+    elif plan.size and (plan.min() < -1 or plan.max() >= n_folds):
+        problems.append(f"plan.npy holds folds outside 0..{n_folds - 1} (and -1 for rows left out)")
+    if y.shape != (n_train,) or not np.isin(y, (0, 1)).all():
+        problems.append(f"y.npy is {y.shape}, expected ({n_train},) of 0/1 labels")
+    if (not isinstance(ids, dict) or len(ids.get("train_ids", ())) != n_train
+            or len(ids.get("test_ids", ())) != n_test):
+        problems.append(f"ids.json does not hold {n_train} train_ids and {n_test} test_ids")
+    return problems
 
 
 def ensure_plan(exp_dir: Path, *, y: np.ndarray, train_ids: Sequence[str], test_ids: Sequence[str],

@@ -32,7 +32,7 @@ from typing import Any, Callable, ContextManager, Sequence
 import numpy as np
 from scipy.special import expit
 
-from kaggle_kit.blend import log_loss
+from kaggle_kit.metrics import log_loss
 
 # C values tried by the logistic regression, weakest regularisation last (sklearn's meaning: C multiplies
 # the summed log loss, the L2 penalty is ||w||^2 / 2).

@@ -33,7 +33,8 @@ from typing import Any, Callable
 import numpy as np
 
 from kaggle_kit import __version__
-from kaggle_kit.blend import KAGGLE_EPS, fit_blender, log_loss
+from kaggle_kit.blend import fit_blender
+from kaggle_kit.metrics import KAGGLE_EPS, log_loss
 
 # Final private leaderboard of Dogs vs. Cats Redux (1,314 teams): (rank, log loss). The last point: 271 teams
 # scored worse than predicting 0.5 everywhere (log 2 = 0.6931), so rank 1,314 - 271 = 1,043 scored 0.6931.
@@ -221,7 +222,7 @@ def _optional_float(value: Any) -> float | None:
 
 def _model_rows(exp_dir: Path, models: tuple[str, ...], weights: dict[str, float] | None) -> list[ModelRow]:
     from kaggle_kit.artifacts import read_manifest
-    from kaggle_kit.blend import CV_FORMAT
+    from kaggle_kit.cv import FORMAT as CV_FORMAT
 
     rows = []
     for model in models:

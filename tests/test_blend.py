@@ -12,7 +12,9 @@ from scipy.special import expit
 from typer.testing import CliRunner
 
 from kaggle_kit import blend as B
-from kaggle_kit.artifacts import KitError, new_manifest, save_npy_atomic, sha256_json, write_json_atomic
+from kaggle_kit.artifacts import KitError, new_manifest, save_npy_atomic, write_json_atomic
+from kaggle_kit.folds import ensure_plan
+from kaggle_kit.metrics import log_loss
 
 
 def noisy_models(rng, y, strengths, *, noise=1.0):
@@ -23,20 +25,15 @@ def noisy_models(rng, y, strengths, *, noise=1.0):
 
 def write_experiment(root: Path, *, exp: str = "default", n_train: int = 240, n_test: int = 60, n_folds: int = 4,
                      repeats: int = 1, strengths=(2.0, 1.0, 0.5), seed: int = 0) -> Path:
-    """Write ``experiments/<exp>/folds/`` and ``cv/m<j>/`` as the cv stage's contract says; return exp_dir."""
+    """Write ``experiments/<exp>/folds/`` (with the cv stage's own writer) and ``cv/m<j>/`` as the cv stage's
+    contract says; return exp_dir."""
     rng = np.random.default_rng(seed)
     exp_dir = root / "experiments" / exp
     y = rng.integers(0, 2, n_train).astype(np.int8)
-    plan = np.stack([rng.permutation(np.arange(n_train) % n_folds) for _ in range(repeats)]).astype(np.int8)
-    plan_sha = sha256_json(plan.tolist())
     test_ids = [str(i) for i in rng.permutation(np.arange(1, n_test + 1))]  # not sorted: order must be kept
-    save_npy_atomic(exp_dir / "folds" / "plan.npy", plan)
-    save_npy_atomic(exp_dir / "folds" / "y.npy", y)
-    write_json_atomic(exp_dir / "folds" / "ids.json",
-                      {"train_ids": [f"t{i}" for i in range(n_train)], "test_ids": test_ids})
-    write_json_atomic(exp_dir / "folds" / "manifest.json", new_manifest(
-        B.FOLDS_FORMAT, n_folds=n_folds, repeats=repeats, seed=seed, n_train=n_train, n_test=n_test,
-        plan_sha256=plan_sha))
+    plan, _ = ensure_plan(exp_dir, y=y, train_ids=[f"t{i}" for i in range(n_train)], test_ids=test_ids,
+                          n_folds=n_folds, repeats=repeats, seed=seed)
+    plan_sha = plan.sha256
     y_test = rng.integers(0, 2, n_test)
     for j, s in enumerate(strengths):
         oof = np.stack([noisy_models(rng, y, [s])[:, 0] for _ in range(repeats)]).astype(np.float32)
@@ -46,7 +43,7 @@ def write_experiment(root: Path, *, exp: str = "default", n_train: int = 240, n_
         save_npy_atomic(model_dir / "test.npy", test)
         write_json_atomic(model_dir / "manifest.json", new_manifest(
             B.CV_FORMAT, model=f"m{j}", plan_sha256=plan_sha,
-            scores={"oof_logloss": B.log_loss(y, oof.mean(axis=0)), "oof_accuracy": 0.0}))
+            scores={"oof_logloss": log_loss(y, oof.mean(axis=0)), "oof_accuracy": 0.0}))
     return exp_dir
 
 
@@ -57,9 +54,9 @@ def test_log_loss_matches_sklearn_and_known_values():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 500)
     P = rng.uniform(0.01, 0.99, (500, 3))
-    np.testing.assert_allclose(B.log_loss(y, P), [sk_log_loss(y, P[:, j]) for j in range(3)], rtol=1e-10)
-    assert B.log_loss(y, y.astype(float)) < 1e-12
-    assert B.log_loss(y, np.full(500, 0.5)) == pytest.approx(math.log(2))
+    np.testing.assert_allclose(log_loss(y, P), [sk_log_loss(y, P[:, j]) for j in range(3)], rtol=1e-10)
+    assert log_loss(y, y.astype(float)) < 1e-12
+    assert log_loss(y, np.full(500, 0.5)) == pytest.approx(math.log(2))
 
 
 # ---------------------------------------------------------------------------------------------- selection
@@ -177,9 +174,9 @@ def test_crossfitted_scores_are_not_better_than_in_sample_on_noise(seed):
     P = rng.uniform(0.05, 0.95, (n, 5))  # random predictions of random labels
     result = B.crossfit_blend(P, y, np.arange(n) % 5)
     for method in ("selection", "stack"):
-        in_sample = B.log_loss(y, B.fit_blender(P, y, method=method).predict(P))
+        in_sample = log_loss(y, B.fit_blender(P, y, method=method).predict(P))
         assert result.method_scores[method] >= in_sample
-    calibrated_in_sample = B.log_loss(y, result.calibrator.predict(result.blender.predict(P)))
+    calibrated_in_sample = log_loss(y, result.calibrator.predict(result.blender.predict(P)))
     assert dict(result.ladder)["calibrated"] >= calibrated_in_sample
 
 

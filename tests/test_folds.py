@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kaggle_kit.artifacts import KitError
+from kaggle_kit.artifacts import KitError, read_json, save_npy_atomic, sha256_array, sha256_json, write_json_atomic
 from kaggle_kit.folds import ensure_plan, load_plan, make_plan
 
 
@@ -78,3 +78,53 @@ def test_a_plan_file_that_does_not_match_its_manifest_is_refused(tmp_path):
     np.save(tmp_path / "folds" / "plan.npy", np.zeros((1, 60), dtype=np.int8))
     with pytest.raises(KitError, match="do not match its manifest.*re-run 'kaggle-kit cv'"):
         load_plan(tmp_path)
+
+
+def _rewrite(exp_dir, name: str, value) -> None:
+    """Replace one file of ``<exp>/folds/`` and re-hash it in the manifest, as a faulty writer would."""
+    out = exp_dir / "folds"
+    manifest = read_json(out / "manifest.json")
+    if name == "ids.json":
+        write_json_atomic(out / name, value)
+        manifest["ids_sha256"] = sha256_json(value)
+    else:
+        save_npy_atomic(out / name, value)
+        manifest[{"plan.npy": "plan_sha256", "y.npy": "y_sha256"}[name]] = sha256_array(value)
+    write_json_atomic(out / "manifest.json", manifest)
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("plan.npy", np.zeros((2, 60), dtype=np.int8), r"plan.npy is int8 \(2, 60\), expected integers \(1, 60\)"),
+    ("plan.npy", np.zeros((1, 60)), r"plan.npy is float64 \(1, 60\), expected integers"),
+    ("plan.npy", np.full((1, 60), 3, dtype=np.int8), r"plan.npy holds folds outside 0..2"),
+    ("y.npy", np.full(60, 2, dtype=np.int8), r"y.npy is \(60,\), expected \(60,\) of 0/1 labels"),
+    ("ids.json", {"train_ids": ids(60)[0], "test_ids": ["t1"]}, "ids.json does not hold 60 train_ids and 2 test_ids"),
+    ("ids.json", ["not", "a", "mapping"], "ids.json does not hold 60 train_ids and 2 test_ids"),
+])
+def test_a_plan_that_does_not_fit_its_manifest_is_refused_in_one_line(tmp_path, name, value, message):
+    y = labels(60)
+    ensure_plan(tmp_path, y=y, train_ids=ids(60)[0], test_ids=ids(60)[1], n_folds=3, repeats=1, seed=0)
+    _rewrite(tmp_path, name, value)
+    with pytest.raises(KitError, match=message) as err:
+        load_plan(tmp_path)
+    assert "\n" not in str(err.value) and str(err.value).endswith("; re-run 'kaggle-kit cv'")
+
+
+def test_a_manifest_lacking_keys_is_refused(tmp_path):
+    ensure_plan(tmp_path, y=labels(60), train_ids=ids(60)[0], test_ids=ids(60)[1], n_folds=3, repeats=1, seed=0)
+    path = tmp_path / "folds" / "manifest.json"
+    manifest = read_json(path)
+    del manifest["n_test"], manifest["y_sha256"]
+    write_json_atomic(path, manifest)
+    with pytest.raises(KitError, match=r"lacks n_test, y_sha256; re-run 'kaggle-kit cv'$"):
+        load_plan(tmp_path)
+
+
+def test_the_loaded_plan_is_the_written_one(tmp_path):
+    y = labels(60)
+    train_ids, test_ids = ids(60)
+    written, _ = ensure_plan(tmp_path, y=y, train_ids=train_ids, test_ids=test_ids, n_folds=3, repeats=2, seed=1)
+    loaded = load_plan(tmp_path)
+    assert np.array_equal(loaded.plan, written.plan) and np.array_equal(loaded.y, y) and loaded.y.dtype == np.int8
+    assert (loaded.train_ids, loaded.test_ids) == (tuple(train_ids), tuple(test_ids))
+    assert loaded.manifest == written.manifest and loaded.describe() == "3 folds x 2 repeats, seed 1"

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from kaggle_kit.blend import log_loss
 from kaggle_kit.folds import make_plan
 from kaggle_kit.heads import LogregSettings, MlpSettings, fit_logreg, fit_mlp
+from kaggle_kit.metrics import log_loss
 
 # The mlp settings of these tests: a few fast epochs are enough to show the properties.
 QUICK_MLP = MlpSettings(hidden=32, learning_rate=1e-2, min_steps=4, max_epochs=30, patience=5)

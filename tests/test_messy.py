@@ -320,7 +320,6 @@ def test_arrays_holding_pickles_are_refused_by_every_loader(tmp_path, monkeypatc
     checks = [
         (fs_dir / "train.npy", lambda: features.load_features(fs_dir)),
         (exp_dir / "folds" / "plan.npy", lambda: folds.load_plan(exp_dir)),
-        (exp_dir / "folds" / "plan.npy", lambda: blend.load_fold_plan(exp_dir)),
         (exp_dir / "cv" / "ext__logreg" / "oof.npy", lambda: cv.load_cv_result(exp_dir, "ext__logreg")),
         (exp_dir / "cv" / "ext__logreg" / "test.npy", lambda: blend.load_cv_inputs(exp_dir)),
         (exp_dir / "blend" / "test.npy", lambda: blend.load_blend(exp_dir)),

@@ -24,11 +24,12 @@ from kaggle_kit.artifacts import (
     read_json,
     save_experiment,
     save_npy_atomic,
-    sha256_json,
     write_json_atomic,
 )
 from kaggle_kit.cli import app
 from kaggle_kit.data import discover
+from kaggle_kit.folds import ensure_plan
+from kaggle_kit.metrics import log_loss
 
 MISLABELLED = (3, 40, 41)  # rows every model gets confidently wrong, as a mislabelled photo would be
 UNREADABLE = 7  # a row without predictions, as an undecodable photo would be
@@ -111,7 +112,7 @@ def test_clip_curve_matches_clipped_log_loss_and_finds_the_best_clip():
     assert levels[0] == pytest.approx(1e-4) and levels[-1] == pytest.approx(0.1)
     assert (np.diff(np.log(levels)) == pytest.approx(np.log(levels[1] / levels[0])))
     for c, loss in zip(levels[::10], losses[::10]):
-        assert loss == pytest.approx(B.log_loss(y, np.clip(p, c, 1 - c)))
+        assert loss == pytest.approx(log_loss(y, np.clip(p, c, 1 - c)))
     # saturated predictions: the best constant clip is about the error rate (FACTS.md)
     err = float((p != y).mean())
     assert levels[np.argmin(losses)] == pytest.approx(err, rel=0.15)
@@ -136,17 +137,18 @@ def test_row_losses_average_to_the_log_loss():
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, 300)
     p = rng.uniform(0, 1, 300)
-    assert R.row_losses(y, p).mean() == pytest.approx(B.log_loss(y, p))
+    assert R.row_losses(y, p).mean() == pytest.approx(log_loss(y, p))
 
 
 # ---------------------------------------------------------------------------------------- the experiment
 def build_experiment(root: Path, comp: Path, *, models=("m0", "m1", "m2"), strengths=(1.6, 1.1, 0.6),
-                     n_folds: int = 3, seed: int = 0, scale: float = 1.0, blend: bool = True) -> Path:
+                     n_folds: int = 3, seed: int = 1, scale: float = 1.0, blend: bool = True) -> Path:
     """Write ``experiments/exp/`` on the real photos of ``comp`` as the cv stage's contract says (and blend it).
 
     The models share part of their noise (so the blend still errs on a quarter of the rows), are all confidently
     wrong on the rows MISLABELLED and have no prediction for row UNREADABLE. ``scale`` > 1 makes every model
-    overconfident (its logits multiplied by ``scale``).
+    overconfident (its logits multiplied by ``scale``). ``seed`` draws the fold plan and the noise; with the
+    default one the gallery fills (N_MISTAKES mistakes or more) both here and for one weak model on 60 photos.
     """
     ds = discover(comp, positive="dog")
     exp_dir = root / "experiments" / "exp"
@@ -154,22 +156,16 @@ def build_experiment(root: Path, comp: Path, *, models=("m0", "m1", "m2"), stren
     rng = np.random.default_rng(seed)
     y = ds.y
     n = ds.n_train
-    plan = np.empty(n, dtype=np.int8)
-    for cls in (0, 1):
-        rows = rng.permutation(np.flatnonzero(y == cls))
-        plan[rows] = np.arange(len(rows)) % n_folds
-    plan = plan[None, :]
-    plan[0, UNREADABLE] = -1
-    plan_sha = sha256_json(plan.tolist())
-    save_npy_atomic(exp_dir / "folds" / "plan.npy", plan)
-    save_npy_atomic(exp_dir / "folds" / "y.npy", y)
-    write_json_atomic(exp_dir / "folds" / "ids.json", {"train_ids": list(ds.train_ids), "test_ids": list(ds.test_ids)})
-    write_json_atomic(exp_dir / "folds" / "manifest.json", new_manifest(
-        B.FOLDS_FORMAT, n_folds=n_folds, repeats=1, seed=seed, n_train=n, n_test=ds.n_test, plan_sha256=plan_sha))
+    plan_sha = ensure_plan(exp_dir, y=y, train_ids=ds.train_ids, test_ids=ds.test_ids, n_folds=n_folds, repeats=1,
+                           seed=seed)[0].sha256
     shared = rng.normal(0.0, 1.5, n)
+    mislabelled = list(MISLABELLED)
     for j, (name, s) in enumerate(zip(models, strengths)):
         oof = expit(scale * (s * (2.0 * y - 1.0) + shared + rng.normal(0.0, 1.0, n)))
-        oof[list(MISLABELLED)] = np.where(y[list(MISLABELLED)] == 1, 0.004, 0.996)
+        # subtle: a mislabelled photo is a clear example of the other class, so each model is as sure of the wrong
+        # label as its strength allows; equal certainties in every model would let a stack that cancels the
+        # shared noise (weights of both signs) pull those rows back towards 0.5, below other mistakes.
+        oof[mislabelled] = expit(-scale * 6.0 * s * (2.0 * y[mislabelled] - 1.0))
         oof[UNREADABLE] = np.nan
         ok = np.isfinite(oof)
         model_dir = exp_dir / "cv" / name
@@ -178,7 +174,7 @@ def build_experiment(root: Path, comp: Path, *, models=("m0", "m1", "m2"), stren
         p32 = oof.astype(np.float32).astype(np.float64)
         write_json_atomic(model_dir / "manifest.json", new_manifest(
             B.CV_FORMAT, model=name, head="logreg", features=["squeezenet"], plan_sha256=plan_sha,
-            scores={"oof_logloss": B.log_loss(y[ok], p32[ok]),
+            scores={"oof_logloss": log_loss(y[ok], p32[ok]),
                     "oof_accuracy": float(((p32[ok] > 0.5) == y[ok]).mean()),
                     "fold_logloss": [], "fold_accuracy": []},
             seconds=1.25 * (j + 1)))
@@ -343,7 +339,7 @@ def test_uncalibrated_oof_reproduces_the_blend_score(blended):
     ok = np.isfinite(before)
     assert not ok[UNREADABLE] and ok.sum() == m["n_scored"]
     blend_step = next(s for s in m["ladder"] if s["step"] == "blend")
-    assert B.log_loss(inputs.folds.y[ok], before[ok]) == pytest.approx(blend_step["oof_logloss"], rel=1e-9)
+    assert log_loss(inputs.folds.y[ok], before[ok]) == pytest.approx(blend_step["oof_logloss"], rel=1e-9)
 
 
 def test_calibrated_blend_shows_both_curves(tmp_path, comp):
