@@ -340,8 +340,30 @@ def report(
     typer.echo(str(result.path))
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    app(prog_name="kaggle-kit")
+def main(argv: Optional[list[str]] = None) -> None:
+    """The console entry point: runs ``app``, with usage errors (an unknown option, a bad value) in one line
+    like every other error, instead of click's boxed or three-line usage message."""
+    try:  # recent typer vendors click as typer._click; older ones use the click package
+        from typer._click import exceptions as errors
+    except ImportError:  # pragma: no cover - depends on the installed typer
+        from click import exceptions as errors
+    try:
+        code = app(args=argv, prog_name="kaggle-kit", standalone_mode=False)
+    except errors.NoArgsIsHelpError as exc:  # 'kaggle-kit' alone: the help, as usual
+        typer.echo(exc.ctx.get_help())
+        code = 0
+    except errors.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "kaggle-kit"
+        message = " ".join(exc.format_message().split())
+        _err(f"error: {message} (see '{where} --help')")
+        code = exc.exit_code
+    except errors.ClickException as exc:
+        _err(f"error: {' '.join(exc.format_message().split())}")
+        code = exc.exit_code
+    except typer.Abort:
+        _err("interrupted: finished work is kept; run the same command again to resume")
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,7 +5,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kaggle_kit.artifacts import experiment_dir, experiment_lock
-from kaggle_kit.cli import app
+from kaggle_kit.cli import app, main
 
 runner = CliRunner()
 
@@ -25,6 +25,30 @@ def test_importing_the_cli_loads_no_deep_learning_framework():
 def test_help_lists_the_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0 and "features" in result.output
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["cv", "--data", "x"], "No such option: --data (see 'kaggle-kit cv --help')"),
+    (["cv", "--folds", "1"], "'--folds'"),
+    (["blend", "--method", "median"], "'median' is not one of"),
+    (["nosuch"], "No such command 'nosuch'"),
+])
+def test_usage_errors_are_one_line_exit_2(workdir, capsys, argv, fragment):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.count("\n") == 1 and err.startswith("error: ") and fragment in err, err
+
+
+def test_the_entry_point_still_prints_help_and_runs_commands(workdir, capsys):
+    for argv in (["--help"], []):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 0 and "Usage: kaggle-kit" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["blend", "--exp", "nothing"])  # a KitError inside a command keeps its own code and line
+    assert exit_info.value.code == 1 and capsys.readouterr().err.startswith("error: experiment")
 
 
 def test_unknown_backbone_is_one_line_exit_2(workdir, small_comp):
