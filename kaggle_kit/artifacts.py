@@ -204,6 +204,8 @@ def experiment_lock(exp_dir: Path, *, command: str) -> Iterator[None]:
     """Hold ``<exp>/lock`` while a command writes; a second process refuses at once rather than interleave.
 
     The lock is an ``flock`` on the file, so a killed process releases it automatically (no stale locks).
+    Once it is held, temporary files (``.*.tmp``, see :func:`atomic_path`) left anywhere in the experiment by
+    a killed run are removed: every writer of the experiment holds this lock, so none of them is live.
     """
     import fcntl
 
@@ -226,6 +228,9 @@ def experiment_lock(exp_dir: Path, *, command: str) -> Iterator[None]:
         fh.truncate()
         fh.write(f"pid {os.getpid()} running '{command}'\n")
         fh.flush()
+        for stale in exp_dir.rglob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
         yield
     finally:
         fh.close()

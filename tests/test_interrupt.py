@@ -15,7 +15,14 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import make_competition
-from kaggle_kit.artifacts import KitError, experiment_dir, features_dir, save_experiment, save_npy_atomic
+from kaggle_kit.artifacts import (
+    KitError,
+    experiment_dir,
+    experiment_lock,
+    features_dir,
+    save_experiment,
+    save_npy_atomic,
+)
 from kaggle_kit.blend import load_cv_inputs
 from kaggle_kit.cli import app
 from kaggle_kit.cv import load_cv_result, run_cv
@@ -209,6 +216,20 @@ def test_sigkill_during_blend_and_submit_leaves_nothing_half_written(tmp_path, m
 
 
 # ------------------------------------------------------------------------------------------- concurrency
+def test_taking_the_lock_removes_what_killed_runs_left_half_written(tmp_path):
+    exp_dir = experiment_dir("left", root=tmp_path)
+    stale = [exp_dir / "cv" / "m__logreg" / ".oof.npy.k2j4.tmp", exp_dir / "blend" / ".test.npy.a1b2.npy.tmp",
+             exp_dir / "folds" / ".manifest.json.zz.tmp"]
+    kept = [exp_dir / "cv" / "m__logreg" / "oof.npy", exp_dir / "features" / "f" / ".partial" / "k" / "0.npz",
+            exp_dir / "notes.tmp"]
+    for path in stale + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"\0" * 64)
+    with experiment_lock(exp_dir, command="cv"):
+        assert not any(p.exists() for p in stale)
+        assert all(p.exists() for p in kept)
+
+
 def test_a_second_process_on_a_busy_experiment_refuses_with_exit_3(tmp_path):
     comp = make_competition(tmp_path / "comp", n_per_class=30, n_test=12)
     first = kit([*FEATURE_ARGS, "--data", str(comp), "--exp", "busy"], tmp_path)
