@@ -297,10 +297,6 @@ def crossfit_blend(P: np.ndarray, y: np.ndarray, folds: np.ndarray, *, method: s
         raise ValueError(f"unknown blend method {method!r}; choose one of: {', '.join(METHODS)}")
     splits = [(fv != f, fv == f) for f in np.unique(fv)]
 
-    single = np.empty(len(yv))
-    for train, held in splits:
-        single[held] = Pv[held, int(np.argmin(log_loss(yv[train], Pv[train])))]
-
     fold_blenders: dict[str, list[Blender]] = {}
     blended: dict[str, np.ndarray] = {}
     for m in METHODS:
@@ -341,7 +337,7 @@ def crossfit_blend(P: np.ndarray, y: np.ndarray, folds: np.ndarray, *, method: s
     oof = np.full(len(y), np.nan)
     oof[valid] = calibrated[kind]
     ladder = [
-        ("best single model", log_loss(yv, single)),
+        ("best single model", method_scores["single"]),  # each held-out fold: the model best on the others
         ("blend", method_scores[chosen]),
         ("calibrated", calibration_scores[kind]),
         ("clipped", log_loss(yv, clipped)),
@@ -368,7 +364,6 @@ class CvInputs:
     test: np.ndarray
     cv_sha256: dict[str, str]
     prior_rows: np.ndarray | None = None
-
 
 
 def check_features(exp_dir: Path, model_dir: Path, manifest: dict[str, Any], *, rerun: str) -> set[str] | None:
