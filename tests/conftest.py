@@ -22,15 +22,18 @@ def mini() -> Path:
     return MINI
 
 
-def make_competition(dest: Path, *, n_per_class: int, n_test: int, sample_submission: bool = False) -> Path:
-    """Copy a few real photos into ``dest`` in Kaggle's layout (never into the repository)."""
+def make_competition(dest: Path, *, n_per_class: int, n_test: int, sample_submission: bool = False,
+                     empty: bool = False) -> Path:
+    """Copy a few real photos into ``dest`` in Kaggle's layout (never into the repository); ``empty``: empty
+    files of the same names instead, for stages that never decode an image (cv, blend, submit)."""
     (dest / "train").mkdir(parents=True)
     (dest / "test").mkdir()
-    for cls in ("cat", "dog"):
-        for i in range(1, n_per_class + 1):
-            shutil.copy(MINI / "train" / f"{cls}.{i}.jpg", dest / "train" / f"{cls}.{i}.jpg")
-    for i in range(1, n_test + 1):
-        shutil.copy(MINI / "test" / f"{i}.jpg", dest / "test" / f"{i}.jpg")
+    names = [f"train/{cls}.{i}.jpg" for cls in ("cat", "dog") for i in range(1, n_per_class + 1)]
+    for name in names + [f"test/{i}.jpg" for i in range(1, n_test + 1)]:
+        if empty:
+            (dest / name).touch()
+        else:
+            shutil.copy(MINI / name, dest / name)
     if sample_submission:
         ids = list(range(n_test, 0, -1))
         (dest / "sample_submission.csv").write_text("id,label\n" + "".join(f"{i},0.5\n" for i in ids))

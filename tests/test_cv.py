@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import make_competition
 from kaggle_kit.artifacts import (
     KitError,
     features_dir,
@@ -43,14 +44,7 @@ runner = CliRunner()
 # ------------------------------------------------------------------------------------------------ helpers
 def make_data(root: Path, *, n_per_class: int = 40, n_test: int = 20) -> Dataset:
     """A competition folder in Kaggle's layout with empty image files (cv never decodes them)."""
-    (root / "train").mkdir(parents=True)
-    (root / "test").mkdir()
-    for cls in ("cat", "dog"):
-        for i in range(1, n_per_class + 1):
-            (root / "train" / f"{cls}.{i}.jpg").touch()
-    for i in range(1, n_test + 1):
-        (root / "test" / f"{i}.jpg").touch()
-    return discover(root)
+    return discover(make_competition(root, n_per_class=n_per_class, n_test=n_test, empty=True))
 
 
 def synthetic_features(dataset: Dataset, *, width: int = 8, signal: float = 1.5, seed: int = 0) -> dict:

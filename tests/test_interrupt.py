@@ -86,15 +86,7 @@ SETS = ("a", "b", "c")
 def synthetic_experiments(root: Path, exps, *, n_per_class: int = 750, n_test: int = 40, width: int = 128) -> Dataset:
     """A data folder of empty image files (cv never decodes them) and, in each experiment of ``exps``, the same
     feature sets ``SETS`` (signal in the first column, noise elsewhere), written as features.py writes them."""
-    data = root / "data"
-    (data / "train").mkdir(parents=True)
-    (data / "test").mkdir()
-    for cls in ("cat", "dog"):
-        for i in range(1, n_per_class + 1):
-            (data / "train" / f"{cls}.{i}.jpg").touch()
-    for i in range(1, n_test + 1):
-        (data / "test" / f"{i}.jpg").touch()
-    dataset = discover(data)
+    dataset = discover(make_competition(root / "data", n_per_class=n_per_class, n_test=n_test, empty=True))
     for exp in exps:
         exp_dir = experiment_dir(exp, root=root)
         for j, name in enumerate(SETS):
