@@ -491,8 +491,11 @@ def fit_mlp(
     fold's randomness (split, initial weights, dropout, batch order) comes from ``seed``. Shapes: see the
     module docstring. ``on_fold(1)`` is called after each fold.
     """
-    import keras
     from sklearn.model_selection import train_test_split
+
+    from kaggle_kit.keras_loader import load_keras
+
+    keras = load_keras()
 
     y = np.asarray(y).astype(np.int64)
     fold = np.asarray(fold)

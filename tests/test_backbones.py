@@ -1,3 +1,4 @@
+import dataclasses
 import importlib
 
 import numpy as np
@@ -71,8 +72,13 @@ def test_weights_resolution(tmp_path):
     assert choice.kind == "file" and choice.identity.startswith("sha256:")
     with pytest.raises(KitError, match="neither 'imagenet', 'none' nor an existing file"):
         resolve_weights(b, str(tmp_path / "missing.h5"))
+
+
+def test_a_weights_file_that_does_not_fit_is_one_line(tmp_path):
+    f = tmp_path / "w.h5"
+    f.write_bytes(b"not really weights")
     with pytest.raises(KitError, match="cannot load --weights"):
-        build_extractor(b, image_size=32, weights=choice)
+        build_extractor(REGISTRY["resnet50"], image_size=32, weights=resolve_weights(REGISTRY["resnet50"], str(f)))
 
 
 def test_image_size_below_the_minimum_is_refused():
@@ -82,6 +88,6 @@ def test_image_size_below_the_minimum_is_refused():
 
 def test_backbone_is_frozen_config():
     b = REGISTRY["resnet50"]
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         b.input_size = 1  # type: ignore[misc]
-    assert isinstance(b, Backbone)
+    assert isinstance(b, Backbone) and REGISTRY["resnet50"].input_size == 224

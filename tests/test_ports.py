@@ -418,13 +418,17 @@ def test_squeezenet_pretrained_features_separate_cats_from_dogs(mini_photos):
 
 
 # ------------------------------------------------------------------------------------------- registration
-def test_ports_register_without_importing_keras_in_either_import_order():
-    code = ("import sys, kaggle_kit.{first}, kaggle_kit.{second}; from kaggle_kit.backbones import REGISTRY as R; "
-            "print(R['squeezenet'].preprocess, R['efficientnet_lite0'].preprocess, 'keras' in sys.modules)")
-    for first, second in (("ports", "backbones"), ("backbones", "ports")):
-        out = subprocess.run([sys.executable, "-c", code.format(first=first, second=second)],
-                             capture_output=True, text=True, check=True).stdout.split()
-        assert out == ["caffe", "tf", "False"]
+def test_ports_are_registry_entries_whose_builders_load_on_use():
+    code = ("import sys; from kaggle_kit.backbones import REGISTRY as R; "
+            "print(R['squeezenet'].preprocess, R['efficientnet_lite0'].preprocess, R['squeezenet'].min_size, "
+            "'keras' in sys.modules, 'kaggle_kit.ports' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["caffe", "tf", "17", "False", "False"]
+    for name in ("squeezenet", "efficientnet_lite0"):
+        backbone = get_backbone(name)
+        module, function = backbone.builder.split(":")
+        assert module == "kaggle_kit.ports" and getattr(ports, function) is getattr(ports, f"build_{name}")
+        assert not backbone.is_keras_application and backbone.keras_module is None
 
 
 @needs_shared
