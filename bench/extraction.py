@@ -49,20 +49,19 @@ def run_kit(args: list[str], *, cwd: Path, env: dict | None = None) -> tuple[str
 def features_end_to_end(data: Path, workdir: Path, *, backbone: str, weights: str, size: int, batch: int,
                         exp: str, workers: int | None = None, env: dict | None = None) -> dict:
     """``kaggle-kit features`` in a subprocess: images/s from its manifest (extraction only) and peak RSS."""
-    import json
-
     from kaggle_kit.backbones import get_backbone
-    from kaggle_kit.features import default_name
+    from kaggle_kit.store import default_feature_set_name, experiment_dir, features_dir, load_features
 
     args = ["features", "--backbone", backbone, "--weights", weights, "--image-size", str(size),
             "--batch-size", str(batch), "--data", str(data), "--exp", exp, "--quiet", "--force"]
     if workers:
         args += ["--workers", str(workers)]
     _, peak = run_kit(args, cwd=workdir, env=env)
-    name = default_name(get_backbone(backbone), size)
-    manifest = json.loads((workdir / "experiments" / exp / "features" / name / "manifest.json").read_text())
-    return {"images_per_second": manifest["images_per_second"], "images": manifest["n_train"] + manifest["n_test"],
-            "seconds": manifest["extract_seconds"], "peak_rss_mib": peak}
+    spec = get_backbone(backbone)
+    name = default_feature_set_name(spec.name, input_size=spec.input_size, image_size=size)
+    fs = load_features(features_dir(experiment_dir(exp, root=workdir), name))
+    return {"images_per_second": fs.images_per_second, "images": fs.n_train + fs.n_test,
+            "seconds": fs.extract_seconds, "peak_rss_mib": peak}
 
 
 def decoded_batch(paths: list[Path], size: int, batch: int) -> np.ndarray:

@@ -94,9 +94,9 @@ def make_synthetic_experiment(work: Path, *, n_train: int, n_test: int, widths: 
     The images are never decoded (features are given), so they are tiny placeholder files; the feature sets
     carry signal in a low-rank subspace plus noise, different per backbone, so heads and blends have work.
     """
-    from kaggle_kit.artifacts import experiment_dir, save_experiment
     from kaggle_kit.data import discover
     from kaggle_kit.features import write_feature_set
+    from kaggle_kit.store import experiment_dir, features_dir, save_experiment
 
     data = work / "kaggle-size-data"
     (data / "train").mkdir(parents=True)
@@ -122,7 +122,7 @@ def make_synthetic_experiment(work: Path, *, n_train: int, n_test: int, widths: 
         z = rng.standard_normal((len(y_all), rank)).astype(np.float32)
         X = z @ basis + rng.standard_normal((len(y_all), width)).astype(np.float32)
         X += np.outer(y_all - 0.5, direction * (4.0 + b)).astype(np.float32)
-        write_feature_set(exp_dir / "features" / f"synthetic{b}", dataset,
+        write_feature_set(features_dir(exp_dir, f"synthetic{b}"), dataset,
                           {"train": X[:n_train], "test": X[n_train:]}, backbone=f"synthetic{b}",
                           note="bench/run.py synthetic features")
     return exp_dir
@@ -158,8 +158,7 @@ def bench_quality(work: Path, *, quick: bool) -> dict:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
 
-    from kaggle_kit.artifacts import experiment_dir
-    from kaggle_kit.features import load_features
+    from kaggle_kit.store import experiment_dir, features_dir, load_features
 
     exp = "mini-quality"
     data = MINI if not quick else subset_competition(MINI, work / "mini-quick", n_per_class=150, n_test=100)
@@ -180,7 +179,7 @@ def bench_quality(work: Path, *, quick: bool) -> dict:
     classic = {}
     exp_dir = experiment_dir(exp, root=work)
     for name in ("squeezenet", "efficientnet_lite0"):
-        fs = load_features(exp_dir / "features" / name)
+        fs = load_features(features_dir(exp_dir, name))
         model = LogisticRegression(max_iter=2000).fit(fs.arrays["train"], fs.y)
         p = np.clip(model.predict_proba(fs.arrays["test"])[:, 1], 0.005, 0.995)
         truth = answers.loc[[int(i) for i in fs.test_ids]].to_numpy()

@@ -1,17 +1,9 @@
-"""The on-disk layout of an experiment: arrays, manifests, atomic writes, hashes and the lock.
+"""The kit's file primitives: one-line errors, atomic writes, safe array loading, hashes, manifests and the lock.
 
-Every stage writes its arrays first and its ``manifest.json`` last; the manifest's presence is what marks a
-result as finished. Every write goes to a temporary file in the same folder, is flushed to disk and then
-renamed over the target, so a crash (Ctrl-C, SIGKILL, power loss) leaves either the old file or the new one,
-never a half-written file under a finished name.
-
-Layout (``<root>`` is the working folder, ``experiments/`` under it)::
-
-    experiments/<exp>/experiment.json                 the data folder and positive class of the experiment
-    experiments/<exp>/features/<name>/manifest.json   format kaggle-kit/features/1
-    experiments/<exp>/features/<name>/{train,test}.npy  [+ {train,test}_flip.npy with --tta flip]
-    experiments/<exp>/features/<name>/.partial/<key>/ shards of an unfinished extraction
-    experiments/<exp>/lock                            held while a command writes to the experiment
+Every write goes to a temporary file in the same folder, is flushed to disk and then renamed over the target,
+so a crash (Ctrl-C, SIGKILL, power loss) leaves either the old file or the new one, never a half-written file
+under a finished name. Which files an experiment holds, and what their manifests say, is
+:mod:`kaggle_kit.store`'s business: it builds on these.
 """
 
 from __future__ import annotations
@@ -51,14 +43,6 @@ def check_name(kind: str, name: str) -> str:
             code=2,
         )
     return name
-
-
-def experiment_dir(exp: str, *, root: Path | str = ".") -> Path:
-    return Path(root) / "experiments" / check_name("experiment", exp)
-
-
-def features_dir(exp_dir: Path, name: str) -> Path:
-    return exp_dir / "features" / check_name("feature set", name)
 
 
 # ----------------------------------------------------------------------------------------------- atomic writes
@@ -179,23 +163,6 @@ def read_manifest(path: Path | str, *, fmt: str, rerun: str) -> dict[str, Any]:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise KitError(f"{path} has format {found!r}, expected {fmt!r}; re-run '{rerun}'")
     return manifest
-
-
-# ------------------------------------------------------------------------------------------------ experiment
-EXPERIMENT_FORMAT = "kaggle-kit/experiment/1"
-
-
-def load_experiment(exp_dir: Path) -> dict[str, Any] | None:
-    """The experiment's remembered settings (data folder, positive class), or None for a new experiment."""
-    path = exp_dir / "experiment.json"
-    if not path.exists():
-        return None
-    return read_manifest(path, fmt=EXPERIMENT_FORMAT, rerun="kaggle-kit features --data DIR")
-
-
-def save_experiment(exp_dir: Path, *, data_dir: Path, positive: str) -> None:
-    write_json_atomic(exp_dir / "experiment.json",
-                      new_manifest(EXPERIMENT_FORMAT, data_dir=str(data_dir), positive=positive))
 
 
 # ------------------------------------------------------------------------------------------------------ lock

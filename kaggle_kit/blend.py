@@ -13,12 +13,10 @@ Every reported score is cross-fitted: for each fold of the experiment's plan the
 the clip are fitted on the other folds' rows and scored on the held-out fold, so a gain is never the
 in-sample one. The final blender and calibrator, used for the test predictions, are fitted on every row.
 
-Edge: :func:`load_cv_inputs` reads ``experiments/<exp>/folds/`` (with :func:`kaggle_kit.folds.load_plan`) and
-``experiments/<exp>/cv/<model>/``; :func:`run_blend` writes ``experiments/<exp>/blend/``:
-
-- ``oof.npy`` float32 (n_train,): cross-fitted blended + calibrated OOF predictions (NaN on unreadable rows);
-- ``test.npy`` float32 (n_test,): blended + calibrated test predictions, not yet clipped;
-- ``manifest.json`` (format ``kaggle-kit/blend/1``), written last.
+Edge: :func:`load_cv_inputs` reads the fold plan and the cv models through :mod:`kaggle_kit.store`;
+:func:`run_blend` (``kaggle-kit blend``) writes the blend through it: the cross-fitted OOF predictions
+float32 (n_train,) after and before calibration (NaN on unreadable rows; the report draws both), the
+calibrated test predictions float32 (n_test,), not yet clipped, and the methods, weights, ladder and clip.
 """
 
 from __future__ import annotations
@@ -26,17 +24,25 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 from scipy.special import expit, logit
 
-from kaggle_kit.cv import FORMAT as CV_FORMAT
-from kaggle_kit.features import FORMAT as FEATURES_FORMAT
-from kaggle_kit.folds import FoldPlan, load_plan
+from kaggle_kit.artifacts import KitError, experiment_lock
 from kaggle_kit.metrics import log_loss
+from kaggle_kit.store import (
+    BlendRecord,
+    CvResult,
+    FoldPlan,
+    LadderStep,
+    cv_root,
+    load_cv_results,
+    load_plan,
+    require_experiment,
+    write_blend,
+)
 
-FORMAT = "kaggle-kit/blend/1"
 METHODS = ("selection", "stack", "mean", "single")
 CALIBRATIONS = ("none", "temperature", "platt")
 LOGIT_EPS = 1e-6  # probabilities are clipped to [1e-6, 1 - 1e-6] before taking logits (|logit| <= 13.8)
@@ -233,17 +239,20 @@ def best_clip(p: np.ndarray, y: np.ndarray, *, low: float = CLIP_BOUNDS[0],
 class BlendResult:
     """Everything the blend stage learned; arrays are over all n rows of the input (NaN on unusable rows).
 
-    ``oof`` (n,): cross-fitted blended + calibrated predictions (not clipped). ``ladder``: (step, cross-fitted
-    log loss) for best single model -> blend -> calibrated -> clipped; in the cross-fitted best single model
-    each held-out fold gets the model best on the other folds, and in the clipped step the clip chosen on
-    the other folds. ``best_model`` is the column with the lowest log loss on every row. ``clip`` is chosen on ``oof``;
-    ``clip_logloss`` is the log loss of ``oof`` clipped there. ``method_scores`` and ``calibration_scores``
-    are the cross-fitted log losses that chose ``blender.method`` and ``calibrator.kind``.
+    ``oof`` (n,): cross-fitted blended + calibrated predictions (not clipped); ``oof_uncalibrated`` (n,) the
+    same before calibration (for each held-out fold, the blender fitted on the other folds). ``ladder``:
+    (step, cross-fitted log loss) for best single model -> blend -> calibrated -> clipped; in the cross-fitted
+    best single model each held-out fold gets the model best on the other folds, and in the clipped step the
+    clip chosen on the other folds. ``best_model`` is the column with the lowest log loss on every row.
+    ``clip`` is chosen on ``oof``; ``clip_logloss`` is the log loss of ``oof`` clipped there. ``method_scores``
+    and ``calibration_scores`` are the cross-fitted log losses that chose ``blender.method`` and
+    ``calibrator.kind``.
     """
 
     blender: Blender
     calibrator: Calibrator
     oof: np.ndarray
+    oof_uncalibrated: np.ndarray
     ladder: list[tuple[str, float]]
     best_model: int
     clip: float
@@ -336,13 +345,16 @@ def crossfit_blend(P: np.ndarray, y: np.ndarray, folds: np.ndarray, *, method: s
     best_model = int(np.argmin(log_loss(yv, Pv)))
     oof = np.full(len(y), np.nan)
     oof[valid] = calibrated[kind]
+    oof_uncalibrated = np.full(len(y), np.nan)
+    oof_uncalibrated[valid] = blended[chosen]
     ladder = [
         ("best single model", method_scores["single"]),  # each held-out fold: the model best on the others
         ("blend", method_scores[chosen]),
         ("calibrated", calibration_scores[kind]),
         ("clipped", log_loss(yv, clipped)),
     ]
-    return BlendResult(blender=blender, calibrator=calibrator, oof=oof, ladder=ladder, best_model=best_model,
+    return BlendResult(blender=blender, calibrator=calibrator, oof=oof, oof_uncalibrated=oof_uncalibrated,
+                       ladder=ladder, best_model=best_model,
                        clip=clip, clip_logloss=clip_loss, method_scores=method_scores,
                        calibration_scores=calibration_scores, n_used=int(valid.sum()))
 
@@ -353,98 +365,38 @@ class CvInputs:
     """The cv models' predictions, checked against the fold plan.
 
     ``oof`` float64 (n_train, n_models): OOF probabilities averaged over repeats (NaN on unreadable rows);
-    ``test`` float64 (n_test, n_models); ``cv_sha256`` maps each model to the hash of its cv manifest;
-    ``prior_rows`` bool (n_test,): test images that no model could decode (every model gave them the
-    training prior), or None when the feature sets do not say.
+    ``test`` float64 (n_test, n_models); ``results`` the loaded models, in column order; ``prior_rows`` bool
+    (n_test,): test images that no model could decode (every model gave them the training prior), or None when
+    the feature sets do not say.
     """
 
     folds: FoldPlan
-    models: tuple[str, ...]
+    results: dict[str, CvResult]
     oof: np.ndarray
     test: np.ndarray
-    cv_sha256: dict[str, str]
     prior_rows: np.ndarray | None = None
 
-
-def check_features(exp_dir: Path, model_dir: Path, manifest: dict[str, Any], *, rerun: str) -> set[str] | None:
-    """Refuse a cv model whose feature sets were re-extracted since it was fitted (``rerun``: the advice).
-
-    Returns the ids of the test images its feature sets could not decode (the model gave them the training
-    prior), or None when that is not known (no feature keys in the cv manifest, or a feature set since removed:
-    the cv result itself is still whole, so it is used).
-    """
-    from kaggle_kit.artifacts import KitError, features_dir, read_manifest
-
-    keys = manifest.get("feature_keys")
-    if not isinstance(keys, dict):
-        return None
-    prior_ids: set[str] | None = set()
-    for name, key in keys.items():
-        path = features_dir(exp_dir, name) / "manifest.json"
-        if not path.exists():
-            prior_ids = None
-            continue
-        features = read_manifest(path, fmt=FEATURES_FORMAT, rerun=f"kaggle-kit features (feature set '{name}')")
-        if features.get("key") != key:
-            raise KitError(f"the features '{name}' changed after {model_dir} was fitted on them; {rerun}")
-        unreadable = features.get("unreadable_ids", {}).get("test")
-        if prior_ids is not None and unreadable is not None:
-            prior_ids |= set(unreadable)
-        else:
-            prior_ids = None
-    return prior_ids
+    @property
+    def models(self) -> tuple[str, ...]:
+        return tuple(self.results)
 
 
 def load_cv_inputs(exp_dir: Path, *, warn: Callable[[str], None] = print) -> CvInputs:
-    """Read every finished model under ``<exp>/cv/`` and check it against the fold plan.
+    """Every finished model under ``<exp>/cv/`` (see :func:`kaggle_kit.store.load_cv_results`), side by side.
 
-    A model folder without ``manifest.json`` is an unfinished cv run: it is skipped with a warning.
+    A model folder without a manifest is an unfinished cv run: it is skipped with a warning.
     """
-    from kaggle_kit.artifacts import KitError, load_npy, read_manifest, sha256_json
-
     folds = load_plan(exp_dir)
-    n_train, n_test = folds.manifest["n_train"], folds.manifest["n_test"]
-    repeats = folds.manifest["repeats"]
-    cv_dir = exp_dir / "cv"
-    model_dirs = sorted(p for p in cv_dir.iterdir() if p.is_dir()) if cv_dir.is_dir() else []
-    models, oofs, tests, hashes, priors = [], [], [], {}, []
-    for model_dir in model_dirs:
-        if not (model_dir / "manifest.json").exists():
-            warn(f"warning: {model_dir} has no manifest.json (an unfinished cv run); it is left out of the blend")
-            continue
-        rerun = f"kaggle-kit cv (model '{model_dir.name}')"
-        manifest = read_manifest(model_dir / "manifest.json", fmt=CV_FORMAT, rerun=rerun)
-        if manifest.get("plan_sha256") != folds.manifest["plan_sha256"]:
-            raise KitError(f"{model_dir} was fitted on another fold plan than {exp_dir / 'folds'}; re-run '{rerun}'")
-        priors.append(check_features(exp_dir, model_dir, manifest, rerun=f"re-run '{rerun}'"))
-        oof = np.asarray(load_npy(model_dir / "oof.npy", mmap=False, rerun=rerun), dtype=np.float64)
-        test = np.asarray(load_npy(model_dir / "test.npy", mmap=False, rerun=rerun), dtype=np.float64)
-        if oof.shape != (repeats, n_train) or test.shape != (n_test,):
-            raise KitError(
-                f"{model_dir}: oof.npy is {oof.shape} and test.npy {test.shape}, but the experiment has "
-                f"({repeats}, {n_train}) and ({n_test},); re-run '{rerun}'"
-            )
-        for name, arr in (("oof.npy", oof), ("test.npy", test)):
-            if np.isinf(arr).any() or ((arr < 0) | (arr > 1)).any():  # NaN compares False: allowed here
-                raise KitError(f"{model_dir / name} holds values outside [0, 1]; re-run '{rerun}'")
-        models.append(model_dir.name)
-        # subtle: a row unreadable in one repeat is NaN in the mean too, so it stays out of fitting and scoring.
-        oofs.append(oof.mean(axis=0))
-        tests.append(test)
-        hashes[model_dir.name] = sha256_json(manifest)
-    if not models:
-        raise KitError(f"no finished cv results in {cv_dir}; run 'kaggle-kit cv' first")
+    results = load_cv_results(exp_dir, plan=folds, warn=warn)
+    # subtle: a row unreadable in one repeat is NaN in the mean too, so it stays out of fitting and scoring.
+    oof = np.stack([np.asarray(r.oof, dtype=np.float64).mean(axis=0) for r in results.values()], axis=1)
+    test = np.stack([np.asarray(r.test, dtype=np.float64) for r in results.values()], axis=1)
+    priors = [r.prior_test_ids for r in results.values()]
     prior_rows = None
     if all(p is not None for p in priors):
-        pinned = set.intersection(*priors)
+        pinned = frozenset.intersection(*priors)
         prior_rows = np.array([i in pinned for i in folds.test_ids], dtype=bool)
-    return CvInputs(folds=folds, models=tuple(models), oof=np.stack(oofs, axis=1), test=np.stack(tests, axis=1),
-                    cv_sha256=hashes, prior_rows=prior_rows)
-
-
-def _json_scores(scores: dict[str, float]) -> dict[str, float | None]:
-    """Scores for JSON: an unusable candidate's inf becomes null (JSON has no infinity)."""
-    return {k: (v if math.isfinite(v) else None) for k, v in scores.items()}
+    return CvInputs(folds=folds, results=results, oof=oof, test=test, prior_rows=prior_rows)
 
 
 def _ladder_details(result: BlendResult, models: tuple[str, ...]) -> dict[str, str]:
@@ -458,80 +410,65 @@ def _ladder_details(result: BlendResult, models: tuple[str, ...]) -> dict[str, s
     }
 
 
-def run_blend(exp_dir: Path, *, method: str | None = None, rounds: int = DEFAULT_ROUNDS,
-              warn: Callable[[str], None] = print) -> tuple[Path, dict[str, Any]]:
-    """Blend the experiment's cv models; write ``<exp>/blend/``; return (that folder, its manifest)."""
-    from kaggle_kit.artifacts import KitError, new_manifest, save_npy_atomic, write_json_atomic
-
-    inputs = load_cv_inputs(exp_dir, warn=warn)
-    folds = inputs.folds
-    try:
-        result = crossfit_blend(inputs.oof, folds.y, folds.plan[0], method=method, rounds=rounds)
-    except ValueError as exc:
-        raise KitError(f"cannot blend the cv results in {exp_dir / 'cv'}: {exc}") from None
-    test = result.calibrator.predict(result.blender.predict(inputs.test))
-    # subtle: a test image nobody could decode keeps the training prior the cv models gave it; the blender and
-    # the calibrator were fitted on the models' scores of real images and would move it.
-    prior_rows = inputs.prior_rows if inputs.prior_rows is not None else np.zeros(len(test), dtype=bool)
-    test[prior_rows] = inputs.test[prior_rows].mean(axis=1)
-    details = _ladder_details(result, inputs.models)
-    out_dir = exp_dir / "blend"
-    # subtle: drop the old manifest first, so a crash never pairs it with new arrays.
-    (out_dir / "manifest.json").unlink(missing_ok=True)
-    save_npy_atomic(out_dir / "oof.npy", result.oof.astype(np.float32))
-    save_npy_atomic(out_dir / "test.npy", test.astype(np.float32))
-    manifest = new_manifest(
-        FORMAT,
-        method=result.blender.method,
-        method_scores=_json_scores(result.method_scores),
-        models=list(inputs.models),
-        weights={m: float(w) for m, w in zip(inputs.models, result.blender.weights)},
-        intercept=result.blender.intercept if result.blender.method == "stack" else None,
-        rounds=rounds,
-        calibration={"kind": result.calibrator.kind, "params": result.calibrator.params,
-                     "scores": _json_scores(result.calibration_scores)},
-        ladder=[{"step": step, "oof_logloss": loss, "detail": details[step]} for step, loss in result.ladder],
-        clip={"chosen": result.clip, "oof_logloss": result.clip_logloss, "bounds": list(CLIP_BOUNDS)},
-        n_train=folds.manifest["n_train"],
-        n_test=folds.manifest["n_test"],
-        n_scored=result.n_used,
-        n_test_prior=int(prior_rows.sum()),
-        n_folds=folds.manifest["n_folds"],
-        repeats=folds.manifest["repeats"],
-        plan_sha256=folds.manifest["plan_sha256"],
-        inputs={"cv": inputs.cv_sha256},
-        shapes={"oof": [folds.manifest["n_train"]], "test": [folds.manifest["n_test"]]},
-    )
-    write_json_atomic(out_dir / "manifest.json", manifest)
-    return out_dir, manifest
-
-
 @dataclass(frozen=True)
-class BlendOutput:
-    """A finished blend: ``test`` float32 (n_test,) blended + calibrated, unclipped, in ``test_ids`` order."""
+class BlendRun:
+    """What ``run_blend`` wrote: the blend as the store loads it."""
 
-    manifest: dict[str, Any]
-    test: np.ndarray
-    test_ids: tuple[str, ...]
+    blend: BlendRecord
+
+    @property
+    def out_dir(self) -> Path:
+        return self.blend.path
+
+    def lines(self) -> list[str]:
+        """What ``kaggle-kit blend`` prints: methods, weights, the cross-fitted ladder, the clip; the folder last."""
+        b = self.blend
+        scores = ", ".join(f"{k} {'-' if v is None else f'{v:.5f}'}" for k, v in b.method_scores.items())
+        out = [f"{len(b.models)} models, {b.n_scored} of {b.n_train} training rows, {b.n_folds} folds; "
+               f"cross-fitted OOF log loss by method: {scores} -> {b.method}",
+               "weights: " + ", ".join(f"{k} {v:.4g}" for k, v in b.weights.items() if v != 0),
+               "OOF log loss, cross-fitted:"]
+        out += [f"  {s.step:<18} {s.oof_logloss:.5f}  {s.detail}" for s in b.ladder]
+        out.append(f"chosen clip {b.clip:.4g} (OOF log loss {b.clip_logloss:.5f}), applied by 'kaggle-kit submit'")
+        return [*out, str(b.path)]
+
+    def ladder_line(self) -> str:
+        """'OOF log loss (5-fold, cross-fitted): best single model 0.1 -> blend 0.09 -> ...' in one line."""
+        steps = " -> ".join(f"{s.step} {s.oof_logloss:.5f}" for s in self.blend.ladder)
+        return f"OOF log loss ({self.blend.n_folds}-fold, cross-fitted): {steps}"
 
 
-def load_blend(exp_dir: Path) -> BlendOutput:
-    """Load ``<exp>/blend/``, refusing a blend made from another fold plan or from since-changed cv results."""
-    from kaggle_kit.artifacts import KitError, load_npy, read_manifest, sha256_json
+def run_blend(exp_dir: Path, *, method: str | None = None, rounds: int = DEFAULT_ROUNDS,
+              warn: Callable[[str], None] = print) -> BlendRun:
+    """``kaggle-kit blend``: blend the experiment's cv models and write ``<exp>/blend/``; holds the lock.
 
-    blend_dir = exp_dir / "blend"
-    manifest = read_manifest(blend_dir / "manifest.json", fmt=FORMAT, rerun="kaggle-kit blend")
-    folds = load_plan(exp_dir)
-    if manifest["plan_sha256"] != folds.manifest["plan_sha256"]:
-        raise KitError(f"{blend_dir} was made on another fold plan; re-run 'kaggle-kit blend'")
-    for model, digest in manifest["inputs"]["cv"].items():
-        path = exp_dir / "cv" / model / "manifest.json"
-        current = read_manifest(path, fmt=CV_FORMAT, rerun="kaggle-kit cv") if path.exists() else None
-        if current is None or sha256_json(current) != digest:
-            raise KitError(f"the cv results of '{model}' changed since {blend_dir} was made; re-run 'kaggle-kit blend'")
-        check_features(exp_dir, path.parent, current, rerun="re-run 'kaggle-kit cv', then 'kaggle-kit blend'")
-    test = np.asarray(load_npy(blend_dir / "test.npy", mmap=False, rerun="kaggle-kit blend"))
-    if test.shape != (len(folds.test_ids),):
-        raise KitError(f"{blend_dir / 'test.npy'} has shape {test.shape}, expected ({len(folds.test_ids)},); "
-                       "re-run 'kaggle-kit blend'")
-    return BlendOutput(manifest=manifest, test=test, test_ids=folds.test_ids)
+    ``method`` None picks the method with the lowest cross-fitted log loss (see :func:`crossfit_blend`).
+    """
+    if method is not None and method not in METHODS:
+        raise KitError(f"unknown blend method {method!r}; choose one of: {', '.join(METHODS)}", code=2)
+    require_experiment(exp_dir)
+    with experiment_lock(exp_dir, command="blend"):
+        inputs = load_cv_inputs(exp_dir, warn=warn)
+        folds = inputs.folds
+        try:
+            result = crossfit_blend(inputs.oof, folds.y, folds.plan[0], method=method, rounds=rounds)
+        except ValueError as exc:
+            raise KitError(f"cannot blend the cv results in {cv_root(exp_dir)}: {exc}") from None
+        test = result.calibrator.predict(result.blender.predict(inputs.test))
+        # subtle: a test image nobody could decode keeps the training prior the cv models gave it; the blender
+        # and the calibrator were fitted on the models' scores of real images and would move it.
+        prior_rows = inputs.prior_rows if inputs.prior_rows is not None else np.zeros(len(test), dtype=bool)
+        test[prior_rows] = inputs.test[prior_rows].mean(axis=1)
+        details = _ladder_details(result, inputs.models)
+        record = write_blend(
+            exp_dir, plan=folds, inputs=inputs.results, oof=result.oof, oof_uncalibrated=result.oof_uncalibrated,
+            test=test, method=result.blender.method, method_scores=result.method_scores,
+            weights=dict(zip(inputs.models, result.blender.weights)),
+            intercept=result.blender.intercept if result.blender.method == "stack" else None, rounds=rounds,
+            calibration=result.calibrator.kind, calibration_params=result.calibrator.params,
+            calibration_scores=result.calibration_scores,
+            ladder=[LadderStep(step, loss, details[step]) for step, loss in result.ladder],
+            clip=result.clip, clip_logloss=result.clip_logloss, clip_bounds=CLIP_BOUNDS,
+            n_scored=result.n_used, n_test_prior=int(prior_rows.sum()),
+        )
+    return BlendRun(record)

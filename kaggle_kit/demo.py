@@ -10,8 +10,9 @@ Where the images come from:
 - when that download is impossible (no network), a small synthetic competition made on the spot: a SMOKE
   RUN that shows the pipeline works, not how well it scores on photos.
 
-The stages are the ``kaggle-kit`` commands themselves, run through the command line's own parser
-(:func:`run_stage`), so the demo does exactly what a user typing them would, caches included. A competition
+The stages are the ones behind the ``kaggle-kit`` commands (:func:`kaggle_kit.features.run_features`,
+:func:`kaggle_kit.cv.run_cv`, :func:`kaggle_kit.blend.run_blend`, :func:`kaggle_kit.submit.make_submission`),
+caches included; before each, the demo prints the command line that does the same. A competition
 folder holding ``test_labels.csv`` (``id,label``, label 1 = the positive class) is an answer key: the demo
 then also scores the submission against it, which Kaggle's real test set never allows.
 
@@ -33,7 +34,7 @@ import zipfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -360,52 +361,43 @@ def score_submission(submission: Path, answer_key: Path) -> Score:
     return Score(n=len(ids), logloss=float(log_loss(y, p)), accuracy=float(np.mean((p >= 0.5) == (y == 1))))
 
 
-def ladder_line(blend_manifest: dict) -> str:
-    """'OOF log loss: best single model 0.1 -> blend 0.09 -> calibrated ... -> clipped ...' from a blend manifest."""
-    steps = " -> ".join(f"{s['step']} {s['oof_logloss']:.5f}" for s in blend_manifest["ladder"])
-    return f"OOF log loss ({blend_manifest['n_folds']}-fold, cross-fitted): {steps}"
-
-
 # --------------------------------------------------------------------------------------------- the run
-def run_stage(argv: list[str], *, echo: Callable[[str], None] = print) -> None:
-    """Run ``kaggle-kit <argv>`` through the command line's own parser, as a user typing it would.
-
-    A failing stage has already printed its one-line error; this raises a :class:`KitError` naming the stage,
-    with the stage's exit code. subtle: in standalone mode Typer always ends with ``SystemExit`` (code 0 or
-    None on success), which is also how its own usage errors report.
-    """
-    import typer
-
-    from kaggle_kit.cli import app
-
+def _stage(argv: list[str], run: Callable[[], Any], *, echo: Callable[[str], None],
+           warn: Callable[[str], None]) -> Any:
+    """Print ``$ kaggle-kit ARGV`` (the command that does what ``run`` does), run it, print what the command
+    prints (its warnings to ``warn``). A failing stage's error says that the demo stopped there."""
     echo(f"$ kaggle-kit {shlex.join(argv)}")
-    code = 0
     try:
-        typer.main.get_command(app).main(argv, prog_name="kaggle-kit", standalone_mode=True)
-    except SystemExit as exc:
-        code = exc.code
-    if code not in (0, None):
-        raise KitError(f"the demo stopped at 'kaggle-kit {argv[0]}' (exit {code}); the message above says why. "
-                       "Finished stages are cached: run the demo again once it is fixed",
-                       code=code if isinstance(code, int) else 1)
+        result = run()
+    except KitError as exc:
+        raise KitError(f"{exc} (the demo stopped at 'kaggle-kit {argv[0]}'; finished stages are cached: run the "
+                       "demo again once it is fixed)", code=exc.code) from None
+    for line in getattr(result, "warnings", list)():
+        warn(line)
+    for line in result.lines():
+        echo(line)
+    return result
 
 
 def run_demo(*, data: Path | None, exp: str, backbones: Sequence[str], folds: int = DEFAULT_FOLDS,
              heads: Sequence[str] = (), cache: Path = DEFAULT_CACHE, positive: str | None = None,
-             echo: Callable[[str], None] = print, progress: Callable[[str], None] = print) -> Path:
+             root: Path | str = ".", echo: Callable[[str], None] = print,
+             progress: Callable[[str], None] = print) -> Path:
     """Run features (flip TTA) for each backbone -> cv -> blend -> submit; return the submission's path.
 
-    ``heads`` are passed to 'kaggle-kit cv' as ``--head`` (none: its default heads).
+    ``heads`` are cv's heads (none: its default heads). Experiments and submissions go under ``root``.
 
     Without ``data`` the competition comes from :func:`prepare_demo_data`; a smoke run uses the experiment
     ``<exp>-smoke`` (so it never mixes with real results) and a submission named ``SMOKE-RUN-...``. Prints
-    the ladder, the score against the answer key when the folder has one, and the submission path last.
-    ``echo`` gets the report (its first line says where the competition comes from), ``progress`` the
-    download's messages.
+    each stage's command line and output, the ladder, the score against the answer key when the folder has
+    one, and the submission path last. ``echo`` gets the report (its first line says where the competition
+    comes from), ``progress`` the download's messages and the stages' warnings.
     """
-    from kaggle_kit.artifacts import experiment_dir
-    from kaggle_kit.blend import load_blend
-    from kaggle_kit.submit import submission_path
+    from kaggle_kit.blend import run_blend
+    from kaggle_kit.cv import run_cv
+    from kaggle_kit.features import run_features
+    from kaggle_kit.store import experiment_dir
+    from kaggle_kit.submit import make_submission, submission_path
 
     if not backbones:
         raise KitError("--backbone: give at least one backbone", code=2)
@@ -417,28 +409,33 @@ def run_demo(*, data: Path | None, exp: str, backbones: Sequence[str], folds: in
     else:
         data_dir, smoke = Path(data), False
     exp = f"{exp}-smoke" if smoke else exp
+    exp_dir = experiment_dir(exp, root=root)
     with_positive = ["--positive", positive] if positive else []
     for backbone in backbones:
-        run_stage(["features", "--data", str(data_dir), "--exp", exp, "--backbone", backbone, "--tta", "flip",
-                   *with_positive], echo=echo)
+        _stage(["features", "--data", str(data_dir), "--exp", exp, "--backbone", backbone, "--tta", "flip",
+                *with_positive],
+               lambda: run_features(exp_dir, backbone=backbone, data=data_dir, tta="flip", positive=positive,
+                                    warn=progress), echo=echo, warn=progress)
     # subtle: cv is told the demo's feature sets, or it would also fit every other one cached in the experiment.
-    run_stage(["cv", "--exp", exp, "--folds", str(folds), *(a for b in backbones for a in ("--backbone", b)),
-               *(a for h in heads for a in ("--head", h))], echo=echo)
-    run_stage(["blend", "--exp", exp], echo=echo)
-    path = submission_path(exp=exp, name=None, now=datetime.now())
+    _stage(["cv", "--exp", exp, "--folds", str(folds), *(a for b in backbones for a in ("--backbone", b)),
+            *(a for h in heads for a in ("--head", h))],
+           lambda: run_cv(exp_dir, n_folds=folds, feature_sets=list(backbones), heads=list(heads) or None),
+           echo=echo, warn=progress)
+    blended = _stage(["blend", "--exp", exp], lambda: run_blend(exp_dir, warn=progress), echo=echo, warn=progress)
+    path = submission_path(exp=exp, name=None, now=datetime.now(), root=root)
     if smoke:
         path = path.with_name(f"SMOKE-RUN-{path.name}")
-    run_stage(["submit", "--exp", exp, "--name", path.name], echo=echo)
+    submission = _stage(["submit", "--exp", exp, "--name", path.name],
+                        lambda: make_submission(exp_dir, name=path.name, root=root), echo=echo, warn=progress)
 
     echo("")
-    echo(ladder_line(load_blend(experiment_dir(exp)).manifest))
+    echo(blended.ladder_line())
     key = data_dir / ANSWER_KEY
     if key.is_file():
-        score = score_submission(path, key)
+        score = score_submission(submission.path, key)
         echo(f"scored against the answer key {key}: log loss {score.logloss:.5f}, "
              f"accuracy {100 * score.accuracy:.2f} % on {score.n} test images")
     if smoke:
         echo("SMOKE RUN finished: synthetic images, so these scores only show that every stage works")
-    echo(str(path))
-    return path
-
+    echo(str(submission.path))
+    return submission.path

@@ -1,13 +1,11 @@
 """Stage 1: frozen-backbone bottleneck features for every training and test image, cached and resumable.
 
-Output, in ``experiments/<exp>/features/<name>/``:
-
-- ``train.npy`` float32 (n_train, width) and ``test.npy`` float32 (n_test, width), rows in the order of
-  ``ids.json`` (``train_ids``, ``train_labels``, ``test_ids``), which is the data set's fixed order;
-- with ``--tta flip``: ``train_flip.npy`` and ``test_flip.npy``, the same rows computed on horizontally
-  flipped images. Later stages use them as a second view of each image: ``cv`` can train heads on both views
-  (augmentation) and average a model's predictions over both views (test-time augmentation);
-- ``manifest.json`` (format ``kaggle-kit/features/1``), written last: without it nothing here is finished.
+:func:`run_features` (``kaggle-kit features``) resolves the data folder, the backbone and its weights, holds the
+experiment's lock and extracts a feature set (its files and manifest: :mod:`kaggle_kit.store`): 'train' and
+'test' float32 (n_train, width) and (n_test, width) in the data set's fixed row order; with ``--tta flip``
+also 'train_flip' and 'test_flip', the same rows computed on horizontally flipped images. Later stages use
+them as a second view of each image: ``cv`` can train heads on both views (augmentation) and average a model's
+predictions over both views (test-time augmentation).
 
 Extraction is written in shards (``.partial/<key>/<split>-<i>.npz``, each written atomically). A run that is
 interrupted (Ctrl-C, SIGKILL) resumes from the finished shards of the same key; the key is a hash of
@@ -17,7 +15,6 @@ everything the features depend on, so shards of another configuration or of chan
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import time
 import zipfile
@@ -27,23 +24,26 @@ from typing import Callable
 
 import numpy as np
 
-from kaggle_kit.artifacts import (
-    KitError,
-    atomic_path,
-    load_npy,
-    new_manifest,
-    read_manifest,
-    save_npy_atomic,
-    sha256_array,
-    sha256_json,
-    write_json_atomic,
-)
+from kaggle_kit.artifacts import KitError, atomic_path, check_name, experiment_lock, sha256_array, sha256_json
 from kaggle_kit.backbones import Backbone, WeightsChoice
 from kaggle_kit.data import Dataset
+from kaggle_kit.store import (
+    EXTERNAL_WEIGHTS,
+    FEATURES_FORMAT,
+    FeatureSet,
+    begin_feature_set,
+    cached_feature_set,
+    default_feature_set_name,
+    experiment_data,
+    feature_array_path,
+    features_dir,
+    finish_feature_set,
+    partial_dir,
+    save_experiment,
+    save_feature_set,
+)
 
-FORMAT = "kaggle-kit/features/1"
 TTA_MODES = ("none", "flip")
-SPLITS = ("train", "test")
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class FeatureSettings:
 
     def key(self, image_list_hash: str) -> str:
         return sha256_json({
-            "format": FORMAT,
+            "format": FEATURES_FORMAT,
             "backbone": self.backbone.name,
             "builder": self.backbone.builder,
             "preprocess": self.backbone.preprocess,
@@ -73,69 +73,25 @@ class FeatureSettings:
 
 @dataclass(frozen=True)
 class FeatureResult:
-    out_dir: Path
-    manifest: dict
+    """A finished feature set and whether it was reused from the cache."""
+
+    features: FeatureSet
     cached: bool
 
+    @property
+    def out_dir(self) -> Path:
+        return self.features.path
 
-def default_name(backbone: Backbone, image_size: int) -> str:
-    return backbone.name if image_size == backbone.input_size else f"{backbone.name}_{image_size}"
-
-
-def rerun_options(out_dir: Path, manifest: dict) -> str:
-    """The options besides ``--backbone`` with which ``kaggle-kit features`` remakes the set in ``out_dir``."""
-    from kaggle_kit.backbones import REGISTRY
-
-    spec = REGISTRY.get(manifest["backbone"])
-    size = manifest.get("input_size")
-    if spec is None or size is None:  # features made by another tool (write_feature_set)
-        return ""
-    options = []
-    if size != spec.input_size:
-        options.append(f"--image-size {size}")
-    if manifest.get("weights_kind") in ("none", "file"):
-        options.append("--weights none" if manifest["weights_kind"] == "none" else "--weights FILE")
-    if manifest.get("tta") == "flip":
-        options.append("--tta flip")
-    exp_dir = out_dir.parent.parent
-    if out_dir.parent.name == "features" and exp_dir.parent.name == "experiments" and exp_dir.name != "default":
-        options.append(f"--exp {exp_dir.name}")
-    if out_dir.name != default_name(spec, size):
-        options.append(f"--name {out_dir.name}")
-    return " ".join(options)
-
-
-def array_names(tta: str) -> dict[str, str]:
-    """Logical array -> file name: 'train', 'test', and with flip TTA 'train_flip', 'test_flip'."""
-    names = {split: f"{split}.npy" for split in SPLITS}
-    if tta == "flip":
-        names.update({f"{split}_flip": f"{split}_flip.npy" for split in SPLITS})
-    return names
-
-
-def cached_manifest(out_dir: Path, key: str) -> dict | None:
-    """The manifest of a finished extraction with this key whose arrays are all present, else None."""
-    path = out_dir / "manifest.json"
-    if not path.exists():
-        return None
-    try:
-        manifest = read_manifest(path, fmt=FORMAT, rerun="kaggle-kit features")
-    except KitError:
-        return None
-    if manifest.get("key") != key:
-        return None
-    for logical, fname in manifest.get("files", {}).items():
-        if logical == "ids":
-            if not (out_dir / fname).exists():
-                return None
-            continue
-        try:
-            arr = np.load(out_dir / fname, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError):
-            return None
-        if list(arr.shape) != manifest["shapes"].get(logical):
-            return None
-    return manifest
+    def lines(self) -> list[str]:
+        """What ``kaggle-kit features`` prints: one line of rows, width and speed (or 'cached')."""
+        fs = self.features
+        if self.cached:
+            return [f"{fs.name}: cached ({fs.n_train} train + {fs.n_test} test rows, {fs.width} features) "
+                    f"in {self.out_dir}; --force recomputes"]
+        rate = fs.images_per_second
+        return [f"{fs.name}: {fs.n_train} train + {fs.n_test} test images -> {fs.width} features"
+                f"{' x2 (flip)' if fs.tta == 'flip' else ''}, {rate if rate is not None else '-'} img/s end to end, "
+                f"{fs.extract_seconds} s -> {self.out_dir}"]
 
 
 # ------------------------------------------------------------------------------------------------ the engine
@@ -263,7 +219,7 @@ def _assemble(out_dir: Path, partial: Path, paths: dict[str, list[Path]], *, wid
         with contextlib.ExitStack() as stack:
             outs = {}
             for key, logical in sources.items():
-                tmp = stack.enter_context(atomic_path(out_dir / f"{logical}.npy", suffix=".npy"))
+                tmp = stack.enter_context(atomic_path(feature_array_path(out_dir, logical), suffix=".npy"))
                 outs[key] = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, width))
             ok = np.zeros(n, dtype=bool)
             for index, (a, b) in enumerate(_shard_ranges(n, shard_size)):
@@ -280,72 +236,19 @@ def _assemble(out_dir: Path, partial: Path, paths: dict[str, list[Path]], *, wid
     return ok_masks
 
 
-def _write_ids_and_manifest(out_dir: Path, dataset: Dataset, *, key: str, image_hash: str, width: int, tta: str,
-                            unreadable: dict[str, list[str]], **fields) -> dict:
-    """Write ``ids.json`` then ``manifest.json`` (last: it marks the feature set finished); return the manifest.
-
-    ``unreadable`` maps 'train'/'test' to the relative files that could not be decoded; the manifest keeps them
-    and their ids (``unreadable_ids``: blend keeps the training prior for such test rows).
-    """
-    ids = {"train_ids": list(dataset.train_ids), "train_labels": dataset.y.tolist(),
-           "test_ids": list(dataset.test_ids)}
-    write_json_atomic(out_dir / "ids.json", ids)
-    rows = {"train": dataset.n_train, "test": dataset.n_test}
-    bad = {split: set(files) for split, files in unreadable.items()}
-    unreadable_ids = {
-        "train": [i for f, i in zip(dataset.train_files, dataset.train_ids) if f in bad["train"]],
-        "test": [i for f, i in zip(dataset.test_files, dataset.test_ids) if f in bad["test"]],
-    }
-    manifest = new_manifest(
-        FORMAT,
-        key=key,
-        name=out_dir.name,
-        tta=tta,
-        width=width,
-        data_dir=str(dataset.root),
-        layout=dataset.layout,
-        classes=list(dataset.classes),
-        positive=dataset.positive,
-        image_list_hash=image_hash,
-        ids_sha256=sha256_json(ids),
-        n_train=dataset.n_train,
-        n_test=dataset.n_test,
-        files={**array_names(tta), "ids": "ids.json"},
-        shapes={k: [rows[k.split("_")[0]], width] for k in array_names(tta)},
-        unreadable=unreadable,
-        unreadable_ids=unreadable_ids,
-        **fields,
-    )
-    write_json_atomic(out_dir / "manifest.json", manifest)
-    return manifest
-
-
 def write_feature_set(out_dir: Path, dataset: Dataset, arrays: dict[str, np.ndarray], *, backbone: str,
-                      note: str) -> dict:
+                      note: str) -> FeatureSet:
     """Save features computed elsewhere as a finished feature set that every later stage accepts.
 
     ``arrays``: 'train' (n_train, width) and 'test' (n_test, width), optionally 'train_flip'/'test_flip', rows
     in ``dataset``'s order. ``note`` says where they come from (it stands in the manifest as their weights).
     Used by benchmarks and tests, and for features made by another tool.
     """
-    tta = "flip" if "train_flip" in arrays else "none"
-    if set(arrays) != set(array_names(tta)):
-        raise KitError(f"feature arrays must be {sorted(array_names(tta))}, got {sorted(arrays)}")
-    width = arrays["train"].shape[1]
-    rows = {"train": dataset.n_train, "test": dataset.n_test}
-    for logical, arr in arrays.items():
-        if arr.shape != (rows[logical.split("_")[0]], width):
-            raise KitError(f"feature array {logical!r} has shape {arr.shape}, expected ({rows[logical.split('_')[0]]}, {width})")
     image_hash = dataset.image_list_hash()
-    key = sha256_json({"format": FORMAT, "backbone": backbone, "weights": note, "images": image_hash,
+    key = sha256_json({"format": FEATURES_FORMAT, "backbone": backbone, "weights": note, "images": image_hash,
                        "arrays": {k: sha256_array(np.asarray(v, dtype=np.float32)) for k, v in arrays.items()}})
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "manifest.json").unlink(missing_ok=True)
-    for logical, arr in arrays.items():
-        save_npy_atomic(out_dir / f"{logical}.npy", np.asarray(arr, dtype=np.float32))
-    return _write_ids_and_manifest(out_dir, dataset, key=key, image_hash=image_hash, width=width, tta=tta,
-                                   unreadable={"train": [], "test": []}, backbone=backbone, weights=note,
-                                   weights_kind="external", preprocess=None, input_size=None)
+    return save_feature_set(out_dir, dataset, arrays, key=key, image_list_hash=image_hash, backbone=backbone,
+                            weights=note, weights_kind=EXTERNAL_WEIGHTS)
 
 
 def extract_features(
@@ -360,16 +263,14 @@ def extract_features(
     """Extract (or reuse) the features of ``dataset`` into ``out_dir``; see the module docstring for the layout."""
     image_hash = dataset.image_list_hash()
     key = settings.key(image_hash)
-    if not force:
-        manifest = cached_manifest(out_dir, key)
-        if manifest is not None:
-            return FeatureResult(out_dir, manifest, cached=True)
+    if not force and (cached := cached_feature_set(out_dir, key)) is not None:
+        return FeatureResult(cached, cached=True)
 
-    partial = out_dir / ".partial" / key[:16]
+    partial = partial_dir(out_dir) / key[:16]
     if force and partial.exists():
         shutil.rmtree(partial)
     partial.mkdir(parents=True, exist_ok=True)
-    for stale in (out_dir / ".partial").iterdir():  # shards of other configurations can never be used again
+    for stale in partial.parent.iterdir():  # shards of other configurations can never be used again
         if stale != partial:
             shutil.rmtree(stale, ignore_errors=True)
     for stale in out_dir.glob(".*.tmp"):  # arrays of a run killed while assembling (as large as the results)
@@ -410,9 +311,7 @@ def extract_features(
     seconds = time.perf_counter() - t0
     bar.close()
 
-    # subtle: drop the old manifest before replacing arrays, so a crash in between never pairs old metadata
-    # with new arrays; the new manifest is written only after every array is in place.
-    (out_dir / "manifest.json").unlink(missing_ok=True)
+    begin_feature_set(out_dir)  # the old manifest goes before any array is replaced
     ok = _assemble(out_dir, partial, paths, width=backbone.width, shard_size=settings.shard_size, tta=settings.tta)
     unreadable = {
         "train": [dataset.train_files[i] for i in np.flatnonzero(~ok["train"])],
@@ -423,73 +322,76 @@ def extract_features(
     for f in unreadable["test"]:
         warn(f"warning: cannot decode {dataset.root / f}; it will get the training prior as its prediction")
 
-    import keras
+    from kaggle_kit.keras_loader import load_keras
 
-    manifest = _write_ids_and_manifest(
-        out_dir, dataset, key=key, image_hash=image_hash, width=backbone.width, tta=settings.tta,
+    keras = load_keras()
+    features = finish_feature_set(
+        out_dir, dataset, key=key, image_list_hash=image_hash, width=backbone.width, tta=settings.tta,
         unreadable=unreadable,
-        backbone=backbone.name,
-        builder=backbone.builder,
-        weights=settings.weights.identity,
-        weights_kind=settings.weights.kind,
-        input_size=settings.image_size,
-        preprocess=backbone.preprocess,
-        images_computed=n_new,
-        images_per_second=round(n_new / seconds, 2) if n_new and seconds > 0 else None,
-        extract_seconds=round(seconds, 2),
-        build_seconds=round(build_seconds, 2),
-        warmup_seconds=round(warmup_seconds, 2),
-        batch_size=settings.batch_size,
-        keras_backend=keras.backend.backend(),
-        keras_version=keras.__version__,
+        backbone=backbone.name, weights=settings.weights.identity, weights_kind=settings.weights.kind,
+        preprocess=backbone.preprocess, input_size=settings.image_size,
+        details=dict(
+            builder=backbone.builder,
+            images_computed=n_new,
+            images_per_second=round(n_new / seconds, 2) if n_new and seconds > 0 else None,
+            extract_seconds=round(seconds, 2),
+            build_seconds=round(build_seconds, 2),
+            warmup_seconds=round(warmup_seconds, 2),
+            batch_size=settings.batch_size,
+            keras_backend=keras.backend.backend(),
+            keras_version=keras.__version__,
+        ),
     )
-    shutil.rmtree(out_dir / ".partial", ignore_errors=True)
-    return FeatureResult(out_dir, manifest, cached=False)
+    shutil.rmtree(partial_dir(out_dir), ignore_errors=True)
+    return FeatureResult(features, cached=False)
 
 
-# ------------------------------------------------------------------------------------------------- reading
-@dataclass(frozen=True)
-class FeatureSet:
-    """A finished feature set, memory-mapped: ``arrays`` maps 'train', 'test' (+ '_flip') to (rows, width)."""
+# --------------------------------------------------------------------------------------------- the stage
+def run_features(
+    exp_dir: Path,
+    *,
+    backbone: str = "xception",
+    data: Path | None = None,
+    weights: str = "imagenet",
+    image_size: int | None = None,
+    tta: str = "none",
+    positive: str | None = None,
+    batch_size: int = 32,
+    workers: int | None = None,
+    shard_size: int = 1024,
+    name: str | None = None,
+    force: bool = False,
+    warn: Callable[[str], None] = print,
+    progress: bool = True,
+) -> FeatureResult:
+    """``kaggle-kit features``: extract (or reuse) one backbone's features for the experiment in ``exp_dir``.
 
-    name: str
-    manifest: dict
-    arrays: dict[str, np.ndarray]
-    train_ids: tuple[str, ...]
-    y: np.ndarray
-    test_ids: tuple[str, ...]
+    ``data``/``positive`` default to the experiment's (else ./data and 'dog'), which then remembers them;
+    ``weights`` is 'imagenet', 'none' (random: warned about) or a file; ``image_size`` defaults to the
+    backbone's own and ``name`` to ``<backbone>[_<size>]``. Everything is checked before the experiment's lock
+    is taken, so a refused run leaves nothing behind; ``warn`` gets the data folder's and the decoder's warnings.
+    """
+    from kaggle_kit.backbones import get_backbone, resolve_weights
+    from kaggle_kit.data import discover
 
-
-def load_features(out_dir: Path, *, image_list_hash: str | None = None) -> FeatureSet:
-    """Load a feature set through its manifest, refusing one whose images no longer match the data."""
-    rerun = f"kaggle-kit features --backbone <backbone> (feature set '{out_dir.name}')"
-    manifest = read_manifest(out_dir / "manifest.json", fmt=FORMAT, rerun=rerun)
-    if image_list_hash is not None and manifest["image_list_hash"] != image_list_hash:
-        options = rerun_options(out_dir, manifest)
-        raise KitError(
-            f"features in {out_dir} were computed on other images than the data folder now holds; "
-            f"re-run 'kaggle-kit features --backbone {manifest['backbone']}'" + (f" with {options}" if options else "")
-        )
-    with open(out_dir / manifest["files"]["ids"], encoding="utf-8") as fh:
-        ids = json.load(fh)
-    if sha256_json(ids) != manifest["ids_sha256"]:
-        raise KitError(f"{out_dir / 'ids.json'} does not match its manifest; re-run 'kaggle-kit features --force'")
-    arrays = {}
-    for logical, fname in manifest["files"].items():
-        if logical == "ids":
-            continue
-        arr = load_npy(out_dir / fname)
-        if list(arr.shape) != manifest["shapes"][logical] or arr.dtype != np.float32:
-            raise KitError(
-                f"{out_dir / fname} has shape {arr.shape} {arr.dtype}, manifest says {manifest['shapes'][logical]}"
-                f" float32; re-run 'kaggle-kit features --backbone {manifest['backbone']} --force'"
-            )
-        arrays[logical] = arr
-    return FeatureSet(
-        name=out_dir.name,
-        manifest=manifest,
-        arrays=arrays,
-        train_ids=tuple(ids["train_ids"]),
-        y=np.asarray(ids["train_labels"], dtype=np.int8),
-        test_ids=tuple(ids["test_ids"]),
-    )
+    if tta not in TTA_MODES:
+        raise KitError(f"--tta {tta!r} is not one of: {', '.join(TTA_MODES)}", code=2)
+    spec = get_backbone(backbone)
+    data_dir, positive = experiment_data(exp_dir, data=data, positive=positive)
+    dataset = discover(data_dir, positive=positive)
+    choice = resolve_weights(spec, weights)
+    size = image_size or spec.input_size
+    out_name = check_name("feature set", name) if name else default_feature_set_name(
+        spec.name, input_size=spec.input_size, image_size=size)
+    settings = FeatureSettings(backbone=spec, weights=choice, image_size=size, tta=tta, batch_size=batch_size,
+                               workers=workers, shard_size=shard_size)
+    with experiment_lock(exp_dir, command=f"features --backbone {backbone}"):
+        # Warnings only once the lock is held: a run refused as busy says so in one line.
+        for w in dataset.warnings:
+            warn(f"warning: {w}")
+        if choice.kind == "none":
+            warn("WARNING: --weights none: random weights, these features are NOT pretrained and will score poorly "
+                 "(use them for plumbing tests only)")
+        save_experiment(exp_dir, data_dir=dataset.root, positive=positive)
+        return extract_features(dataset, features_dir(exp_dir, out_name), settings, force=force, warn=warn,
+                                progress=progress)

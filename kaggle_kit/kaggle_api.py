@@ -23,6 +23,8 @@ from typing import Any, Callable
 
 from kaggle_kit.artifacts import KitError, check_name
 
+DEFAULT_COMPETITION = "dogs-vs-cats-redux-kernels-edition"
+
 SPLITS = ("train", "test")
 
 _CREDENTIALS_HELP = (

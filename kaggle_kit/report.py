@@ -8,13 +8,11 @@ probabilities of the positive class (NaN on rows without a prediction, which eve
 - :func:`reliability_bins`: the reliability diagram's points (``sklearn.calibration.calibration_curve``) and
   the number of predictions in each bin;
 - :func:`clip_curve`: log loss of clip(p, c, 1 - c) over log-spaced clip levels c;
-- :func:`top_mistakes`: the rows whose predictions cost the most log loss;
-- :func:`crossfit_uncalibrated`: the blend's cross-fitted OOF predictions before calibration, recomputed from
-  the cv models' OOF predictions with the public functions of :mod:`kaggle_kit.blend` (the blend stage saves
-  only the calibrated ones).
+- :func:`top_mistakes`: the rows whose predictions cost the most log loss.
 
-Edge: :func:`write_report` reads ``experiments/<exp>/`` through the loaders of :mod:`kaggle_kit.blend` and
-writes ``experiments/<exp>/report.html`` (images embedded as base64 data URIs, inline CSS, no script, no
+Edge: :func:`write_report` (``kaggle-kit report``) reads ``experiments/<exp>/`` through the loaders of
+:mod:`kaggle_kit.store` (the blend's OOF predictions before and after calibration included) and writes
+``experiments/<exp>/report.html`` (images embedded as base64 data URIs, inline CSS, no script, no
 external resource) and the same plots as PNG files in ``experiments/<exp>/report/``. An experiment without a
 blend still gets a report: it says what is missing and shows what it can, from the best single model.
 """
@@ -33,8 +31,19 @@ from typing import Any, Callable
 import numpy as np
 
 from kaggle_kit import __version__
-from kaggle_kit.blend import fit_blender
+from kaggle_kit.artifacts import KitError, experiment_lock
 from kaggle_kit.metrics import KAGGLE_EPS, log_loss
+from kaggle_kit.store import (
+    BlendRecord,
+    CvResult,
+    LadderStep,
+    command,
+    has_blend,
+    load_blend,
+    load_experiment,
+    require_experiment,
+    write_report_files,
+)
 
 # Final private leaderboard of Dogs vs. Cats Redux (1,314 teams): (rank, log loss). The last point: 271 teams
 # scored worse than predicting 0.5 everywhere (log 2 = 0.6931), so rank 1,314 - 271 = 1,043 scored 0.6931.
@@ -146,25 +155,6 @@ def top_mistakes(y: np.ndarray, p: np.ndarray, *, k: int = N_MISTAKES) -> np.nda
     return wrong[order[:k]]
 
 
-def crossfit_uncalibrated(P: np.ndarray, y: np.ndarray, folds: np.ndarray, *, method: str,
-                          rounds: int) -> np.ndarray:
-    """The blend's cross-fitted OOF predictions before calibration, as ``blend.crossfit_blend`` scores them.
-
-    ``P`` (n, n_models) OOF probabilities in the blend's model order, ``y`` (n,) 0/1, ``folds`` (n,) the fold
-    plan's first repeat; for each fold a ``method`` blender is fitted on the other folds' usable rows and
-    predicts the held-out fold. Rows with a non-finite value in ``P`` or fold -1 get NaN. Returns (n,).
-    """
-    P = np.asarray(P, dtype=np.float64)
-    y = np.asarray(y)
-    folds = np.asarray(folds)
-    valid = np.isfinite(P).all(axis=1) & (folds >= 0)
-    out = np.full(len(y), np.nan)
-    for f in np.unique(folds[valid]):
-        train, held = valid & (folds != f), valid & (folds == f)
-        out[held] = fit_blender(P[train], y[train], method=method, rounds=rounds).predict(P[held])
-    return out
-
-
 def _finite_rows(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y)
     p = np.asarray(p, dtype=np.float64)
@@ -215,60 +205,44 @@ class ReportResult:
     n_models: int
     estimate: str
 
+    def lines(self) -> list[str]:
+        """What ``kaggle-kit report`` prints (its notes go to stderr): a summary, the plots, the page last."""
+        return [f"{self.n_models} models, {'blend' if self.has_blend else 'no blend'}; {self.estimate}",
+                f"plots: {', '.join(str(p) for p in self.plots)}", str(self.path)]
+
 
 def _optional_float(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def _model_rows(exp_dir: Path, models: tuple[str, ...], weights: dict[str, float] | None) -> list[ModelRow]:
-    from kaggle_kit.artifacts import read_manifest
-    from kaggle_kit.cv import FORMAT as CV_FORMAT
-
-    rows = []
-    for model in models:
-        m = read_manifest(exp_dir / "cv" / model / "manifest.json", fmt=CV_FORMAT, rerun=f"kaggle-kit cv ({model})")
-        scores = m.get("scores", {})
-        rows.append(ModelRow(
-            model=model,
-            head=str(m.get("head", "-")),
-            features=", ".join(m["features"]) if isinstance(m.get("features"), list) else str(m.get("features", "-")),
-            oof_logloss=_optional_float(scores.get("oof_logloss")),
-            oof_accuracy=_optional_float(scores.get("oof_accuracy")),
-            seconds=_optional_float(m.get("seconds")),
-            weight=None if weights is None or model not in weights else float(weights[model]),
-        ))
-    return rows
+def _model_rows(results: dict[str, CvResult], weights: dict[str, float] | None) -> list[ModelRow]:
+    return [ModelRow(model=model, head=r.head, features=", ".join(r.features),
+                     oof_logloss=_optional_float(r.oof_logloss), oof_accuracy=_optional_float(r.oof_accuracy),
+                     seconds=_optional_float(r.seconds),
+                     weight=None if weights is None or model not in weights else float(weights[model]))
+            for model, r in results.items()]
 
 
-def _load_blend_parts(exp_dir: Path, n_train: int) -> tuple[dict[str, Any] | None, np.ndarray | None, str | None]:
-    """(blend manifest, its calibrated OOF (n_train,), None), or (None, None, why there is no usable blend)."""
-    from kaggle_kit.artifacts import KitError, load_npy
-    from kaggle_kit.blend import load_blend
-
-    if not (exp_dir / "blend" / "manifest.json").exists():
-        return None, None, "no blend yet: run 'kaggle-kit blend'"
+def _usable_blend(exp_dir: Path) -> tuple[BlendRecord | None, str | None]:
+    """(the blend, None), or (None, why there is no usable blend)."""
+    if not has_blend(exp_dir):
+        return None, f"no blend yet: run '{command(exp_dir, 'blend')}'"
     try:
-        manifest = load_blend(exp_dir).manifest
-        oof = np.asarray(load_npy(exp_dir / "blend" / "oof.npy", mmap=False), dtype=np.float64)
+        return load_blend(exp_dir), None
     except KitError as exc:
-        return None, None, f"the blend cannot be used: {exc}"
-    if oof.shape != (n_train,):
-        return None, None, (f"the blend cannot be used: {exp_dir / 'blend' / 'oof.npy'} has shape {oof.shape}, "
-                            f"expected ({n_train},); re-run 'kaggle-kit blend'")
-    return manifest, oof, None
+        return None, f"the blend cannot be used: {exc}"
 
 
 def _find_images(exp_dir: Path,
                  train_ids: tuple[str, ...]) -> tuple[dict[str, Path], tuple[str, str] | None, str | None]:
     """Map training ids to image files through the experiment's data folder; (map, classes, note or None)."""
-    from kaggle_kit.artifacts import KitError, load_experiment
     from kaggle_kit.data import discover
 
     try:
         remembered = load_experiment(exp_dir)
         if remembered is None:
-            return {}, None, f"no thumbnails: {exp_dir / 'experiment.json'} (the data folder) does not exist"
-        dataset = discover(remembered["data_dir"], positive=remembered["positive"])
+            return {}, None, f"no thumbnails: the experiment {exp_dir} does not remember its data folder"
+        dataset = discover(remembered.data_dir, positive=remembered.positive)
     except KitError as exc:
         return {}, None, f"no thumbnails: {exc}"
     files = dict(zip(dataset.train_ids, dataset.train_paths()))
@@ -395,12 +369,12 @@ def _models_table(rows: list[ModelRow], best: str, method: str | None) -> str:
     return "".join(out)
 
 
-def _ladder_table(ladder: list[dict[str, Any]]) -> str:
+def _ladder_table(ladder: tuple[LadderStep, ...]) -> str:
     out = ['<table id="ladder"><thead><tr><th>step</th><th>OOF log loss (cross-fitted)</th><th>detail</th></tr>'
            "</thead><tbody>"]
     for s in ladder:
-        out.append(f'<tr><td>{_e(s["step"])}</td><td class="num">{s["oof_logloss"]:.5f}</td>'
-                   f'<td>{_e(s["detail"])}</td></tr>')
+        out.append(f'<tr><td>{_e(s.step)}</td><td class="num">{s.oof_logloss:.5f}</td>'
+                   f'<td>{_e(s.detail)}</td></tr>')
     out.append("</tbody></table>")
     return "".join(out)
 
@@ -440,14 +414,20 @@ def render_html(*, exp_name: str, header: str, notes: list[str], estimate: str, 
 
 
 def write_report(exp_dir: Path, *, progress: bool = True, warn: Callable[[str], None] = print) -> ReportResult:
-    """Write ``<exp>/report.html`` and ``<exp>/report/*.png`` from the experiment's cv results and blend.
+    """``kaggle-kit report``: write ``<exp>/report.html`` and ``<exp>/report/*.png`` from the experiment's cv
+    results and blend; holds the experiment's lock.
 
     Needs the fold plan and at least one finished cv model; the blend, the data folder and the photos are
     optional, and the page says which of them are missing and why.
     """
+    require_experiment(exp_dir)
+    with experiment_lock(exp_dir, command="report"):
+        return _write_report(exp_dir, progress=progress, warn=warn)
+
+
+def _write_report(exp_dir: Path, *, progress: bool, warn: Callable[[str], None]) -> ReportResult:
     from tqdm import tqdm
 
-    from kaggle_kit.artifacts import write_bytes_atomic
     from kaggle_kit.blend import CLIP_BOUNDS, best_clip, load_cv_inputs
 
     bar = tqdm(total=6, desc="report", unit="step", disable=not progress)
@@ -455,34 +435,30 @@ def write_report(exp_dir: Path, *, progress: bool = True, warn: Callable[[str], 
     inputs = load_cv_inputs(exp_dir, warn=warn)
     folds = inputs.folds
     y = folds.y
-    blend_manifest, blend_oof, missing = _load_blend_parts(exp_dir, len(y))
+    blend, missing = _usable_blend(exp_dir)
     notes = [missing] if missing else []
-    weights = blend_manifest["weights"] if blend_manifest else None
-    rows = _model_rows(exp_dir, inputs.models, weights)
+    rows = _model_rows(inputs.results, blend.weights if blend else None)
     # subtle: the best single model is the one the table ranks first, by its manifest's score; a model without
-    # a score sorts last rather than failing the report.
+    # a finite score sorts last rather than failing the report.
     rows.sort(key=lambda r: (r.oof_logloss is None, r.oof_logloss or 0.0, r.model))
     best = rows[0].model
     best_p = inputs.oof[:, inputs.models.index(best)]
     bar.update()
 
     bar.set_postfix_str("reliability")
-    if blend_manifest is not None:
-        blended = [inputs.models.index(m) for m in blend_manifest["models"]]
-        before = crossfit_uncalibrated(inputs.oof[:, blended], y, folds.plan[0], method=blend_manifest["method"],
-                                       rounds=blend_manifest["rounds"])
-        final, final_name = blend_oof, "the calibrated blend"
-        calibration = blend_manifest["calibration"]
+    if blend is not None:
+        before = np.asarray(blend.oof_uncalibrated, dtype=np.float64)
+        final, final_name = np.asarray(blend.oof, dtype=np.float64), "the calibrated blend"
         curves = [(f"blend, before calibration ({log_loss(*_finite_rows(y, before)):.5f})",
                    reliability_bins(y, before)),
-                  (f"calibrated: {calibration['kind']} ({log_loss(*_finite_rows(y, final)):.5f})",
+                  (f"calibrated: {blend.calibration} ({log_loss(*_finite_rows(y, final)):.5f})",
                    reliability_bins(y, final))]
         rel_title = "Reliability of the blend's OOF predictions"
         after = ("no calibration lowered the cross-fitted log loss, so the two curves coincide"
-                 if calibration["kind"] == "none" else f"after {calibration['kind']} calibration (blend/oof.npy)")
+                 if blend.calibration == "none" else f"after {blend.calibration} calibration")
         rel_caption = ("Cross-fitted OOF predictions of the blend before calibration (for each fold, the "
-                       f"{blend_manifest['method']} blender refitted on the other folds, as 'kaggle-kit blend' scores "
-                       f"it); {after}. Log losses in the legend. Below: rows per bin.")
+                       f"{blend.method} blender fitted on the other folds, as 'kaggle-kit blend' scores it); "
+                       f"{after}. Log losses in the legend. Below: rows per bin.")
     else:
         final, final_name = best_p, f"the best single model, {best}"
         curves = [(f"{best} ({log_loss(*_finite_rows(y, best_p)):.5f})", reliability_bins(y, best_p))]
@@ -495,8 +471,8 @@ def write_report(exp_dir: Path, *, progress: bool = True, warn: Callable[[str], 
     bar.set_postfix_str("clip curve")
     levels, losses = clip_curve(y, final)
     fy, fp = _finite_rows(y, final)
-    if blend_manifest is not None:
-        chosen, chosen_loss = blend_manifest["clip"]["chosen"], blend_manifest["clip"]["oof_logloss"]
+    if blend is not None:
+        chosen, chosen_loss = blend.clip, blend.clip_logloss
         chosen_label = "chosen by 'kaggle-kit blend'"
     else:
         chosen, chosen_loss = best_clip(fp, fy)
@@ -526,38 +502,33 @@ def write_report(exp_dir: Path, *, progress: bool = True, warn: Callable[[str], 
                       classes=classes or ("negative", "positive"))
     bar.update()
 
-    bar.set_postfix_str("writing plots")
-    plot_dir = exp_dir / "report"
-    plots = (plot_dir / "reliability.png", plot_dir / "clip_curve.png")
-    for path, png in zip(plots, (reliability_png, clip_png)):
-        write_bytes_atomic(path, png)
-    bar.update()
-
     bar.set_postfix_str("writing the page")
-    if blend_manifest is not None:
-        score, score_name = blend_manifest["ladder"][-1]["oof_logloss"], "the clipped blend, cross-fitted"
-        ladder = _ladder_table(blend_manifest["ladder"])
+    if blend is not None:
+        score, score_name = blend.ladder[-1].oof_logloss, "the clipped blend, cross-fitted"
+        ladder = _ladder_table(blend.ladder)
     else:
         score, score_name = rows[0].oof_logloss, f"the best single model {best}, unclipped"
         ladder = f'<p class="note">No ladder: {_e(missing)}</p>'
     estimate = (f"OOF log loss {score:.5f} ({score_name}) on the final Dogs vs. Cats Redux leaderboard: "
                 f"{leaderboard_sentence(score)}" if score is not None
                 else "No estimate: the best model's manifest has no OOF log loss.")
-    blend_text = (f"blend: {blend_manifest['method']}, calibration {blend_manifest['calibration']['kind']}, "
-                  f"clip {blend_manifest['clip']['chosen']:.4g}" if blend_manifest else "no blend")
-    header = (f"{len(y):,} training rows, {folds.manifest['n_folds']} folds x {folds.manifest['repeats']} repeats, "
-                f"{len(rows)} models, {blend_text}. kaggle-kit {__version__}, "
-                f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.")
+    blend_text = (f"blend: {blend.method}, calibration {blend.calibration}, clip {blend.clip:.4g}" if blend
+                  else "no blend")
+    header = (f"{len(y):,} training rows, {folds.n_folds} folds x {folds.repeats} repeats, "
+              f"{len(rows)} models, {blend_text}. kaggle-kit {__version__}, "
+              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.")
     page = render_html(
         exp_name=exp_dir.name, header=header, notes=notes, estimate=estimate,
-        models_table=_models_table(rows, best, blend_manifest["method"] if blend_manifest else None), ladder=ladder,
+        models_table=_models_table(rows, best, blend.method if blend else None), ladder=ladder,
         figures=[_figure_html(reliability_png, rel_title, rel_caption),
                  _figure_html(clip_png, "OOF log loss against the clip level", clip_caption)],
         gallery=_gallery_html(gallery),
     )
-    path = exp_dir / "report.html"
-    write_bytes_atomic(path, page.encode("utf-8"))
+    bar.update()
+    bar.set_postfix_str("writing")
+    path, plots = write_report_files(exp_dir, page=page, plots={"reliability": reliability_png,
+                                                                "clip_curve": clip_png})
     bar.update()
     bar.close()
-    return ReportResult(path=path, plots=plots, notes=tuple(notes), has_blend=blend_manifest is not None,
+    return ReportResult(path=path, plots=plots, notes=tuple(notes), has_blend=blend is not None,
                         n_models=len(rows), estimate=estimate)

@@ -17,7 +17,9 @@ from typing import Sequence
 
 import numpy as np
 
-from kaggle_kit.artifacts import KitError, check_name
+from kaggle_kit.artifacts import KitError, check_name, experiment_lock
+from kaggle_kit.kaggle_api import DEFAULT_COMPETITION
+from kaggle_kit.store import load_blend, require_experiment
 
 SUBMISSIONS_DIR = "submissions"
 METRICS = ("logloss", "accuracy")
@@ -152,23 +154,31 @@ class Submission:
     n_rows: int
     uploaded_to: str | None
 
+    def lines(self) -> list[str]:
+        """What ``kaggle-kit submit`` prints: rows and range, the upload if any, the file's path last."""
+        lo, hi = self.label_range
+        out = [f"{self.n_rows} rows, labels in [{lo:g}, {hi:g}] ({self.metric}), read back and validated"]
+        if self.uploaded_to:
+            out.append(f"uploaded to {self.uploaded_to}; "
+                       f"scores: https://www.kaggle.com/c/{self.uploaded_to}/submissions")
+        return [*out, str(self.path)]
 
-def resolve_clip(clip: str, blend_manifest: dict) -> float:
-    """'auto' -> the blend's chosen clip; otherwise the number given."""
+
+def resolve_clip(clip: str, chosen: float) -> float:
+    """'auto' -> the blend's ``chosen`` clip; otherwise the number given."""
     if clip == "auto":
-        return float(blend_manifest["clip"]["chosen"])
+        return float(chosen)
     try:
         return float(clip)
     except ValueError:
         raise KitError(f"--clip must be 'auto' or a number such as 0.005, got {clip!r}", code=2) from None
 
 
-def make_submission(exp_dir: Path, *, exp: str, clip: str = "auto", name: str | None = None,
-                    metric: str = "logloss", upload: bool = False, message: str | None = None,
-                    competition: str, root: Path | str = ".", now: datetime | None = None) -> Submission:
-    """Write ``submissions/...csv`` from ``<exp>/blend/``; with ``upload``, submit it to ``competition``."""
-    from kaggle_kit.blend import load_blend
-
+def make_submission(exp_dir: Path, *, clip: str = "auto", name: str | None = None, metric: str = "logloss",
+                    upload: bool = False, message: str | None = None, competition: str = DEFAULT_COMPETITION,
+                    root: Path | str = ".", now: datetime | None = None) -> Submission:
+    """``kaggle-kit submit``: write ``<root>/submissions/...csv`` from the experiment's blend (named
+    ``<exp>-<time>.csv`` without ``name``); with ``upload``, submit it to ``competition``. Holds the lock."""
     if metric not in METRICS:
         raise KitError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}", code=2)
     if upload and not (message and message.strip()):
@@ -177,19 +187,21 @@ def make_submission(exp_dir: Path, *, exp: str, clip: str = "auto", name: str | 
         raise KitError("-m MESSAGE is only used with --upload; add --upload to submit to Kaggle", code=2)
     if upload:
         check_name("competition", competition)
-    path = submission_path(exp=exp, name=name, now=now or datetime.now(), root=root)
-    blend = load_blend(exp_dir)
-    level = resolve_clip(clip, blend.manifest)
-    label_range = grid_clip(level) if metric == "logloss" else (0.0, 1.0)
-    check_finite(blend.test, blend.test_ids)
-    labels = make_labels(blend.test, metric=metric, clip=level)
-    write_submission(path, blend.test_ids, labels, metric=metric, clip=level)
-    if upload:
-        from kaggle_kit.kaggle_api import submit_file
+    path = submission_path(exp=exp_dir.name, name=name, now=now or datetime.now(), root=root)
+    require_experiment(exp_dir)
+    with experiment_lock(exp_dir, command="submit"):
+        blend = load_blend(exp_dir)
+        level = resolve_clip(clip, blend.clip)
+        label_range = grid_clip(level) if metric == "logloss" else (0.0, 1.0)
+        check_finite(blend.test, blend.test_ids)
+        labels = make_labels(blend.test, metric=metric, clip=level)
+        write_submission(path, blend.test_ids, labels, metric=metric, clip=level)
+        if upload:
+            from kaggle_kit.kaggle_api import submit_file
 
-        try:
-            submit_file(path, competition=competition, message=message)
-        except KitError as exc:
-            raise KitError(f"{exc} (the file is kept: {path})", code=exc.code) from None
+            try:
+                submit_file(path, competition=competition, message=message)
+            except KitError as exc:
+                raise KitError(f"{exc} (the file is kept: {path})", code=exc.code) from None
     return Submission(path=path, metric=metric, label_range=label_range, n_rows=len(labels),
                       uploaded_to=competition if upload else None)

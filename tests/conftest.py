@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
+from typing import Sequence
 
+import numpy as np
 import pytest
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 MINI = SHARED / "data" / "dogs-vs-cats-mini"
@@ -43,3 +42,21 @@ def make_competition(dest: Path, *, n_per_class: int, n_test: int, sample_submis
 @pytest.fixture
 def small_comp(tmp_path) -> Path:
     return make_competition(tmp_path / "comp", n_per_class=10, n_test=6)
+
+
+def write_cv_model(exp_dir: Path, model: str, plan, oof: np.ndarray, test: np.ndarray, *, head: str = "logreg",
+                   features: Sequence[str] = ("synthetic",), seconds: float = 1.0):
+    """Write ``<exp>/cv/<model>/`` through the store's writer, as the cv stage would: ``oof`` (repeats, n_train)
+    and ``test`` (n_test,) predictions on the fold plan ``plan``, scored as cv scores them (NaN rows left out).
+    The feature sets are not checked (no feature keys): they need not exist."""
+    from kaggle_kit.artifacts import sha256_array, sha256_json
+    from kaggle_kit.cv import score_oof
+    from kaggle_kit.store import write_cv_result
+
+    oof = np.asarray(oof, dtype=np.float32)
+    usable = np.isfinite(oof).all(axis=0)
+    return write_cv_result(
+        exp_dir, model, plan=plan, oof=oof, test=test, head=head, features=features, feature_keys={},
+        key=sha256_json({"model": model, "oof": sha256_array(oof), "test": sha256_array(np.asarray(test))}),
+        params={}, tta_train=False, tta_predict=False, scores=score_oof(plan.y, oof, plan.plan, usable),
+        seconds=seconds, n_excluded_train=int((~usable).sum()), n_excluded_test=0)

@@ -11,10 +11,12 @@ import pytest
 from scipy.special import expit
 from typer.testing import CliRunner
 
+from conftest import write_cv_model
 from kaggle_kit import blend as B
-from kaggle_kit.artifacts import KitError, new_manifest, save_npy_atomic, write_json_atomic
+from kaggle_kit.artifacts import KitError, save_npy_atomic
 from kaggle_kit.folds import ensure_plan
 from kaggle_kit.metrics import log_loss
+from kaggle_kit.store import load_blend, load_plan
 
 
 def noisy_models(rng, y, strengths, *, noise=1.0):
@@ -25,25 +27,18 @@ def noisy_models(rng, y, strengths, *, noise=1.0):
 
 def write_experiment(root: Path, *, exp: str = "default", n_train: int = 240, n_test: int = 60, n_folds: int = 4,
                      repeats: int = 1, strengths=(2.0, 1.0, 0.5), seed: int = 0) -> Path:
-    """Write ``experiments/<exp>/folds/`` (with the cv stage's own writer) and ``cv/m<j>/`` as the cv stage's
-    contract says; return exp_dir."""
+    """Write ``experiments/<exp>/folds/`` (with the cv stage's own writer) and models ``cv/m<j>/`` (with the
+    store's writer); return exp_dir."""
     rng = np.random.default_rng(seed)
     exp_dir = root / "experiments" / exp
     y = rng.integers(0, 2, n_train).astype(np.int8)
     test_ids = [str(i) for i in rng.permutation(np.arange(1, n_test + 1))]  # not sorted: order must be kept
     plan, _ = ensure_plan(exp_dir, y=y, train_ids=[f"t{i}" for i in range(n_train)], test_ids=test_ids,
                           n_folds=n_folds, repeats=repeats, seed=seed)
-    plan_sha = plan.sha256
     y_test = rng.integers(0, 2, n_test)
     for j, s in enumerate(strengths):
-        oof = np.stack([noisy_models(rng, y, [s])[:, 0] for _ in range(repeats)]).astype(np.float32)
-        test = noisy_models(rng, y_test, [s])[:, 0].astype(np.float32)
-        model_dir = exp_dir / "cv" / f"m{j}"
-        save_npy_atomic(model_dir / "oof.npy", oof)
-        save_npy_atomic(model_dir / "test.npy", test)
-        write_json_atomic(model_dir / "manifest.json", new_manifest(
-            B.CV_FORMAT, model=f"m{j}", plan_sha256=plan_sha,
-            scores={"oof_logloss": log_loss(y, oof.mean(axis=0)), "oof_accuracy": 0.0}))
+        oof = np.stack([noisy_models(rng, y, [s])[:, 0] for _ in range(repeats)])
+        write_cv_model(exp_dir, f"m{j}", plan, oof, noisy_models(rng, y_test, [s])[:, 0])
     return exp_dir
 
 
@@ -61,14 +56,30 @@ def test_log_loss_matches_sklearn_and_known_values():
 
 # ---------------------------------------------------------------------------------------------- selection
 @pytest.mark.parametrize("seed", range(5))
-def test_selection_weights_are_nonnegative_and_sum_to_one(seed):
+def test_each_selection_round_adds_the_model_that_lowers_the_loss_most(seed):
+    """The docstring's contract, round by round: r rounds extend the selection of r - 1 rounds by the one model
+    whose addition gives the lowest log loss of the running average (so one round picks the best model)."""
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, 300)
-    P = noisy_models(rng, y, rng.uniform(0, 2, 6))
-    w = B.select_ensemble(P, y, rounds=17)
-    assert w.shape == (6,)
-    assert (w >= 0).all()
-    assert w.sum() == pytest.approx(1.0)
+    P = noisy_models(rng, y, [1.0, 0.9, 0.9, 0.8, 0.5, 0.2])  # independent noise: averaging helps
+    previous = np.zeros(6)
+    for rounds in range(1, 9):
+        counts = B.select_ensemble(P, y, rounds=rounds) * rounds
+        np.testing.assert_allclose(counts, np.round(counts), atol=1e-9)
+        added = np.round(counts - previous).astype(int)
+        assert added.min() == 0 and added.sum() == 1, (rounds, counts, previous)
+        candidates = [log_loss(y, (P @ previous + P[:, j]) / rounds) for j in range(6)]
+        assert int(np.argmax(added)) == int(np.argmin(candidates))
+        previous = np.round(counts)
+    assert (previous > 0).sum() >= 2  # not one model repeated: the rounds really choose
+
+
+def test_selection_weights_follow_the_models_when_they_are_reordered():
+    rng = np.random.default_rng(8)
+    y = rng.integers(0, 2, 400)
+    P = noisy_models(rng, y, [1.5, 0.2, 1.0, 0.7, 1.2])
+    order = np.array([3, 0, 4, 1, 2])
+    np.testing.assert_array_equal(B.select_ensemble(P[:, order], y), B.select_ensemble(P, y)[order])
 
 
 def test_perfect_model_gets_the_most_weight():
@@ -261,28 +272,41 @@ def test_best_clip_stays_in_bounds():
 # ---------------------------------------------------------------------------------------------------- edge
 def test_run_blend_writes_the_contract(tmp_path):
     exp_dir = write_experiment(tmp_path, repeats=2)
-    out_dir, manifest = B.run_blend(exp_dir, warn=lambda m: None)
-    oof = np.load(out_dir / "oof.npy")
-    test = np.load(out_dir / "test.npy")
-    assert oof.dtype == np.float32 and oof.shape == (240,)
+    run = B.run_blend(exp_dir, warn=lambda m: None)
+    out_dir = run.out_dir
+    assert out_dir == exp_dir / "blend"
+    oof, before, test = (np.load(out_dir / f"{name}.npy") for name in ("oof", "oof_uncalibrated", "test"))
+    assert oof.dtype == before.dtype == np.float32 and oof.shape == before.shape == (240,)
     assert test.dtype == np.float32 and test.shape == (60,)
     assert np.isfinite(test).all() and ((test >= 0) & (test <= 1)).all()
     on_disk = json.loads((out_dir / "manifest.json").read_text())
-    assert on_disk == json.loads(json.dumps(manifest))
-    assert on_disk["format"] == B.FORMAT
+    assert on_disk == json.loads(json.dumps(run.blend.manifest))
+    assert on_disk["format"] == "kaggle-kit/blend/2"
     assert [s["step"] for s in on_disk["ladder"]] == ["best single model", "blend", "calibrated", "clipped"]
-    assert on_disk["clip"]["chosen"] == pytest.approx(B.best_clip(oof, np.load(exp_dir / "folds" / "y.npy"))[0])
+    y = np.load(exp_dir / "folds" / "y.npy")
+    assert on_disk["clip"]["chosen"] == pytest.approx(B.best_clip(oof, y)[0])
     assert set(on_disk["inputs"]["cv"]) == {"m0", "m1", "m2"}
-    if on_disk["method"] != "stack":
-        assert sum(on_disk["weights"].values()) == pytest.approx(1.0)
-    assert B.load_blend(exp_dir).test_ids == tuple(json.loads((exp_dir / "folds" / "ids.json").read_text())["test_ids"])
+    # The saved OOF predictions are the ones the ladder scores, before and after calibration.
+    steps = {s["step"]: s["oof_logloss"] for s in on_disk["ladder"]}
+    assert log_loss(y, before) == pytest.approx(steps["blend"], rel=1e-5)
+    assert log_loss(y, oof) == pytest.approx(steps["calibrated"], rel=1e-5)
+    # The test predictions are the manifest's blend of the cv models' test predictions, then its calibration.
+    inputs = B.load_cv_inputs(exp_dir)
+    blender = B.Blender(on_disk["method"], np.array([on_disk["weights"][m] for m in inputs.models]),
+                        on_disk["intercept"] or 0.0)
+    calibrator = B.Calibrator(on_disk["calibration"]["kind"], on_disk["calibration"]["params"])
+    np.testing.assert_allclose(test, calibrator.predict(blender.predict(inputs.test)), rtol=1e-6, atol=1e-7)
+    loaded = load_blend(exp_dir)
+    assert loaded.test_ids == tuple(json.loads((exp_dir / "folds" / "ids.json").read_text())["test_ids"])
+    np.testing.assert_array_equal(loaded.oof_uncalibrated, before)
 
 
 def test_loader_refuses_results_of_another_fold_plan(tmp_path):
     exp_dir = write_experiment(tmp_path)
-    path = exp_dir / "cv" / "m1" / "manifest.json"
-    write_json_atomic(path, {**json.loads(path.read_text()), "plan_sha256": "0" * 64})
-    with pytest.raises(KitError, match=r"another fold plan.*re-run 'kaggle-kit cv"):
+    plan = load_plan(exp_dir)
+    ensure_plan(exp_dir, y=plan.y, train_ids=plan.train_ids, test_ids=plan.test_ids, n_folds=3, repeats=1, seed=0)
+    with pytest.raises(KitError, match=r"m0 was fitted on another fold plan.*re-run 'kaggle-kit cv --backbone "
+                                       r"synthetic --head logreg'"):
         B.load_cv_inputs(exp_dir)
 
 
@@ -293,17 +317,21 @@ def test_loader_refuses_wrong_shapes_and_skips_unfinished_models(tmp_path):
     assert B.load_cv_inputs(exp_dir, warn=warnings.append).models == ("m0", "m1", "m2")
     assert "m9" in warnings[0]
     save_npy_atomic(exp_dir / "cv" / "m0" / "oof.npy", np.zeros((1, 7), dtype=np.float32))
-    with pytest.raises(KitError, match=r"oof.npy is \(1, 7\).*re-run 'kaggle-kit cv"):
+    with pytest.raises(KitError, match=r"oof.npy is float32 \(1, 7\).*re-run 'kaggle-kit cv"):
+        B.load_cv_inputs(exp_dir)
+    save_npy_atomic(exp_dir / "cv" / "m0" / "oof.npy", np.full((1, 240), 1.5, dtype=np.float32))
+    with pytest.raises(KitError, match=r"oof.npy holds values outside \[0, 1\]"):
         B.load_cv_inputs(exp_dir)
 
 
 def test_load_blend_refuses_a_stale_blend(tmp_path):
     exp_dir = write_experiment(tmp_path)
     B.run_blend(exp_dir, warn=lambda m: None)
-    path = exp_dir / "cv" / "m2" / "manifest.json"
-    write_json_atomic(path, {**json.loads(path.read_text()), "scores": {"oof_logloss": 0.1}})
-    with pytest.raises(KitError, match="re-run 'kaggle-kit blend'"):
-        B.load_blend(exp_dir)
+    plan = load_plan(exp_dir)
+    m2 = B.load_cv_inputs(exp_dir).results["m2"]
+    write_cv_model(exp_dir, "m2", plan, m2.oof, m2.test, seconds=2.0)  # recomputed since the blend
+    with pytest.raises(KitError, match="cv results of 'm2' changed .*re-run 'kaggle-kit blend'"):
+        load_blend(exp_dir)
 
 
 def test_cli_blend(tmp_path, monkeypatch):

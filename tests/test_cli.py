@@ -1,11 +1,16 @@
+import os
+import re
 import subprocess
 import sys
 
 import pytest
 from typer.testing import CliRunner
 
-from kaggle_kit.artifacts import experiment_dir, experiment_lock
+from conftest import make_competition
+from kaggle_kit.artifacts import experiment_lock
 from kaggle_kit.cli import app, main
+from kaggle_kit.keras_loader import _startup_lines_dropped, is_startup_noise
+from kaggle_kit.store import experiment_dir
 
 runner = CliRunner()
 
@@ -22,9 +27,48 @@ def test_importing_the_cli_loads_no_deep_learning_framework():
     assert out.strip() == "set()"
 
 
-def test_help_lists_the_commands():
+def test_help_lists_the_commands_in_the_order_a_user_runs_them():
     result = runner.invoke(app, ["--help"])
-    assert result.exit_code == 0 and "features" in result.output
+    assert result.exit_code == 0
+    order = ["download", "backbones", "features", "cv", "blend", "submit", "report", "demo"]
+    listed = [m.group(1) for m in re.finditer(r"^\W*(\w+)\s{2,}\S", result.output, re.M) if m.group(1) in order]
+    assert listed == order
+
+
+# Lines TensorFlow and absl print when Keras is imported, as seen on this machine (TensorFlow 2.21, CPU).
+TF_STARTUP = [
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+    "I0000 00:00:1795994324.184641    2315 port.cc:153] oneDNN custom operations are on. You may see slightly "
+    "different numerical results due to floating-point round-off errors from different computation orders. To turn "
+    "them off, set the environment variable `TF_ENABLE_ONEDNN_OPTS=0`.",
+    "I0000 00:00:1795994596.158844    7783 cpu_feature_guard.cc:227] This TensorFlow binary is optimized to use "
+    "available CPU instructions in performance-critical operations.",
+    "To enable the following instructions: AVX2 AVX512F FMA, in other operations, rebuild TensorFlow with the "
+    "appropriate compiler flags.",
+]
+
+
+def test_tensorflow_start_up_lines_are_dropped_and_everything_else_is_kept(capfd):
+    assert all(is_startup_noise(line) for line in TF_STARTUP)
+    kept = ["error: a real problem while importing", "I0000 is not a log line", "warning: cannot decode x.jpg"]
+    assert not any(is_startup_noise(line) for line in kept)
+    with _startup_lines_dropped():
+        os.write(2, "\n".join([TF_STARTUP[0], kept[0], *TF_STARTUP[1:], *kept[1:]]).encode() + b"\n")
+    assert capfd.readouterr().err.splitlines() == kept
+
+
+def test_features_prints_no_tensorflow_or_absl_line(tmp_path):
+    comp = make_competition(tmp_path / "comp", n_per_class=3, n_test=2)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_", "GLOG_", "ABSL"))}
+    done = subprocess.run([sys.executable, "-m", "kaggle_kit", "features", "--backbone", "squeezenet", "--weights",
+                           "none", "--image-size", "32", "--data", str(comp), "--quiet"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("squeezenet_32: 6 train + 2 test images -> 512 features")
+    noise = re.compile(r"tensorflow|absl|onednn|cpu_feature_guard|cuda|xla|^[IWEF]\d{4} ", re.I)
+    assert [line for line in (done.stdout + done.stderr).splitlines() if noise.search(line)] == []
+    assert done.stderr.splitlines() == ["WARNING: --weights none: random weights, these features are NOT pretrained "
+                                        "and will score poorly (use them for plumbing tests only)"]
 
 
 @pytest.mark.parametrize("argv, fragment", [

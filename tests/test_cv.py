@@ -13,30 +13,12 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import make_competition
-from kaggle_kit.artifacts import (
-    KitError,
-    features_dir,
-    new_manifest,
-    save_experiment,
-    save_npy_atomic,
-    sha256_json,
-    write_json_atomic,
-)
+from kaggle_kit.artifacts import KitError, sha256_json
 from kaggle_kit.cli import app
-from kaggle_kit.cv import (
-    TTA_PREDICT,
-    TTA_TRAIN,
-    cross_validate,
-    load_cv_result,
-    load_cv_results,
-    model_specs,
-    run_cv,
-    score_oof,
-)
+from kaggle_kit.cv import TTA_PREDICT, TTA_TRAIN, cross_validate, model_specs, run_cv, score_oof
 from kaggle_kit.data import Dataset, discover
-from kaggle_kit.features import FORMAT as FEATURES_FORMAT
-from kaggle_kit.features import array_names
 from kaggle_kit.folds import make_plan
+from kaggle_kit.store import features_dir, load_cv_result, load_cv_results, save_experiment, save_feature_set
 
 runner = CliRunner()
 
@@ -61,32 +43,12 @@ def synthetic_features(dataset: Dataset, *, width: int = 8, signal: float = 1.5,
 
 def write_features(exp_dir: Path, name: str, dataset: Dataset, arrays: dict, *, unreadable: dict | None = None,
                    key: str | None = None) -> Path:
-    """Write a finished feature set exactly in the format ``features.extract_features`` writes and
-    ``features.load_features`` checks (ids.json, arrays, manifest last); 'train_flip' in ``arrays`` makes it
-    a flip-TTA set."""
+    """Write a finished feature set with the store's writer, as if extracted ('train_flip' in ``arrays``
+    makes it a flip-TTA set), and remember the data folder in the experiment."""
     out = features_dir(exp_dir, name)
-    tta = "flip" if "train_flip" in arrays else "none"
-    ids = {"train_ids": list(dataset.train_ids), "train_labels": dataset.y.tolist(),
-           "test_ids": list(dataset.test_ids)}
-    write_json_atomic(out / "ids.json", ids)
-    for logical, fname in array_names(tta).items():
-        save_npy_atomic(out / fname, np.asarray(arrays[logical], dtype=np.float32))
-    manifest = new_manifest(
-        FEATURES_FORMAT,
-        key=key or sha256_json({"name": name, "width": arrays["train"].shape[1]}),
-        name=name,
-        backbone=name,
-        tta=tta,
-        width=arrays["train"].shape[1],
-        image_list_hash=dataset.image_list_hash(),
-        ids_sha256=sha256_json(ids),
-        n_train=dataset.n_train,
-        n_test=dataset.n_test,
-        files={**array_names(tta), "ids": "ids.json"},
-        shapes={logical: list(arrays[logical].shape) for logical in array_names(tta)},
-        unreadable=unreadable or {"train": [], "test": []},
-    )
-    write_json_atomic(out / "manifest.json", manifest)
+    save_feature_set(out, dataset, arrays, key=key or sha256_json({"name": name, "width": arrays["train"].shape[1]}),
+                     image_list_hash=dataset.image_list_hash(), backbone=name, weights="synthetic",
+                     weights_kind="external", unreadable=unreadable)
     save_experiment(exp_dir, data_dir=dataset.root, positive="dog")
     return out
 
@@ -119,7 +81,7 @@ def test_score_oof_of_perfect_and_constant_predictions():
     assert len(half["fold_logloss"]) == len(half["fold_accuracy"]) == 5
 
 
-def test_cross_validate_fills_every_row_once_per_repeat_and_leaves_excluded_rows_nan():
+def test_cross_validate_predicts_each_row_once_per_repeat_by_a_model_that_never_saw_it():
     rng = np.random.default_rng(0)
     y = (rng.random(150) < 0.4).astype(np.int8)
     X = rng.standard_normal((150, 6)).astype(np.float32)
@@ -130,11 +92,17 @@ def test_cross_validate_fills_every_row_once_per_repeat_and_leaves_excluded_rows
     out = cross_validate([X], y, plan, [X[:30]], head="logreg", usable=usable, seed=0)
     assert out.oof.shape == (2, 150) and out.oof.dtype == np.float32
     assert np.isnan(out.oof[:, [5, 77]]).all()
+    # Unfilled rows would be NaN (the heads start from NaN): every usable row got a prediction in each repeat.
     assert np.isfinite(out.oof[:, usable]).all() and ((out.oof[:, usable] > 0) & (out.oof[:, usable] < 1)).all()
     assert out.test.shape == (30,) and np.isfinite(out.test).all()
-    assert not np.array_equal(out.oof[0], out.oof[1])  # two repeats, two different splits
     assert len(out.params["per_repeat"]) == 2 and len(out.params["per_repeat"][0]["C"]) == 4
     assert out.scores["oof_logloss"] < 0.5
+    # Any labels at all on the rows of fold 0 in repeat 0 leave their repeat-0 predictions as they were: each was
+    # made once, by the model that never saw it. In repeat 1 those rows were mostly training rows: they change.
+    held = plan[0] == 0
+    again = cross_validate([X], np.where(held, 1 - y, y), plan, [X[:30]], head="logreg", usable=usable, seed=0)
+    np.testing.assert_allclose(again.oof[0, held], out.oof[0, held], atol=1e-4)
+    assert np.nanmax(np.abs(again.oof[1, held] - out.oof[1, held])) > 0.05
 
 
 def test_model_specs_default_and_concat():
@@ -189,7 +157,8 @@ def test_new_plan_makes_old_results_stale_and_the_loader_refuses_them(project):
                  heads=["logreg"], progress=False)
     assert run.plan_status == "replaced" and run.stale == ["beta__logreg"]
     assert len(load_cv_result(exp_dir, "alpha__logreg").manifest["params"]["per_repeat"][0]["C"]) == 3
-    with pytest.raises(KitError, match="another fold plan.*re-run 'kaggle-kit cv --backbone beta --head logreg'"):
+    with pytest.raises(KitError, match="fitted on another fold plan.*re-run 'kaggle-kit cv --backbone beta --head "
+                                       "logreg'"):
         load_cv_result(exp_dir, "beta__logreg")
     with pytest.raises(KitError, match="kaggle-kit cv"):
         load_cv_results(exp_dir)
@@ -206,7 +175,7 @@ def test_unreadable_images_are_excluded_and_get_the_prior(tmp_path, monkeypatch)
                    unreadable={"train": [bad_train], "test": [bad_test]})
     run = run_logreg(exp_dir, dataset)
     result = run.results[0]
-    assert result.manifest["n_excluded_train"] == 1
+    assert result.manifest["n_excluded_train"] == 1 and result.manifest["n_excluded_test"] == 1
     assert np.isnan(result.oof[:, 3]).all() and np.isfinite(np.delete(result.oof, 3, axis=1)).all()
     prior = np.delete(dataset.y, 3).mean()
     assert result.test[2] == pytest.approx(prior)
@@ -215,7 +184,8 @@ def test_unreadable_images_are_excluded_and_get_the_prior(tmp_path, monkeypatch)
 def test_features_of_other_images_are_refused(project):
     _, exp_dir, dataset = project
     os.utime(dataset.root / "train" / "cat.1.jpg", ns=(1, 1))  # the image list changed since extraction
-    with pytest.raises(KitError, match="re-run 'kaggle-kit features --backbone alpha'"):
+    with pytest.raises(KitError, match="features in .*alpha were computed on other images than the data folder now "
+                                       "holds; write it again with the tool that made it"):
         run_logreg(exp_dir, dataset)
 
 

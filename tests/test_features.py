@@ -7,8 +7,9 @@ import kaggle_kit.backbones as backbones_mod
 from kaggle_kit.artifacts import KitError
 from kaggle_kit.backbones import REGISTRY, WeightsChoice, build_extractor
 from kaggle_kit.data import discover
-from kaggle_kit.features import FeatureSettings, extract_features, load_features
+from kaggle_kit.features import FeatureSettings, extract_features
 from kaggle_kit.images import decode_image
+from kaggle_kit.store import load_features
 
 SIZE = 32
 NONE = WeightsChoice("none", None, "none (random init, seed 0)")
@@ -62,7 +63,7 @@ def test_rows_follow_ids_and_last_partial_batch_is_included(small_comp, tmp_path
         flipped = np.ascontiguousarray(imgs[:, :, ::-1])
         np.testing.assert_allclose(fs.arrays[f"{split}_flip"], model.predict_on_batch(flipped), rtol=1e-4, atol=1e-4)
     assert not np.allclose(fs.arrays["train"], fs.arrays["train_flip"])
-    m = res.manifest
+    m = res.features.manifest
     assert m["format"] == "kaggle-kit/features/1" and m["preprocess"] == "caffe" and m["input_size"] == SIZE
     assert m["images_per_second"] > 0 and m["unreadable"] == {"train": [], "test": []}
 
@@ -81,7 +82,7 @@ def test_cache_reuse_and_invalidation(small_comp, tmp_path, monkeypatch):
     changed = extract_features(discover(small_comp), out, settings(), progress=False)
     assert not changed.cached and counter.images == 4 + 28  # warm-up batch, 26 images + 2 rows of padding
     other_size = extract_features(discover(small_comp), out, settings(image_size=40), progress=False)
-    assert not other_size.cached and other_size.manifest["input_size"] == 40
+    assert not other_size.cached and other_size.features.manifest["input_size"] == 40
 
 
 def test_resume_after_interruption_equals_a_clean_run(small_comp, tmp_path, monkeypatch):
@@ -124,7 +125,8 @@ def test_damaged_shard_is_recomputed_not_trusted(small_comp, tmp_path, monkeypat
 def test_load_features_refuses_changed_images(small_comp, tmp_path):
     ds = discover(small_comp)
     res = extract_features(ds, tmp_path / "f", settings(), progress=False)
-    with pytest.raises(KitError, match="re-run 'kaggle-kit features --backbone resnet50'"):
+    with pytest.raises(KitError, match="other images than the data folder now holds; re-run 'kaggle-kit features "
+                                       "--backbone resnet50 --image-size 32 --weights none --name f'$"):
         load_features(res.out_dir, image_list_hash="something else")
 
 
@@ -135,12 +137,12 @@ def test_write_feature_set_round_trips_and_checks_shapes(small_comp, tmp_path):
               "test": rng.standard_normal((6, 5)).astype(np.float32)}
     from kaggle_kit.features import write_feature_set
 
-    manifest = write_feature_set(tmp_path / "ext", ds, arrays, backbone="external", note="made in a test")
+    written = write_feature_set(tmp_path / "ext", ds, arrays, backbone="external", note="made in a test")
     fs = load_features(tmp_path / "ext", image_list_hash=ds.image_list_hash())
     np.testing.assert_array_equal(fs.arrays["train"], arrays["train"])
-    assert fs.manifest["key"] == manifest["key"] and fs.test_ids == ds.test_ids
+    assert fs.key == written.key and fs.test_ids == ds.test_ids
     other = write_feature_set(tmp_path / "ext2", ds, {**arrays, "test": arrays["test"] + 1}, backbone="external",
                               note="made in a test")
-    assert other["key"] != manifest["key"]  # the key follows the arrays' content
+    assert other.key != written.key  # the key follows the arrays' content
     with pytest.raises(KitError, match="has shape"):
         write_feature_set(tmp_path / "bad", ds, {**arrays, "test": arrays["test"][:5]}, backbone="x", note="y")

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from kaggle_kit.artifacts import KitError, read_json, save_npy_atomic, sha256_array, sha256_json, write_json_atomic
-from kaggle_kit.folds import ensure_plan, load_plan, make_plan
+from kaggle_kit.folds import ensure_plan, make_plan
+from kaggle_kit.store import load_plan
 
 
 def labels(n: int = 503, positive: float = 0.37, seed: int = 0) -> np.ndarray:
@@ -53,7 +54,7 @@ def test_plan_is_kept_until_settings_or_data_change(tmp_path):
     train_ids, test_ids = ids(60)
     plan, status = ensure_plan(tmp_path, y=y, train_ids=train_ids, test_ids=test_ids, n_folds=None, repeats=None,
                                seed=None)
-    assert status == "new" and (plan.n_folds, plan.repeats, plan.manifest["seed"]) == (5, 1, 0)
+    assert status == "new" and (plan.n_folds, plan.repeats, plan.seed) == (5, 1, 0)
     manifest = tmp_path / "folds" / "manifest.json"
     mtime = manifest.stat().st_mtime_ns
     same, status = ensure_plan(tmp_path, y=y, train_ids=train_ids, test_ids=test_ids, n_folds=5, repeats=None,

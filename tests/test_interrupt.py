@@ -15,19 +15,13 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import make_competition
-from kaggle_kit.artifacts import (
-    KitError,
-    experiment_dir,
-    experiment_lock,
-    features_dir,
-    save_experiment,
-    save_npy_atomic,
-)
+from kaggle_kit.artifacts import KitError, experiment_lock, save_npy_atomic
 from kaggle_kit.blend import load_cv_inputs
 from kaggle_kit.cli import app
-from kaggle_kit.cv import load_cv_result, run_cv
+from kaggle_kit.cv import run_cv
 from kaggle_kit.data import Dataset, discover
-from kaggle_kit.features import load_features, write_feature_set
+from kaggle_kit.features import write_feature_set
+from kaggle_kit.store import experiment_dir, features_dir, load_cv_result, load_features, save_experiment
 
 runner = CliRunner()
 
@@ -36,8 +30,7 @@ FEATURE_ARGS = ["features", "--backbone", "resnet50", "--weights", "none", "--im
 
 
 def kit(args, cwd: Path, **kw):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.Popen([sys.executable, "-m", "kaggle_kit", *args], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, "-m", "kaggle_kit", *args], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
@@ -169,8 +162,7 @@ def kit_paused(args, cwd: Path, *, target: str, file_name: str | None, marker: P
         f"sys.argv = ['kaggle-kit', *{list(args)!r}]",
         "main()",
     ])
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.Popen([sys.executable, "-c", code], cwd=cwd, env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-c", code], cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -244,7 +236,7 @@ def test_a_second_process_on_a_busy_experiment_refuses_with_exit_3(tmp_path):
     # The lock dies with its holder: the next command is not refused as busy.
     after = kit(["blend", "--exp", "busy"], tmp_path)
     _, err = after.communicate(timeout=120)
-    assert after.returncode == 1 and "is busy" not in err and "run 'kaggle-kit cv' first" in err
+    assert after.returncode == 1 and "is busy" not in err and "run 'kaggle-kit cv --exp busy' first" in err
 
 
 # ------------------------------------------------------------------------------------------- stale state
@@ -268,10 +260,10 @@ def test_stale_results_are_refused_naming_the_command_that_recomputes_them(tmp_p
     os.utime(comp / "train" / "cat.1.jpg")
     refused = runner.invoke(app, cv)
     assert refused.exit_code == 1 and refused.stderr.count("\n") == 1
-    advice = "re-run 'kaggle-kit features --backbone resnet50' with --image-size 32 --weights none"
+    advice = "kaggle-kit features --backbone resnet50 --image-size 32 --weights none"
     assert refused.stderr == ("error: features in experiments/default/features/resnet50_32 were computed on other "
-                              f"images than the data folder now holds; {advice}\n")
-    command = shlex.split(advice.replace("'", "").replace(" with", ""))[2:]  # the advice, as given
+                              f"images than the data folder now holds; re-run '{advice}'\n")
+    command = shlex.split(advice)[1:]  # the advice, as given
     again = invoke_ok([*command, "--quiet"])  # (the experiment knows --data)
     assert "cached" not in again.stdout
 
@@ -281,7 +273,8 @@ def test_stale_results_are_refused_naming_the_command_that_recomputes_them(tmp_p
     assert ("error: the features 'resnet50_32' changed after experiments/default/cv/resnet50_32__logreg was "
             "fitted on them; re-run 'kaggle-kit cv" in stale.stderr)
     submit = runner.invoke(app, ["submit"])
-    assert submit.exit_code == 1 and "re-run 'kaggle-kit cv', then 'kaggle-kit blend'" in submit.stderr
+    assert submit.exit_code == 1 and ("re-run 'kaggle-kit cv --backbone resnet50_32 --head logreg', then "
+                                      "'kaggle-kit blend'") in submit.stderr
     assert "cached" not in invoke_ok(cv).stdout
     invoke_ok(["blend"])
 

@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 from conftest import MINI, make_competition
 from kaggle_kit.cli import app
 from kaggle_kit.data import discover
-from kaggle_kit.features import load_features
 from kaggle_kit.images import decode_image
+from kaggle_kit.store import load_features
 
 runner = CliRunner()
 FEATURES = ["features", "--backbone", "resnet50", "--weights", "none", "--image-size", "32", "--batch-size", "8",
@@ -297,8 +297,9 @@ def _pickled_array(marker: Path) -> np.ndarray:
 
 
 def test_arrays_holding_pickles_are_refused_by_every_loader(tmp_path, monkeypatch):
-    from kaggle_kit import blend, cv, features, folds
-    from kaggle_kit.artifacts import KitError, experiment_dir, features_dir, save_experiment
+    from kaggle_kit import blend, cv, features, store
+    from kaggle_kit.artifacts import KitError
+    from kaggle_kit.store import experiment_dir, features_dir, save_experiment
 
     marker = tmp_path / "pwned"
     comp = make_competition(tmp_path / "comp", n_per_class=12, n_test=4)
@@ -318,11 +319,12 @@ def test_arrays_holding_pickles_are_refused_by_every_loader(tmp_path, monkeypatc
 
     # Each file a later stage reads, replaced in turn by a pickle: refused (or recomputed), never unpickled.
     checks = [
-        (fs_dir / "train.npy", lambda: features.load_features(fs_dir)),
-        (exp_dir / "folds" / "plan.npy", lambda: folds.load_plan(exp_dir)),
-        (exp_dir / "cv" / "ext__logreg" / "oof.npy", lambda: cv.load_cv_result(exp_dir, "ext__logreg")),
+        (fs_dir / "train.npy", lambda: store.load_features(fs_dir)),
+        (exp_dir / "folds" / "plan.npy", lambda: store.load_plan(exp_dir)),
+        (exp_dir / "cv" / "ext__logreg" / "oof.npy", lambda: store.load_cv_result(exp_dir, "ext__logreg")),
         (exp_dir / "cv" / "ext__logreg" / "test.npy", lambda: blend.load_cv_inputs(exp_dir)),
-        (exp_dir / "blend" / "test.npy", lambda: blend.load_blend(exp_dir)),
+        (exp_dir / "blend" / "test.npy", lambda: store.load_blend(exp_dir)),
+        (exp_dir / "blend" / "oof_uncalibrated.npy", lambda: store.load_blend(exp_dir)),
     ]
     for path, load in checks:
         original = path.read_bytes()
@@ -330,10 +332,10 @@ def test_arrays_holding_pickles_are_refused_by_every_loader(tmp_path, monkeypatc
         with pytest.raises(KitError, match="cannot read|do not match"):
             load()
         path.write_bytes(original)
-    assert features.cached_manifest(fs_dir, "any key") is None
+    key = store.load_features(fs_dir).key
+    assert store.cached_feature_set(fs_dir, "any key") is None and store.cached_feature_set(fs_dir, key) is not None
     poison(fs_dir / "train.npy")
-    assert features.cached_manifest(fs_dir, features.read_manifest(
-        fs_dir / "manifest.json", fmt=features.FORMAT, rerun="x")["key"]) is None  # recomputed, not trusted
+    assert store.cached_feature_set(fs_dir, key) is None  # recomputed, not trusted
     shard = tmp_path / "train-00000.npz"
     np.savez(shard, feats=_pickled_array(marker), ok=np.ones(2, bool))
     assert features._load_shard(shard) is None  # a damaged shard is recomputed

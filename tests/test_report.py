@@ -16,20 +16,15 @@ import pytest
 from scipy.special import expit
 from typer.testing import CliRunner
 
-from conftest import make_competition
+from conftest import make_competition, write_cv_model
 from kaggle_kit import blend as B
 from kaggle_kit import report as R
-from kaggle_kit.artifacts import (
-    new_manifest,
-    read_json,
-    save_experiment,
-    save_npy_atomic,
-    write_json_atomic,
-)
+from kaggle_kit.artifacts import read_json
 from kaggle_kit.cli import app
 from kaggle_kit.data import discover
 from kaggle_kit.folds import ensure_plan
 from kaggle_kit.metrics import log_loss
+from kaggle_kit.store import load_plan, save_experiment
 
 MISLABELLED = (3, 40, 41)  # rows every model gets confidently wrong, as a mislabelled photo would be
 UNREADABLE = 7  # a row without predictions, as an undecodable photo would be
@@ -143,7 +138,7 @@ def test_row_losses_average_to_the_log_loss():
 # ---------------------------------------------------------------------------------------- the experiment
 def build_experiment(root: Path, comp: Path, *, models=("m0", "m1", "m2"), strengths=(1.6, 1.1, 0.6),
                      n_folds: int = 3, seed: int = 1, scale: float = 1.0, blend: bool = True) -> Path:
-    """Write ``experiments/exp/`` on the real photos of ``comp`` as the cv stage's contract says (and blend it).
+    """Write ``experiments/exp/`` on the real photos of ``comp`` with the store's writers (and blend it).
 
     The models share part of their noise (so the blend still errs on a quarter of the rows), are all confidently
     wrong on the rows MISLABELLED and have no prediction for row UNREADABLE. ``scale`` > 1 makes every model
@@ -156,8 +151,8 @@ def build_experiment(root: Path, comp: Path, *, models=("m0", "m1", "m2"), stren
     rng = np.random.default_rng(seed)
     y = ds.y
     n = ds.n_train
-    plan_sha = ensure_plan(exp_dir, y=y, train_ids=ds.train_ids, test_ids=ds.test_ids, n_folds=n_folds, repeats=1,
-                           seed=seed)[0].sha256
+    plan = ensure_plan(exp_dir, y=y, train_ids=ds.train_ids, test_ids=ds.test_ids, n_folds=n_folds, repeats=1,
+                       seed=seed)[0]
     shared = rng.normal(0.0, 1.5, n)
     mislabelled = list(MISLABELLED)
     for j, (name, s) in enumerate(zip(models, strengths)):
@@ -167,17 +162,8 @@ def build_experiment(root: Path, comp: Path, *, models=("m0", "m1", "m2"), stren
         # shared noise (weights of both signs) pull those rows back towards 0.5, below other mistakes.
         oof[mislabelled] = expit(-scale * 6.0 * s * (2.0 * y[mislabelled] - 1.0))
         oof[UNREADABLE] = np.nan
-        ok = np.isfinite(oof)
-        model_dir = exp_dir / "cv" / name
-        save_npy_atomic(model_dir / "oof.npy", oof[None, :].astype(np.float32))
-        save_npy_atomic(model_dir / "test.npy", rng.uniform(0, 1, ds.n_test).astype(np.float32))
-        p32 = oof.astype(np.float32).astype(np.float64)
-        write_json_atomic(model_dir / "manifest.json", new_manifest(
-            B.CV_FORMAT, model=name, head="logreg", features=["squeezenet"], plan_sha256=plan_sha,
-            scores={"oof_logloss": log_loss(y[ok], p32[ok]),
-                    "oof_accuracy": float(((p32[ok] > 0.5) == y[ok]).mean()),
-                    "fold_logloss": [], "fold_accuracy": []},
-            seconds=1.25 * (j + 1)))
+        write_cv_model(exp_dir, name, plan, oof[None, :], rng.uniform(0, 1, ds.n_test), features=["squeezenet"],
+                       seconds=1.25 * (j + 1))
     if blend:
         B.run_blend(exp_dir, warn=lambda _: None)
     return exp_dir
@@ -275,14 +261,18 @@ def assert_self_contained(text: str) -> None:
     assert "url(" not in text and "@import" not in text and "http://" not in text and "https://" not in text
 
 
-def test_blended_report_renders_in_chromium_with_every_image_loaded(blended, tmp_path):
+def test_blended_report_is_one_self_contained_page_with_a_full_gallery(blended):
     exp_dir, result = blended
     text = result.path.read_text(encoding="utf-8")
     assert result.path == exp_dir / "report.html" and result.has_blend and result.notes == ()
     assert_self_contained(text)
     n_thumbs = text.count('src="data:image/jpeg;base64,')
     assert n_thumbs == text.count('class="card"') == R.N_MISTAKES  # the synthetic blend makes more mistakes
-    assert_renders_cleanly(result.path, tmp_path, n_images=2 + n_thumbs)
+
+
+def test_blended_report_renders_in_chromium_with_every_image_loaded(blended, tmp_path):
+    _, result = blended
+    assert_renders_cleanly(result.path, tmp_path, n_images=2 + R.N_MISTAKES)
 
 
 def test_plots_are_written_beside_the_page_and_embedded_in_it(blended):
@@ -330,26 +320,29 @@ def test_estimate_uses_the_clipped_blend_score(blended):
     assert html.escape(result.estimate, quote=True) in result.path.read_text(encoding="utf-8")
 
 
-def test_uncalibrated_oof_reproduces_the_blend_score(blended):
-    exp_dir, _ = blended
-    inputs = B.load_cv_inputs(exp_dir, warn=lambda _: None)
-    m = read_json(exp_dir / "blend" / "manifest.json")
-    before = R.crossfit_uncalibrated(inputs.oof, inputs.folds.y, inputs.folds.plan[0], method=m["method"],
-                                     rounds=m["rounds"])
-    ok = np.isfinite(before)
-    assert not ok[UNREADABLE] and ok.sum() == m["n_scored"]
-    blend_step = next(s for s in m["ladder"] if s["step"] == "blend")
-    assert log_loss(inputs.folds.y[ok], before[ok]) == pytest.approx(blend_step["oof_logloss"], rel=1e-9)
-
-
-def test_calibrated_blend_shows_both_curves(tmp_path, comp):
+def test_calibrated_blend_shows_both_curves_from_the_blends_saved_predictions(tmp_path, comp, monkeypatch):
     exp_dir = build_experiment(tmp_path, comp, scale=4.0, blend=False)
     B.run_blend(exp_dir, method="mean", warn=lambda _: None)
     m = read_json(exp_dir / "blend" / "manifest.json")
     assert m["calibration"]["kind"] != "none"  # overconfident models: calibration must help
+    drawn = []
+    real = R.reliability_bins
+    monkeypatch.setattr(R, "reliability_bins", lambda y, p, **kw: drawn.append(np.asarray(p)) or real(y, p, **kw))
     text = R.write_report(exp_dir, progress=False, warn=lambda _: None).path.read_text(encoding="utf-8")
-    assert f"after {m['calibration']['kind']} calibration (blend/oof.npy)" in text
+    assert f"after {m['calibration']['kind']} calibration." in text
     assert "blend coefficient" not in text and "<th>blend weight</th>" in text
+    # The curves are the blend's own cross-fitted OOF predictions, read from disk, not recomputed.
+    saved = [np.load(exp_dir / "blend" / f"{name}.npy") for name in ("oof_uncalibrated", "oof")]
+    assert len(drawn) == 2
+    for curve, array in zip(drawn, saved):
+        np.testing.assert_array_equal(curve, array.astype(np.float64))
+        assert np.isnan(curve[UNREADABLE]) and np.isfinite(curve).sum() == m["n_scored"]
+    y = np.load(exp_dir / "folds" / "y.npy")
+    steps = {s["step"]: s["oof_logloss"] for s in m["ladder"]}
+    ok = np.isfinite(drawn[0])
+    assert log_loss(y[ok], drawn[0][ok]) == pytest.approx(steps["blend"], rel=1e-5)
+    assert log_loss(y[ok], drawn[1][ok]) == pytest.approx(steps["calibrated"], rel=1e-5)
+    assert steps["calibrated"] < steps["blend"]
 
 
 def test_gallery_shows_the_mislabelled_photos_first_with_their_labels(blended):
@@ -363,12 +356,12 @@ def test_gallery_shows_the_mislabelled_photos_first_with_their_labels(blended):
         assert re.search(rf'alt="{re.escape(train_ids[i])}".*?true: {true}<br>P\(dog\) = ', text)
 
 
-def test_single_model_report_says_what_is_missing_and_renders(single, tmp_path):
+def test_single_model_report_says_what_is_missing(single):
     exp_dir, result = single
     text = result.path.read_text(encoding="utf-8")
     assert not result.has_blend and result.n_models == 1
-    assert result.notes == ("no blend yet: run 'kaggle-kit blend'",)
-    assert "no blend yet: run &#x27;kaggle-kit blend&#x27;" in text and "No ladder" in text
+    assert result.notes == ("no blend yet: run 'kaggle-kit blend --exp exp'",)
+    assert "no blend yet: run &#x27;kaggle-kit blend --exp exp&#x27;" in text and "No ladder" in text
     assert 'id="ladder"' not in text
     (row,) = _table(text, "models")
     m = read_json(exp_dir / "cv" / "only" / "manifest.json")
@@ -378,17 +371,21 @@ def test_single_model_report_says_what_is_missing_and_renders(single, tmp_path):
     assert "No calibrated curve: that comes with the blend." in text
     assert_self_contained(text)
     assert all(p.exists() for p in result.plots)
+
+
+def test_single_model_report_renders_in_chromium(single, tmp_path):
+    _, result = single
+    text = result.path.read_text(encoding="utf-8")
     assert_renders_cleanly(result.path, tmp_path, n_images=2 + text.count('src="data:image/jpeg;base64,'))
 
 
 def test_stale_blend_is_reported_not_used(tmp_path, comp):
     exp_dir = build_experiment(tmp_path, comp, models=("m0", "m1"), strengths=(2.0, 1.0))
-    manifest = read_json(exp_dir / "cv" / "m1" / "manifest.json")
-    manifest["seconds"] = 99.0
-    write_json_atomic(exp_dir / "cv" / "m1" / "manifest.json", manifest)
+    m1 = B.load_cv_inputs(exp_dir).results["m1"]
+    write_cv_model(exp_dir, "m1", load_plan(exp_dir), m1.oof, m1.test, seconds=99.0)  # recomputed since the blend
     result = R.write_report(exp_dir, progress=False, warn=lambda _: None)
     assert not result.has_blend
-    assert "the blend cannot be used" in result.notes[0] and "re-run 'kaggle-kit blend'" in result.notes[0]
+    assert "the blend cannot be used" in result.notes[0] and "re-run 'kaggle-kit blend --exp exp'" in result.notes[0]
 
 
 def test_changed_photos_are_reported_and_thumbnails_found_by_id(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import stat
 import sys
 import types
@@ -19,21 +20,28 @@ from typer.testing import CliRunner
 from kaggle_kit import kaggle_api
 from kaggle_kit import submit as S
 from kaggle_kit.artifacts import KitError, save_npy_atomic
-from kaggle_kit.blend import load_blend, run_blend
+from kaggle_kit.blend import run_blend
+from kaggle_kit.store import load_blend
 from kaggle_kit.cli import app
 from test_blend import write_experiment
 
 NOW = datetime(2026, 1, 2, 3, 4, 5)
 
 
+@pytest.fixture(scope="module")
+def blended_once(tmp_path_factory) -> Path:
+    """A working folder holding a blended experiment 'default', made once for the module."""
+    root = tmp_path_factory.mktemp("blended")
+    run_blend(write_experiment(root), warn=lambda m: None)
+    return root
+
+
 @pytest.fixture
-def blended(tmp_path, monkeypatch):
-    """A tmp working folder holding a blended experiment 'default'; returns its exp_dir (relative)."""
-    write_experiment(tmp_path)
+def blended(blended_once, tmp_path, monkeypatch):
+    """A tmp working folder holding a copy of the blended experiment 'default'; returns its exp_dir (relative)."""
+    shutil.copytree(blended_once / "experiments", tmp_path / "experiments")
     monkeypatch.chdir(tmp_path)
-    exp_dir = Path("experiments/default")
-    run_blend(exp_dir, warn=lambda m: None)
-    return exp_dir
+    return Path("experiments/default")
 
 
 def read_rows(path: Path) -> list[list[str]]:
@@ -48,13 +56,13 @@ def submission_order(exp_dir: Path) -> list[str]:
 # ---------------------------------------------------------------------------------------------- the file
 @pytest.mark.parametrize("clip", ["auto", "0.005", "0.0123454"])
 def test_submission_has_every_id_once_in_order_inside_the_clip(blended, clip):
-    s = S.make_submission(blended, exp="default", clip=clip, competition="x", now=NOW)
+    s = S.make_submission(blended, clip=clip, competition="x", now=NOW)
     assert s.path == Path("submissions/default-20260102-030405.csv")
     rows = read_rows(s.path)
     assert rows[0] == ["id", "label"]
     assert [r[0] for r in rows[1:]] == submission_order(blended)
     labels = np.array([float(r[1]) for r in rows[1:]])
-    c = S.resolve_clip(clip, load_blend(blended).manifest)
+    c = S.resolve_clip(clip, load_blend(blended).clip)
     lo, hi = s.label_range
     assert lo >= c and hi == pytest.approx(1 - lo) and lo == pytest.approx(c, abs=1e-6)
     assert np.isfinite(labels).all() and labels.min() >= lo and labels.max() <= hi
@@ -62,7 +70,7 @@ def test_submission_has_every_id_once_in_order_inside_the_clip(blended, clip):
 
 
 def test_accuracy_writes_hard_labels(blended):
-    s = S.make_submission(blended, exp="default", metric="accuracy", name="hard.csv", competition="x")
+    s = S.make_submission(blended, metric="accuracy", name="hard.csv", competition="x")
     rows = read_rows(s.path)
     assert {r[1] for r in rows[1:]} <= {"0", "1"}
     expected = (np.load(blended / "blend" / "test.npy") >= 0.5).astype(int).astype(str).tolist()
@@ -70,17 +78,17 @@ def test_accuracy_writes_hard_labels(blended):
 
 
 def test_never_overwrites(blended):
-    first = S.make_submission(blended, exp="default", name="mine.csv", competition="x")
+    first = S.make_submission(blended, name="mine.csv", competition="x")
     before = first.path.read_bytes()
     with pytest.raises(KitError, match="already exists.*never overwritten"):
-        S.make_submission(blended, exp="default", name="mine.csv", clip="0.01", competition="x")
+        S.make_submission(blended, name="mine.csv", clip="0.01", competition="x")
     assert first.path.read_bytes() == before
 
 
 @pytest.mark.parametrize("name", ["../evil.csv", "a/b.csv", "..csv", ".hidden.csv", "x\\y.csv", "noext"])
 def test_names_that_leave_submissions_are_refused(blended, name):
     with pytest.raises(KitError, match="--name"):
-        S.make_submission(blended, exp="default", name=name, competition="x")
+        S.make_submission(blended, name=name, competition="x")
     assert not Path("evil.csv").exists() and not Path("submissions").exists()
 
 
@@ -93,16 +101,16 @@ def test_nan_prediction_is_refused_naming_the_ids(tmp_path, monkeypatch):
     run_blend(Path("experiments/default"), method="mean", warn=lambda m: None)
     ids = submission_order(Path("experiments/default"))
     with pytest.raises(KitError, match=rf"2 of 60 test predictions are NaN or inf \(ids {ids[2]}, {ids[9]}\)"):
-        S.make_submission(Path("experiments/default"), exp="default", competition="x")
+        S.make_submission(Path("experiments/default"), competition="x")
     assert not Path("submissions").exists() or not list(Path("submissions").iterdir())
 
 
 def test_clip_values_are_checked(blended):
     for bad in ("0.5", "-0.1", "nan", "1e-9"):
         with pytest.raises(KitError, match="--clip must be a number"):
-            S.make_submission(blended, exp="default", clip=bad, competition="x")
+            S.make_submission(blended, clip=bad, competition="x")
     with pytest.raises(KitError, match="'auto' or a number"):
-        S.make_submission(blended, exp="default", clip="high", competition="x")
+        S.make_submission(blended, clip="high", competition="x")
 
 
 def test_grid_clip_bounds_are_on_the_written_grid():
@@ -128,9 +136,9 @@ def test_validation_catches_bad_files(tmp_path, text, problem):
 
 def test_upload_needs_a_message_and_message_needs_upload(blended):
     with pytest.raises(KitError, match="--upload needs -m"):
-        S.make_submission(blended, exp="default", upload=True, competition="x")
+        S.make_submission(blended, upload=True, competition="x")
     with pytest.raises(KitError, match="only used with --upload"):
-        S.make_submission(blended, exp="default", message="hi", competition="x")
+        S.make_submission(blended, message="hi", competition="x")
     assert not Path("submissions").exists()
 
 

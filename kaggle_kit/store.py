@@ -1,0 +1,961 @@
+"""The experiment's on-disk layout: every path, format, manifest key, writer and loader under ``experiments/<exp>/``.
+
+One owner per format: the stages compute, this module writes and reads what they computed. Each loader checks
+everything it can (format, required manifest keys, shapes, dtypes, hashes, results made on another fold plan or
+on since-changed features) and refuses with one line naming the command that makes the file again, spelt as a
+user types it (with ``--exp`` when the experiment is not ``default``). Other modules never build these paths
+or read these manifest keys themselves: they use the functions and the typed records here.
+
+Layout::
+
+    experiments/<exp>/experiment.json     kaggle-kit/experiment/1: the data folder and the positive class
+    experiments/<exp>/lock                held while a command writes (artifacts.experiment_lock)
+    experiments/<exp>/features/<name>/    kaggle-kit/features/1
+        train.npy, test.npy               float32 (n_train, width), (n_test, width)
+        train_flip.npy, test_flip.npy     the same rows on horizontally flipped images (``--tta flip``)
+        ids.json                          the row order: train_ids, train_labels, test_ids
+        .partial/<key>/                   shards of an unfinished extraction
+    experiments/<exp>/folds/              kaggle-kit/folds/1: the one fold plan of the experiment
+        plan.npy                          int8 (repeats, n_train): the fold of each training row per repeat
+        y.npy, ids.json                   int8 (n_train,) labels; train_ids, test_ids
+    experiments/<exp>/cv/<model>/         kaggle-kit/cv/1: one model's cross-validation
+        oof.npy                           float32 (repeats, n_train): out-of-fold P(positive), NaN on left-out rows
+        test.npy                          float32 (n_test,): test P(positive)
+    experiments/<exp>/blend/              kaggle-kit/blend/2
+        oof.npy                           float32 (n_train,): cross-fitted OOF of the calibrated blend
+        oof_uncalibrated.npy              float32 (n_train,): the same before calibration
+        test.npy                          float32 (n_test,): the calibrated blend's test predictions, unclipped
+    experiments/<exp>/report.html         the report page, and its plots as PNG in report/
+
+Every stage folder holds a ``manifest.json``, written last: without it nothing there is finished. A writer
+first drops the old manifest, then writes the arrays (each atomically), then the new manifest, so a crash never
+pairs an old manifest with new arrays.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from kaggle_kit.artifacts import (
+    KitError,
+    check_name,
+    load_npy,
+    new_manifest,
+    read_json,
+    read_manifest,
+    save_npy_atomic,
+    sha256_array,
+    sha256_json,
+    write_bytes_atomic,
+    write_json_atomic,
+)
+
+if TYPE_CHECKING:
+    from kaggle_kit.data import Dataset
+
+EXPERIMENTS = "experiments"
+DEFAULT_EXPERIMENT = "default"
+MANIFEST = "manifest.json"
+
+
+# ------------------------------------------------------------------------------------------------ commands
+def experiment_dir(exp: str, *, root: Path | str = ".") -> Path:
+    """``<root>/experiments/<exp>``, refusing names that could escape it."""
+    return Path(root) / EXPERIMENTS / check_name("experiment", exp)
+
+
+def command(exp_dir: Path, stage: str, *options: str) -> str:
+    """``kaggle-kit STAGE [--exp NAME] OPTIONS...`` as a user types it: the re-run hint of every error here.
+
+    ``--exp`` is named when ``exp_dir`` is ``experiments/<exp>`` for an experiment other than the default (a
+    folder elsewhere cannot be reached with ``--exp``). Options are words, quoted for a shell where needed.
+    """
+    words = ["kaggle-kit", stage]
+    if exp_dir.parent.name == EXPERIMENTS and exp_dir.name != DEFAULT_EXPERIMENT:
+        words += ["--exp", exp_dir.name]
+    return shlex.join([*words, *options])
+
+
+def _read(path: Path, fmt: str, keys: Sequence[str], *, rerun: str) -> dict[str, Any]:
+    """A manifest of format ``fmt`` holding every one of ``keys``; ``rerun`` is the command that rewrites it."""
+    manifest = read_manifest(path, fmt=fmt, rerun=rerun)
+    missing = [key for key in keys if key not in manifest]
+    if missing:
+        raise KitError(f"{path} lacks {', '.join(missing)}; re-run '{rerun}'")
+    return manifest
+
+
+def _finished(root: Path) -> list[str]:
+    """Names of the folders in ``root`` that hold a manifest (finished results), sorted."""
+    return sorted(p.name for p in root.iterdir() if (p / MANIFEST).is_file()) if root.is_dir() else []
+
+
+# ---------------------------------------------------------------------------------------------- experiment
+EXPERIMENT_FORMAT = "kaggle-kit/experiment/1"
+_EXPERIMENT_KEYS = ("data_dir", "positive")
+DEFAULT_DATA = Path("data")
+DEFAULT_POSITIVE = "dog"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """What ``experiment.json`` remembers: the competition folder and the class whose label is 1."""
+
+    data_dir: Path
+    positive: str
+
+
+def load_experiment(exp_dir: Path) -> Experiment | None:
+    """The experiment's remembered settings, or None for a new experiment."""
+    path = exp_dir / "experiment.json"
+    if not path.exists():
+        return None
+    manifest = _read(path, EXPERIMENT_FORMAT, _EXPERIMENT_KEYS, rerun=command(exp_dir, "features", "--data", "DIR"))
+    return Experiment(data_dir=Path(manifest["data_dir"]), positive=str(manifest["positive"]))
+
+
+def save_experiment(exp_dir: Path, *, data_dir: Path, positive: str) -> None:
+    write_json_atomic(exp_dir / "experiment.json",
+                      new_manifest(EXPERIMENT_FORMAT, data_dir=str(data_dir), positive=positive))
+
+
+def experiment_data(exp_dir: Path, *, data: Path | None = None, positive: str | None = None) -> tuple[Path, str]:
+    """The data folder and positive class to use: those given, else the experiment's, else ./data and 'dog'."""
+    remembered = load_experiment(exp_dir)
+    if data is None:
+        data = remembered.data_dir if remembered else DEFAULT_DATA
+    if positive is None:
+        positive = remembered.positive if remembered else DEFAULT_POSITIVE
+    return Path(data), positive
+
+
+def require_experiment(exp_dir: Path) -> Path:
+    """Refuse an experiment that does not exist (before a lock would create its folder)."""
+    if not exp_dir.is_dir():
+        raise KitError(f"experiment {exp_dir} does not exist; run 'kaggle-kit features' and 'kaggle-kit cv' first")
+    return exp_dir
+
+
+# ------------------------------------------------------------------------------------------------ features
+FEATURES_FORMAT = "kaggle-kit/features/1"
+FEATURE_SPLITS = ("train", "test")
+_FEATURES_KEYS = ("key", "name", "backbone", "tta", "width", "image_list_hash", "ids_sha256", "n_train", "n_test",
+                  "files", "shapes", "unreadable", "unreadable_ids")
+EXTERNAL_WEIGHTS = "external"  # weights_kind of features made by another tool (save_feature_set)
+
+
+def features_root(exp_dir: Path) -> Path:
+    """The folder of the experiment's feature sets."""
+    return exp_dir / "features"
+
+
+def features_dir(exp_dir: Path, name: str) -> Path:
+    return features_root(exp_dir) / check_name("feature set", name)
+
+
+def partial_dir(out_dir: Path) -> Path:
+    """Where an unfinished extraction keeps its shards, one subfolder per configuration key."""
+    return out_dir / ".partial"
+
+
+def default_feature_set_name(backbone: str, *, input_size: int, image_size: int) -> str:
+    """``<backbone>``, or ``<backbone>_<size>`` when the image size is not the backbone's own."""
+    return backbone if image_size == input_size else f"{backbone}_{image_size}"
+
+
+def feature_set_names(exp_dir: Path) -> list[str]:
+    """Names of the experiment's finished feature sets, sorted; refuses an experiment without any."""
+    names = _finished(features_root(exp_dir))
+    if not names:
+        raise KitError(f"no cached features in {features_root(exp_dir)}; run 'kaggle-kit features --backbone ...' "
+                       "first")
+    return names
+
+
+def feature_array_files(tta: str) -> dict[str, str]:
+    """Logical array -> file name: 'train', 'test', and with flip TTA 'train_flip', 'test_flip'."""
+    names = {split: f"{split}.npy" for split in FEATURE_SPLITS}
+    if tta == "flip":
+        names.update({f"{split}_flip": f"{split}_flip.npy" for split in FEATURE_SPLITS})
+    return names
+
+
+def feature_array_path(out_dir: Path, logical: str) -> Path:
+    return out_dir / f"{logical}.npy"
+
+
+def _rows(logical: str, n_train: int, n_test: int) -> int:
+    return {"train": n_train, "test": n_test}[logical.split("_")[0]]
+
+
+def features_command(out_dir: Path, manifest: Mapping[str, Any] | None = None, *, force: bool = False) -> str:
+    """The ``kaggle-kit features`` command that makes the feature set in ``out_dir`` again.
+
+    Its options follow the manifest, or without one the folder's name (``resnet50_32``: ``--backbone resnet50
+    --image-size 32``); ``--weights FILE`` stands for the file the manifest knows only by its hash.
+    """
+    from kaggle_kit.backbones import REGISTRY  # subtle: only on the way to an error, so blend never loads it
+
+    manifest = manifest or {}
+    name = out_dir.name
+    backbone = manifest.get("backbone") or next(
+        (b for b in sorted(REGISTRY, key=len, reverse=True)
+         if name == b or (name.startswith(f"{b}_") and name[len(b) + 1:].isdigit())), None)
+    spec = REGISTRY.get(backbone) if backbone else None
+    options = ["--backbone", backbone or "BACKBONE"]
+    size = manifest.get("input_size")
+    if spec is not None and size is None and name != spec.name and not manifest:
+        size = int(name[len(spec.name) + 1:])
+    size = size or (spec.input_size if spec is not None else None)
+    if spec is not None and size != spec.input_size:
+        options += ["--image-size", str(size)]
+    if manifest.get("weights_kind") in ("none", "file"):
+        options += ["--weights", "none" if manifest["weights_kind"] == "none" else "FILE"]
+    if manifest.get("tta") == "flip":
+        options += ["--tta", "flip"]
+    if spec is None or name != default_feature_set_name(spec.name, input_size=spec.input_size, image_size=size):
+        options += ["--name", name]
+    if force:
+        options.append("--force")
+    return command(out_dir.parent.parent, "features", *options)
+
+
+def features_advice(out_dir: Path, manifest: Mapping[str, Any] | None = None, *, force: bool = False) -> str:
+    """What makes the feature set in ``out_dir`` again: "re-run 'kaggle-kit features ...'", or for features
+    made by another tool (:func:`save_feature_set`), that tool."""
+    if manifest and manifest.get("weights_kind") == EXTERNAL_WEIGHTS:
+        return f"write it again with the tool that made it (its note: {manifest.get('weights')!r})"
+    return f"re-run '{features_command(out_dir, manifest, force=force)}'"
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """A finished feature set, memory-mapped: ``arrays`` maps 'train', 'test' (+ '_flip') to (rows, width)
+    float32; ``train_ids``, ``y`` (int8 (n_train,)) and ``test_ids`` give the row order."""
+
+    path: Path
+    manifest: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+    train_ids: tuple[str, ...]
+    y: np.ndarray
+    test_ids: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def key(self) -> str:
+        """Hash of everything the features depend on: cv results record it, and are stale when it changes."""
+        return self.manifest["key"]
+
+    @property
+    def backbone(self) -> str:
+        return self.manifest["backbone"]
+
+    @property
+    def width(self) -> int:
+        return self.manifest["width"]
+
+    @property
+    def tta(self) -> str:
+        return self.manifest["tta"]
+
+    @property
+    def n_train(self) -> int:
+        return self.manifest["n_train"]
+
+    @property
+    def n_test(self) -> int:
+        return self.manifest["n_test"]
+
+    def unreadable(self, split: str) -> frozenset[str]:
+        """The relative files of ``split`` ('train' or 'test') that could not be decoded."""
+        return frozenset(self.manifest["unreadable"][split])
+
+    @property
+    def unreadable_test_ids(self) -> frozenset[str]:
+        return frozenset(self.manifest["unreadable_ids"]["test"])
+
+    @property
+    def images_per_second(self) -> float | None:
+        return self.manifest.get("images_per_second")
+
+    @property
+    def extract_seconds(self) -> float | None:
+        return self.manifest.get("extract_seconds")
+
+
+def _features_manifest(out_dir: Path) -> dict[str, Any]:
+    path = out_dir / MANIFEST
+    if not path.exists():
+        raise KitError(f"{path} does not exist; run '{features_command(out_dir)}' first")
+    manifest = read_manifest(path, fmt=FEATURES_FORMAT, rerun=features_command(out_dir, force=True))
+    missing = [key for key in _FEATURES_KEYS if key not in manifest]
+    if missing:
+        raise KitError(f"{path} lacks {', '.join(missing)}; {features_advice(out_dir, manifest, force=True)}")
+    return manifest
+
+
+def load_features(out_dir: Path, *, image_list_hash: str | None = None) -> FeatureSet:
+    """Load a feature set through its manifest: ids and arrays checked against it; with ``image_list_hash``,
+    refused when the data folder's images are no longer the ones the features were computed on."""
+    manifest = _features_manifest(out_dir)
+    if image_list_hash is not None and manifest["image_list_hash"] != image_list_hash:
+        raise KitError(f"features in {out_dir} were computed on other images than the data folder now holds; "
+                       f"{features_advice(out_dir, manifest)}")
+    again = features_advice(out_dir, manifest, force=True)
+    ids_path = out_dir / "ids.json"
+    ids = read_json(ids_path) if ids_path.exists() else None
+    if ids is None or sha256_json(ids) != manifest["ids_sha256"]:
+        raise KitError(f"{ids_path} does not match its manifest; {again}")
+    arrays = {}
+    for logical in feature_array_files(manifest["tta"]):
+        path = feature_array_path(out_dir, logical)
+        try:
+            arr = load_npy(path)
+        except KitError as exc:
+            raise KitError(f"{exc}; {again}") from None
+        if list(arr.shape) != manifest["shapes"].get(logical) or arr.dtype != np.float32:
+            raise KitError(f"{path} has shape {arr.shape} {arr.dtype}, manifest says {manifest['shapes'].get(logical)}"
+                           f" float32; {again}")
+        arrays[logical] = arr
+    return FeatureSet(path=out_dir, manifest=manifest, arrays=arrays, train_ids=tuple(ids["train_ids"]),
+                      y=np.asarray(ids["train_labels"], dtype=np.int8), test_ids=tuple(ids["test_ids"]))
+
+
+def cached_feature_set(out_dir: Path, key: str) -> FeatureSet | None:
+    """The finished feature set in ``out_dir`` if it was made with ``key`` and is whole, else None."""
+    if not (out_dir / MANIFEST).exists():
+        return None
+    try:
+        features = load_features(out_dir)
+    except KitError:
+        return None  # damaged: recomputed, never trusted
+    return features if features.key == key else None
+
+
+def begin_feature_set(out_dir: Path) -> None:
+    """Drop the manifest before any array of ``out_dir`` is replaced (a crash then leaves nothing finished)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+
+
+def finish_feature_set(out_dir: Path, dataset: Dataset, *, key: str, image_list_hash: str, width: int, tta: str,
+                       unreadable: Mapping[str, Sequence[str]], backbone: str, weights: str, weights_kind: str,
+                       preprocess: str | None, input_size: int | None,
+                       details: Mapping[str, Any] | None = None) -> FeatureSet:
+    """Write ``ids.json`` then ``manifest.json`` beside arrays already in place; return the loaded set.
+
+    ``unreadable`` maps 'train'/'test' to the relative files that could not be decoded (the manifest keeps
+    their ids too: blend keeps the training prior for such test rows); ``details`` are figures of the run
+    (images per second, seconds, versions) kept in the manifest as they are. ``image_list_hash`` is the
+    data set's as it was when the extraction began (so images changed during it make the set stale).
+    """
+    ids = {"train_ids": list(dataset.train_ids), "train_labels": dataset.y.tolist(), "test_ids": list(dataset.test_ids)}
+    write_json_atomic(out_dir / "ids.json", ids)
+    bad = {split: set(unreadable[split]) for split in FEATURE_SPLITS}
+    unreadable_ids = {
+        "train": [i for f, i in zip(dataset.train_files, dataset.train_ids) if f in bad["train"]],
+        "test": [i for f, i in zip(dataset.test_files, dataset.test_ids) if f in bad["test"]],
+    }
+    files = feature_array_files(tta)
+    fields = dict(
+        key=key, name=out_dir.name, tta=tta, width=width, data_dir=str(dataset.root), layout=dataset.layout,
+        classes=list(dataset.classes), positive=dataset.positive, image_list_hash=image_list_hash,
+        ids_sha256=sha256_json(ids), n_train=dataset.n_train, n_test=dataset.n_test,
+        files={**files, "ids": "ids.json"},
+        shapes={k: [_rows(k, dataset.n_train, dataset.n_test), width] for k in files},
+        unreadable={split: list(unreadable[split]) for split in FEATURE_SPLITS}, unreadable_ids=unreadable_ids,
+        backbone=backbone, weights=weights, weights_kind=weights_kind, preprocess=preprocess, input_size=input_size,
+    )
+    clash = set(details or {}) & set(fields)
+    if clash:
+        raise ValueError(f"details may not replace the manifest's own keys {sorted(clash)}")
+    write_json_atomic(out_dir / MANIFEST, new_manifest(FEATURES_FORMAT, **fields, **(details or {})))
+    return load_features(out_dir)
+
+
+def save_feature_set(out_dir: Path, dataset: Dataset, arrays: Mapping[str, np.ndarray], *, key: str,
+                     image_list_hash: str, backbone: str,
+                     weights: str, weights_kind: str, preprocess: str | None = None, input_size: int | None = None,
+                     unreadable: Mapping[str, Sequence[str]] | None = None,
+                     details: Mapping[str, Any] | None = None) -> FeatureSet:
+    """Write a whole feature set from arrays in memory: 'train' (n_train, width), 'test' (n_test, width), and
+    optionally 'train_flip'/'test_flip', rows in ``dataset``'s order (see :func:`finish_feature_set`)."""
+    tta = "flip" if "train_flip" in arrays else "none"
+    if set(arrays) != set(feature_array_files(tta)):
+        raise KitError(f"feature arrays must be {sorted(feature_array_files(tta))}, got {sorted(arrays)}")
+    width = arrays["train"].shape[1]
+    for logical, arr in arrays.items():
+        rows = _rows(logical, dataset.n_train, dataset.n_test)
+        if arr.shape != (rows, width):
+            raise KitError(f"feature array {logical!r} has shape {arr.shape}, expected ({rows}, {width})")
+    begin_feature_set(out_dir)
+    for logical, arr in arrays.items():
+        save_npy_atomic(feature_array_path(out_dir, logical), np.asarray(arr, dtype=np.float32))
+    return finish_feature_set(out_dir, dataset, key=key, image_list_hash=image_list_hash, width=width, tta=tta,
+                              unreadable=unreadable or {"train": [], "test": []}, backbone=backbone, weights=weights,
+                              weights_kind=weights_kind, preprocess=preprocess, input_size=input_size, details=details)
+
+
+def _check_features(exp_dir: Path, model_dir: Path, feature_keys: Mapping[str, str], *,
+                    advice: str) -> frozenset[str] | None:
+    """Refuse a model fitted on feature sets that were extracted again since (``advice``: what to do).
+
+    Returns the ids of the test images its feature sets could not decode, or None when that is not known (a
+    feature set removed since: the model's own result is still whole, so it is used).
+    """
+    prior: set[str] | None = set()
+    for name, key in feature_keys.items():
+        out_dir = features_dir(exp_dir, name)
+        if not (out_dir / MANIFEST).exists():
+            prior = None
+            continue
+        manifest = _features_manifest(out_dir)
+        if manifest["key"] != key:
+            raise KitError(f"the features '{name}' changed after {model_dir} was fitted on them; {advice}")
+        if prior is not None:
+            prior |= set(manifest["unreadable_ids"]["test"])
+    return frozenset(prior) if prior is not None else None
+
+
+# --------------------------------------------------------------------------------------------------- folds
+FOLDS_FORMAT = "kaggle-kit/folds/1"
+_FOLDS_KEYS = ("n_folds", "repeats", "seed", "n_train", "n_test", "plan_sha256", "y_sha256", "ids_sha256")
+
+
+def folds_dir(exp_dir: Path) -> Path:
+    return exp_dir / "folds"
+
+
+def plan_ids_sha256(train_ids: Sequence[str], test_ids: Sequence[str]) -> str:
+    """The hash of the plan's ``ids.json``."""
+    return sha256_json({"train_ids": list(train_ids), "test_ids": list(test_ids)})
+
+
+@dataclass(frozen=True)
+class FoldPlan:
+    """A fold plan: ``plan`` int (repeats, n_train) the fold of each row per repeat (-1: a row left out),
+    ``y`` int8 (n_train,), the ids in the kit's fixed row order (``test_ids`` is the submission order), and the
+    manifest."""
+
+    plan: np.ndarray
+    y: np.ndarray
+    train_ids: tuple[str, ...]
+    test_ids: tuple[str, ...]
+    manifest: dict[str, Any]
+
+    @property
+    def sha256(self) -> str:
+        """The plan's hash: every cv result and blend records the one it was made on."""
+        return self.manifest["plan_sha256"]
+
+    @property
+    def n_folds(self) -> int:
+        return self.manifest["n_folds"]
+
+    @property
+    def repeats(self) -> int:
+        return self.manifest["repeats"]
+
+    @property
+    def seed(self) -> int:
+        return self.manifest["seed"]
+
+    @property
+    def n_train(self) -> int:
+        return self.manifest["n_train"]
+
+    @property
+    def n_test(self) -> int:
+        return self.manifest["n_test"]
+
+    def describe(self) -> str:
+        r = self.repeats
+        return f"{self.n_folds} folds x {r} repeat{'s' if r > 1 else ''}, seed {self.seed}"
+
+    def matches(self, *, y: np.ndarray, train_ids: Sequence[str], test_ids: Sequence[str], n_folds: int,
+                repeats: int, seed: int) -> bool:
+        """True when this plan was made with these settings for these labels and ids."""
+        m = self.manifest
+        return ((m["n_folds"], m["repeats"], m["seed"], m["y_sha256"], m["ids_sha256"])
+                == (n_folds, repeats, seed, sha256_array(np.asarray(y, dtype=np.int8)),
+                    plan_ids_sha256(train_ids, test_ids)))
+
+
+def load_plan(exp_dir: Path) -> FoldPlan:
+    """Load ``<exp>/folds/``, checking every file against the manifest and the manifest's shapes."""
+    out = folds_dir(exp_dir)
+    rerun = command(exp_dir, "cv")
+    manifest = _read(out / MANIFEST, FOLDS_FORMAT, _FOLDS_KEYS, rerun=rerun)
+    plan = np.asarray(load_npy(out / "plan.npy", mmap=False, rerun=rerun))
+    y = np.asarray(load_npy(out / "y.npy", mmap=False, rerun=rerun))
+    if not (out / "ids.json").exists():
+        raise KitError(f"{out / 'ids.json'} does not exist; re-run '{rerun}'")
+    ids = read_json(out / "ids.json")
+    if (sha256_array(plan) != manifest["plan_sha256"] or sha256_array(y) != manifest["y_sha256"]
+            or sha256_json(ids) != manifest["ids_sha256"]):
+        raise KitError(f"the files in {out} do not match its manifest (an interrupted write?); re-run '{rerun}'")
+    # The hashes only prove the files are the ones the manifest was written with; these prove they fit it.
+    problems = _plan_problems(manifest, plan, y, ids)
+    if problems:
+        raise KitError(f"{out}: {'; '.join(problems)}; re-run '{rerun}'")
+    return FoldPlan(plan=plan, y=y.astype(np.int8), train_ids=tuple(map(str, ids["train_ids"])),
+                    test_ids=tuple(map(str, ids["test_ids"])), manifest=manifest)
+
+
+def _plan_problems(manifest: dict[str, Any], plan: np.ndarray, y: np.ndarray, ids: Any) -> list[str]:
+    """What in the plan, labels and ids disagrees with the manifest's n_folds, repeats, n_train and n_test."""
+    n_train, n_test = manifest["n_train"], manifest["n_test"]
+    repeats, n_folds = manifest["repeats"], manifest["n_folds"]
+    problems = []
+    if plan.shape != (repeats, n_train) or plan.dtype.kind not in "iu":
+        problems.append(f"plan.npy is {plan.dtype} {plan.shape}, expected integers ({repeats}, {n_train})")
+    elif plan.size and (plan.min() < -1 or plan.max() >= n_folds):
+        problems.append(f"plan.npy holds folds outside 0..{n_folds - 1} (and -1 for rows left out)")
+    if y.shape != (n_train,) or not np.isin(y, (0, 1)).all():
+        problems.append(f"y.npy is {y.shape}, expected ({n_train},) of 0/1 labels")
+    if (not isinstance(ids, dict) or len(ids.get("train_ids", ())) != n_train
+            or len(ids.get("test_ids", ())) != n_test):
+        problems.append(f"ids.json does not hold {n_train} train_ids and {n_test} test_ids")
+    return problems
+
+
+def has_plan(exp_dir: Path) -> bool:
+    return (folds_dir(exp_dir) / MANIFEST).exists()
+
+
+def write_plan(exp_dir: Path, *, plan: np.ndarray, y: np.ndarray, train_ids: Sequence[str],
+               test_ids: Sequence[str], n_folds: int, repeats: int, seed: int) -> FoldPlan:
+    """Write ``<exp>/folds/`` (replacing any plan there) and return it as loaded.
+
+    ``plan`` int8 (repeats, n_train) from :func:`kaggle_kit.folds.make_plan`; ``y`` (n_train,) 0/1.
+    """
+    y = np.asarray(y, dtype=np.int8)
+    if plan.shape != (repeats, len(y)) or len(train_ids) != len(y):
+        raise ValueError(f"plan {plan.shape}, y {y.shape} and {len(train_ids)} train ids disagree")
+    out = folds_dir(exp_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)
+    save_npy_atomic(out / "plan.npy", plan)
+    save_npy_atomic(out / "y.npy", y)
+    ids = {"train_ids": list(train_ids), "test_ids": list(test_ids)}
+    write_json_atomic(out / "ids.json", ids)
+    manifest = new_manifest(FOLDS_FORMAT, n_folds=n_folds, repeats=repeats, seed=seed,
+                            y_sha256=sha256_array(y), ids_sha256=sha256_json(ids), n_train=len(y),
+                            n_test=len(test_ids), plan_sha256=sha256_array(plan))
+    write_json_atomic(out / MANIFEST, manifest)
+    return FoldPlan(plan=plan, y=y, train_ids=tuple(ids["train_ids"]), test_ids=tuple(ids["test_ids"]),
+                    manifest=manifest)
+
+
+# ------------------------------------------------------------------------------------------------------ cv
+CV_FORMAT = "kaggle-kit/cv/1"
+CONCAT_MODEL = "concat"
+_CV_KEYS = ("model", "head", "features", "feature_keys", "plan_sha256", "key", "scores", "seconds", "n_train",
+            "n_test")
+_SCORE_KEYS = ("oof_logloss", "oof_accuracy")
+
+
+def cv_root(exp_dir: Path) -> Path:
+    """The folder of the experiment's models."""
+    return exp_dir / "cv"
+
+
+def cv_dir(exp_dir: Path, model: str) -> Path:
+    return cv_root(exp_dir) / check_name("model", model)
+
+
+def model_name(feature_set: str, head: str) -> str:
+    """A model's name and folder: ``<feature set>__<head>``, or ``concat__<head>`` on several feature sets."""
+    return f"{feature_set}__{head}"
+
+
+def concat_head_option(head: str) -> str:
+    """The ``--head`` choice that fits ``head`` on feature sets side by side: 'concat' (logreg), 'concat_<head>'."""
+    return "concat" if head == "logreg" else f"concat_{head}"
+
+
+def cv_command(exp_dir: Path, *, model: str, head: str, features: Sequence[str]) -> str:
+    """The command that recomputes one model."""
+    option = concat_head_option(head) if model == model_name(CONCAT_MODEL, head) else head
+    return command(exp_dir, "cv", *(a for f in features for a in ("--backbone", f)), "--head", option)
+
+
+@dataclass(frozen=True)
+class CvResult:
+    """A finished model: ``oof`` float32 (repeats, n_train), ``test`` float32 (n_test,), its manifest, and
+    ``prior_test_ids``: the test images its feature sets could not decode (it gave them the training prior),
+    or None when that is not known."""
+
+    model: str
+    manifest: dict[str, Any]
+    oof: np.ndarray
+    test: np.ndarray
+    prior_test_ids: frozenset[str] | None = None
+    cached: bool = False
+
+    @property
+    def head(self) -> str:
+        return self.manifest["head"]
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return tuple(self.manifest["features"])
+
+    @property
+    def key(self) -> str:
+        """Hash of everything the result depends on (feature keys, plan, settings): equal keys, same result."""
+        return self.manifest["key"]
+
+    @property
+    def plan_sha256(self) -> str:
+        return self.manifest["plan_sha256"]
+
+    @property
+    def scores(self) -> dict[str, Any]:
+        return self.manifest["scores"]
+
+    @property
+    def oof_logloss(self) -> float:
+        return self.manifest["scores"]["oof_logloss"]
+
+    @property
+    def oof_accuracy(self) -> float:
+        return self.manifest["scores"]["oof_accuracy"]
+
+    @property
+    def seconds(self) -> float:
+        return self.manifest["seconds"]
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.manifest["params"]
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the manifest: a blend records it, and is stale when the model is recomputed."""
+        return sha256_json(self.manifest)
+
+
+def _cv_array_problems(oof: np.ndarray, test: np.ndarray, plan: FoldPlan) -> list[str]:
+    shape = (plan.repeats, plan.n_train)
+    problems = []
+    if oof.shape != shape or oof.dtype != np.float32:
+        problems.append(f"oof.npy is {oof.dtype} {oof.shape}, but the experiment has {shape[0]} repeat(s) of "
+                        f"{shape[1]} training images (float32)")
+    if test.shape != (plan.n_test,) or test.dtype != np.float32:
+        problems.append(f"test.npy is {test.dtype} {test.shape}, but the experiment has {plan.n_test} test images "
+                        "(float32)")
+    for name, arr in (("oof.npy", oof), ("test.npy", test)):
+        if not problems and (np.isinf(arr).any() or ((arr < 0) | (arr > 1)).any()):  # NaN compares False: allowed
+            problems.append(f"{name} holds values outside [0, 1]")
+    return problems
+
+
+def write_cv_result(exp_dir: Path, model: str, *, plan: FoldPlan, oof: np.ndarray, test: np.ndarray, head: str,
+                    features: Sequence[str], feature_keys: Mapping[str, str], key: str, params: Mapping[str, Any],
+                    tta_train: bool, tta_predict: bool, scores: Mapping[str, Any], seconds: float,
+                    n_excluded_train: int, n_excluded_test: int) -> CvResult:
+    """Write ``<exp>/cv/<model>/``: ``oof`` float32 (repeats, n_train) and ``test`` float32 (n_test,) P(positive)
+    on ``plan``, made from the feature sets ``features`` (their keys in ``feature_keys``) with ``head``."""
+    oof, test = np.asarray(oof, dtype=np.float32), np.asarray(test, dtype=np.float32)
+    problems = _cv_array_problems(oof, test, plan) + [f"scores lack {k}" for k in _SCORE_KEYS if k not in scores]
+    if problems:
+        raise ValueError(f"cv result {model}: {'; '.join(problems)}")
+    out = cv_dir(exp_dir, model)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)
+    save_npy_atomic(out / "oof.npy", oof)
+    save_npy_atomic(out / "test.npy", test)
+    manifest = new_manifest(
+        CV_FORMAT, model=model, head=head, features=list(features), feature_keys=dict(feature_keys),
+        plan_sha256=plan.sha256, key=key, params=dict(params), tta_train=tta_train, tta_predict=tta_predict,
+        test_average="probability", scores=dict(scores), seconds=seconds, n_excluded_train=n_excluded_train,
+        n_excluded_test=n_excluded_test, n_train=plan.n_train, n_test=plan.n_test,
+    )
+    write_json_atomic(out / MANIFEST, manifest)
+    return CvResult(model=model, manifest=manifest, oof=oof, test=test)
+
+
+def _cv_manifest(exp_dir: Path, model: str) -> dict[str, Any]:
+    out = cv_dir(exp_dir, model)
+    manifest = _read(out / MANIFEST, CV_FORMAT, _CV_KEYS, rerun=command(exp_dir, "cv"))
+    missing = [k for k in _SCORE_KEYS if k not in manifest["scores"]]
+    if manifest["model"] != model or missing:
+        raise KitError(f"{out / MANIFEST} is not the manifest of model '{model}' with its scores; re-run "
+                       f"'{command(exp_dir, 'cv')}'")
+    return manifest
+
+
+def load_cv_result(exp_dir: Path, model: str, *, plan: FoldPlan | None = None) -> CvResult:
+    """Load ``<exp>/cv/<model>/``, refusing a result made on another fold plan than the current one or on
+    feature sets extracted again since, and arrays that do not fit the plan or hold values outside [0, 1]."""
+    plan = load_plan(exp_dir) if plan is None else plan
+    out = cv_dir(exp_dir, model)
+    manifest = _cv_manifest(exp_dir, model)
+    rerun = cv_command(exp_dir, model=model, head=manifest["head"], features=manifest["features"])
+    if manifest["plan_sha256"] != plan.sha256:
+        raise KitError(f"{out} was fitted on another fold plan than the current one in {folds_dir(exp_dir)} "
+                       f"({plan.describe()}); re-run '{rerun}'")
+    prior = _check_features(exp_dir, out, manifest["feature_keys"], advice=f"re-run '{rerun}'")
+    oof, test = load_npy(out / "oof.npy", rerun=rerun), load_npy(out / "test.npy", rerun=rerun)
+    problems = _cv_array_problems(oof, test, plan)
+    if problems:
+        raise KitError(f"{out}: {'; '.join(problems)}; re-run '{rerun}'")
+    return CvResult(model=model, manifest=manifest, oof=oof, test=test, prior_test_ids=prior)
+
+
+def load_cv_results(exp_dir: Path, models: Sequence[str] | None = None, *, plan: FoldPlan | None = None,
+                    warn: Callable[[str], None] = print) -> dict[str, CvResult]:
+    """The named models (default: every finished one, sorted), each loaded by :func:`load_cv_result`.
+
+    A model folder without a manifest is an unfinished cv run: it is left out with a warning.
+    """
+    plan = load_plan(exp_dir) if plan is None else plan
+    if models is None:
+        root = cv_root(exp_dir)
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+            if root.is_dir() else []
+        for folder in folders:
+            if not (folder / MANIFEST).exists():
+                warn(f"warning: {folder} has no manifest.json (an unfinished cv run); it is left out")
+        models = [p.name for p in folders if (p / MANIFEST).exists()]
+        if not models:
+            raise KitError(f"no finished cv results in {root}; run '{command(exp_dir, 'cv')}' first")
+    return {m: load_cv_result(exp_dir, m, plan=plan) for m in models}
+
+
+def cached_cv_result(exp_dir: Path, model: str, *, key: str, plan: FoldPlan) -> CvResult | None:
+    """The finished result of ``model`` if it was made with ``key`` and is whole and current, else None."""
+    if not (cv_dir(exp_dir, model) / MANIFEST).exists():
+        return None
+    try:
+        result = load_cv_result(exp_dir, model, plan=plan)
+    except KitError:
+        return None  # damaged or stale: recomputed
+    return replace(result, cached=True) if result.key == key else None
+
+
+def stale_cv_models(exp_dir: Path, plan: FoldPlan) -> list[str]:
+    """The finished models on disk that were made on another plan than ``plan`` (blend refuses them)."""
+    stale = []
+    for model in _finished(cv_root(exp_dir)):
+        try:
+            manifest = _cv_manifest(exp_dir, model)
+        except KitError:
+            continue
+        if manifest["plan_sha256"] != plan.sha256:
+            stale.append(model)
+    return stale
+
+
+# --------------------------------------------------------------------------------------------------- blend
+BLEND_FORMAT = "kaggle-kit/blend/2"
+_BLEND_KEYS = ("method", "method_scores", "models", "weights", "intercept", "rounds", "calibration", "ladder",
+               "clip", "n_train", "n_test", "n_scored", "n_test_prior", "n_folds", "repeats", "plan_sha256",
+               "inputs", "shapes")
+_BLEND_ARRAYS = ("oof", "oof_uncalibrated", "test")
+
+
+def blend_dir(exp_dir: Path) -> Path:
+    return exp_dir / "blend"
+
+
+@dataclass(frozen=True)
+class LadderStep:
+    """One rung of the blend's ladder: the step, its cross-fitted OOF log loss, and what it did."""
+
+    step: str
+    oof_logloss: float
+    detail: str
+
+
+def _json_scores(scores: Mapping[str, float]) -> dict[str, float | None]:
+    """Scores for JSON: an unusable candidate's inf becomes null (JSON has no infinity)."""
+    return {k: (float(v) if math.isfinite(v) else None) for k, v in scores.items()}
+
+
+@dataclass(frozen=True)
+class BlendRecord:
+    """A finished blend: ``oof`` and ``oof_uncalibrated`` float32 (n_train,) cross-fitted OOF predictions after
+    and before calibration (NaN on rows left out), ``test`` float32 (n_test,) calibrated and unclipped in
+    ``test_ids`` order, and the manifest's settings and scores as attributes."""
+
+    path: Path
+    manifest: dict[str, Any]
+    oof: np.ndarray
+    oof_uncalibrated: np.ndarray
+    test: np.ndarray
+    test_ids: tuple[str, ...]
+
+    @property
+    def method(self) -> str:
+        return self.manifest["method"]
+
+    @property
+    def method_scores(self) -> dict[str, float | None]:
+        """Cross-fitted OOF log loss of each blending method (None: unusable)."""
+        return self.manifest["method_scores"]
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return tuple(self.manifest["models"])
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """Each model's weight (for 'stack', its coefficient on the logit)."""
+        return self.manifest["weights"]
+
+    @property
+    def intercept(self) -> float | None:
+        return self.manifest["intercept"]
+
+    @property
+    def rounds(self) -> int:
+        return self.manifest["rounds"]
+
+    @property
+    def calibration(self) -> str:
+        return self.manifest["calibration"]["kind"]
+
+    @property
+    def calibration_params(self) -> dict[str, float]:
+        return self.manifest["calibration"]["params"]
+
+    @property
+    def calibration_scores(self) -> dict[str, float | None]:
+        return self.manifest["calibration"]["scores"]
+
+    @property
+    def ladder(self) -> tuple[LadderStep, ...]:
+        return tuple(LadderStep(s["step"], s["oof_logloss"], s["detail"]) for s in self.manifest["ladder"])
+
+    @property
+    def clip(self) -> float:
+        """The clip level chosen on the OOF predictions, applied by submit."""
+        return self.manifest["clip"]["chosen"]
+
+    @property
+    def clip_logloss(self) -> float:
+        return self.manifest["clip"]["oof_logloss"]
+
+    @property
+    def n_train(self) -> int:
+        return self.manifest["n_train"]
+
+    @property
+    def n_scored(self) -> int:
+        return self.manifest["n_scored"]
+
+    @property
+    def n_test_prior(self) -> int:
+        return self.manifest["n_test_prior"]
+
+    @property
+    def n_folds(self) -> int:
+        return self.manifest["n_folds"]
+
+    @property
+    def repeats(self) -> int:
+        return self.manifest["repeats"]
+
+
+def write_blend(exp_dir: Path, *, plan: FoldPlan, inputs: Mapping[str, CvResult], oof: np.ndarray,
+                oof_uncalibrated: np.ndarray, test: np.ndarray, method: str, method_scores: Mapping[str, float],
+                weights: Mapping[str, float], intercept: float | None, rounds: int, calibration: str,
+                calibration_params: Mapping[str, float], calibration_scores: Mapping[str, float],
+                ladder: Sequence[LadderStep], clip: float, clip_logloss: float, clip_bounds: Sequence[float],
+                n_scored: int, n_test_prior: int) -> BlendRecord:
+    """Write ``<exp>/blend/`` from the blend of the cv results ``inputs`` on ``plan``; return it as loaded.
+
+    ``oof``/``oof_uncalibrated`` (n_train,) and ``test`` (n_test,) probabilities; scores given as inf (an
+    unusable candidate) are written as null.
+    """
+    arrays = {"oof": oof, "oof_uncalibrated": oof_uncalibrated, "test": test}
+    arrays = {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
+    shapes = {"oof": [plan.n_train], "oof_uncalibrated": [plan.n_train], "test": [plan.n_test]}
+    wrong = [k for k, v in arrays.items() if list(v.shape) != shapes[k]]
+    if wrong:
+        raise ValueError(f"blend arrays {wrong} do not fit the plan's {plan.n_train} train / {plan.n_test} test rows")
+    out = blend_dir(exp_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)
+    for name, arr in arrays.items():
+        save_npy_atomic(out / f"{name}.npy", arr)
+    manifest = new_manifest(
+        BLEND_FORMAT,
+        method=method,
+        method_scores=_json_scores(method_scores),
+        models=list(inputs),
+        weights={m: float(w) for m, w in weights.items()},
+        intercept=intercept,
+        rounds=rounds,
+        calibration={"kind": calibration, "params": dict(calibration_params),
+                     "scores": _json_scores(calibration_scores)},
+        ladder=[{"step": s.step, "oof_logloss": s.oof_logloss, "detail": s.detail} for s in ladder],
+        clip={"chosen": clip, "oof_logloss": clip_logloss, "bounds": list(clip_bounds)},
+        n_train=plan.n_train,
+        n_test=plan.n_test,
+        n_scored=n_scored,
+        n_test_prior=n_test_prior,
+        n_folds=plan.n_folds,
+        repeats=plan.repeats,
+        plan_sha256=plan.sha256,
+        inputs={"cv": {m: r.sha256 for m, r in inputs.items()}},
+        shapes=shapes,
+    )
+    write_json_atomic(out / MANIFEST, manifest)
+    return BlendRecord(path=out, manifest=manifest, test_ids=plan.test_ids, **arrays)
+
+
+def load_blend(exp_dir: Path) -> BlendRecord:
+    """Load ``<exp>/blend/``, refusing a blend made on another fold plan, from cv results recomputed since or
+    on feature sets extracted again since, and arrays that do not fit the plan."""
+    out = blend_dir(exp_dir)
+    rerun = command(exp_dir, "blend")
+    manifest = _read(out / MANIFEST, BLEND_FORMAT, _BLEND_KEYS, rerun=rerun)
+    plan = load_plan(exp_dir)
+    if manifest["plan_sha256"] != plan.sha256:
+        raise KitError(f"{out} was made on another fold plan; re-run '{rerun}'")
+    for model, digest in manifest["inputs"]["cv"].items():
+        path = cv_dir(exp_dir, model) / MANIFEST
+        current = _cv_manifest(exp_dir, model) if path.exists() else None
+        if current is None or sha256_json(current) != digest:
+            raise KitError(f"the cv results of '{model}' changed since {out} was made; re-run '{rerun}'")
+        again = cv_command(exp_dir, model=model, head=current["head"], features=current["features"])
+        _check_features(exp_dir, path.parent, current["feature_keys"], advice=f"re-run '{again}', then '{rerun}'")
+    arrays = {}
+    for name in _BLEND_ARRAYS:
+        arr = np.asarray(load_npy(out / f"{name}.npy", mmap=False, rerun=rerun))
+        expected = (plan.n_train,) if name.startswith("oof") else (plan.n_test,)
+        if arr.shape != expected or arr.dtype != np.float32:
+            raise KitError(f"{out / f'{name}.npy'} is {arr.dtype} {arr.shape}, expected float32 {expected}; "
+                           f"re-run '{rerun}'")
+        arrays[name] = arr
+    return BlendRecord(path=out, manifest=manifest, test_ids=plan.test_ids, **arrays)
+
+
+def has_blend(exp_dir: Path) -> bool:
+    return (blend_dir(exp_dir) / MANIFEST).exists()
+
+
+# -------------------------------------------------------------------------------------------------- report
+def report_page(exp_dir: Path) -> Path:
+    return exp_dir / "report.html"
+
+
+def write_report_files(exp_dir: Path, *, page: str, plots: Mapping[str, bytes]) -> tuple[Path, tuple[Path, ...]]:
+    """Write each plot as ``<exp>/report/<name>.png``, then the page ``<exp>/report.html``; return their paths."""
+    paths = tuple(exp_dir / "report" / f"{name}.png" for name in plots)
+    for path, png in zip(paths, plots.values()):
+        write_bytes_atomic(path, png)
+    write_bytes_atomic(report_page(exp_dir), page.encode("utf-8"))
+    return report_page(exp_dir), paths

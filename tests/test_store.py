@@ -1,0 +1,196 @@
+"""The store: each format's writer and loader agree, the loader refuses what does not fit, and every re-run hint
+is a command line the CLI accepts."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+
+from conftest import make_competition
+from kaggle_kit import store
+from kaggle_kit.artifacts import KitError, new_manifest, write_json_atomic
+from kaggle_kit.cli import app
+from kaggle_kit.data import discover
+from kaggle_kit.folds import ensure_plan
+
+
+def parses(command_line: str) -> dict:
+    """The options ``kaggle-kit ...`` would run with; raises click's UsageError if the CLI refuses the line."""
+    words = shlex.split(command_line)
+    assert words[0] == "kaggle-kit"
+    group = typer.main.get_command(app)
+    with group.make_context("kaggle-kit", words[1:]) as ctx:
+        command = group.get_command(ctx, words[1])
+        assert command is not None, f"no command {words[1]!r}"
+        with command.make_context(words[1], words[2:], parent=ctx) as sub:
+            return {"command": words[1], **sub.params}
+
+
+@pytest.fixture
+def experiment(tmp_path):
+    """experiments/x with a competition of empty image files, one feature set 'alpha' and a fold plan."""
+    dataset = discover(make_competition(tmp_path / "comp", n_per_class=12, n_test=5, empty=True))
+    exp_dir = store.experiment_dir("x", root=tmp_path)
+    rng = np.random.default_rng(0)
+    arrays = {"train": rng.standard_normal((dataset.n_train, 3)).astype(np.float32),
+              "test": rng.standard_normal((dataset.n_test, 3)).astype(np.float32)}
+    store.save_feature_set(store.features_dir(exp_dir, "alpha"), dataset, arrays, key="k1",
+                           image_list_hash=dataset.image_list_hash(), backbone="resnet50", weights="w",
+                           weights_kind="none", input_size=32,
+                           unreadable={"train": [], "test": [dataset.test_files[1]]})
+    store.save_experiment(exp_dir, data_dir=dataset.root, positive="dog")
+    plan, _ = ensure_plan(exp_dir, y=dataset.y, train_ids=dataset.train_ids, test_ids=dataset.test_ids, n_folds=3,
+                          repeats=2, seed=0)
+    return exp_dir, dataset, plan, arrays
+
+
+def write_model(exp_dir: Path, plan, *, model: str = "alpha__logreg", feature_keys=None, oof=None):
+    rng = np.random.default_rng(1)
+    oof = rng.uniform(0.05, 0.95, (plan.repeats, plan.n_train)) if oof is None else oof
+    return store.write_cv_result(
+        exp_dir, model, plan=plan, oof=oof, test=rng.uniform(0, 1, plan.n_test), head="logreg",
+        features=["alpha"], feature_keys={"alpha": "k1"} if feature_keys is None else feature_keys, key="m1",
+        params={}, tta_train=False, tta_predict=False, scores={"oof_logloss": 0.5, "oof_accuracy": 0.7}, seconds=1.0,
+        n_excluded_train=0, n_excluded_test=1)
+
+
+# ------------------------------------------------------------------------------------------ the layout
+def test_the_writers_make_the_documented_layout(experiment):
+    exp_dir, dataset, plan, _ = experiment
+    write_model(exp_dir, plan)
+    from kaggle_kit.blend import run_blend
+
+    run_blend(exp_dir, warn=lambda m: None)
+    files = {p.relative_to(exp_dir).as_posix() for p in exp_dir.rglob("*") if p.is_file()}
+    assert files == {
+        "experiment.json", "lock",
+        "features/alpha/train.npy", "features/alpha/test.npy", "features/alpha/ids.json",
+        "features/alpha/manifest.json",
+        "folds/plan.npy", "folds/y.npy", "folds/ids.json", "folds/manifest.json",
+        "cv/alpha__logreg/oof.npy", "cv/alpha__logreg/test.npy", "cv/alpha__logreg/manifest.json",
+        "blend/oof.npy", "blend/oof_uncalibrated.npy", "blend/test.npy", "blend/manifest.json",
+    }
+    formats = {name: json.loads((exp_dir / name).read_text())["format"] for name in
+               ("experiment.json", "features/alpha/manifest.json", "folds/manifest.json",
+                "cv/alpha__logreg/manifest.json", "blend/manifest.json")}
+    assert formats == {"experiment.json": "kaggle-kit/experiment/1", "features/alpha/manifest.json":
+                       "kaggle-kit/features/1", "folds/manifest.json": "kaggle-kit/folds/1",
+                       "cv/alpha__logreg/manifest.json": "kaggle-kit/cv/1", "blend/manifest.json":
+                       "kaggle-kit/blend/2"}
+
+
+# ------------------------------------------------------------------------------------------------- cv
+def test_a_cv_result_reads_back_as_written_with_its_feature_sets_prior_rows(experiment):
+    exp_dir, dataset, plan, _ = experiment
+    written = write_model(exp_dir, plan)
+    loaded = store.load_cv_result(exp_dir, "alpha__logreg")
+    np.testing.assert_array_equal(loaded.oof, written.oof)
+    np.testing.assert_array_equal(loaded.test, written.test)
+    assert loaded.manifest == json.loads(json.dumps(written.manifest)) and loaded.sha256 == written.sha256
+    assert loaded.prior_test_ids == {dataset.test_ids[1]}  # the test image alpha could not decode
+    assert (loaded.head, loaded.features, loaded.oof_logloss, loaded.seconds) == ("logreg", ("alpha",), 0.5, 1.0)
+
+
+def test_the_cv_writer_refuses_arrays_that_do_not_fit_the_plan(experiment):
+    exp_dir, _, plan, _ = experiment
+    with pytest.raises(ValueError, match=r"oof.npy is float32 \(1, 24\), but the experiment has 2 repeat"):
+        write_model(exp_dir, plan, oof=np.full((1, plan.n_train), 0.5))
+    with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
+        write_model(exp_dir, plan, oof=np.full((2, plan.n_train), 1.5))
+    assert not (store.cv_dir(exp_dir, "alpha__logreg")).exists()
+
+
+def test_a_cv_result_on_re_extracted_features_is_refused_and_not_taken_from_the_cache(experiment):
+    exp_dir, dataset, plan, arrays = experiment
+    write_model(exp_dir, plan)
+    assert store.cached_cv_result(exp_dir, "alpha__logreg", key="m1", plan=plan).cached
+    store.save_feature_set(store.features_dir(exp_dir, "alpha"), dataset, arrays, key="k2",
+                           image_list_hash=dataset.image_list_hash(), backbone="resnet50", weights="w",
+                           weights_kind="none", input_size=32)
+    with pytest.raises(KitError, match=r"the features 'alpha' changed after .*alpha__logreg was fitted on them; "
+                                       r"re-run 'kaggle-kit cv --exp x --backbone alpha --head logreg'$"):
+        store.load_cv_result(exp_dir, "alpha__logreg")
+    assert store.cached_cv_result(exp_dir, "alpha__logreg", key="m1", plan=plan) is None
+
+
+def test_a_cv_manifest_lacking_keys_is_refused_naming_them(experiment):
+    exp_dir, _, plan, _ = experiment
+    path = store.cv_dir(exp_dir, "alpha__logreg") / "manifest.json"
+    write_json_atomic(path, new_manifest(store.CV_FORMAT, model="alpha__logreg", plan_sha256=plan.sha256))
+    with pytest.raises(KitError, match="lacks head, features, feature_keys, key, scores, seconds, n_train, n_test; "
+                                       "re-run 'kaggle-kit cv --exp x'"):
+        store.load_cv_result(exp_dir, "alpha__logreg")
+
+
+# ---------------------------------------------------------------------------------------------- blend
+def test_a_blend_of_the_previous_format_is_refused_with_the_command_that_remakes_it(experiment):
+    exp_dir, _, plan, _ = experiment
+    write_model(exp_dir, plan)
+    from kaggle_kit.blend import run_blend
+
+    run_blend(exp_dir, warn=lambda m: None)
+    path = store.blend_dir(exp_dir) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    write_json_atomic(path, {**manifest, "format": "kaggle-kit/blend/1"})
+    with pytest.raises(KitError, match=r"has format 'kaggle-kit/blend/1', expected 'kaggle-kit/blend/2'; "
+                                       r"re-run 'kaggle-kit blend --exp x'"):
+        store.load_blend(exp_dir)
+    write_json_atomic(path, manifest)
+    (store.blend_dir(exp_dir) / "oof_uncalibrated.npy").unlink()
+    with pytest.raises(KitError, match="oof_uncalibrated.npy.*re-run 'kaggle-kit blend --exp x'"):
+        store.load_blend(exp_dir)
+
+
+# ----------------------------------------------------------------------------------------- re-run hints
+def test_every_re_run_hint_is_a_command_line_the_cli_accepts(tmp_path):
+    x, default = store.experiment_dir("x", root=tmp_path), store.experiment_dir("default", root=tmp_path)
+    hints = {
+        store.command(x, "blend"): {"command": "blend", "exp": "x"},
+        store.command(default, "cv"): {"command": "cv", "exp": "default"},
+        store.cv_command(x, model="a__mlp", head="mlp", features=["a"]):
+            {"command": "cv", "exp": "x", "backbone": ["a"]},
+        store.cv_command(default, model="concat__mlp", head="mlp", features=["a", "b"]):
+            {"command": "cv", "backbone": ["a", "b"]},
+        store.features_command(store.features_dir(x, "resnet50_32")):
+            {"command": "features", "exp": "x", "backbone": "resnet50", "image_size": 32, "name": None},
+        store.features_command(store.features_dir(default, "mine"), {"backbone": "squeezenet", "input_size": 227,
+                                                                      "weights_kind": "file", "tta": "flip"}):
+            {"command": "features", "backbone": "squeezenet", "image_size": None, "weights": "FILE", "name": "mine"},
+        store.features_command(store.features_dir(default, "efficientnet_lite0"), {
+            "backbone": "efficientnet_lite0", "input_size": 320, "weights_kind": "imagenet", "tta": "none"},
+            force=True): {"command": "features", "backbone": "efficientnet_lite0", "name": None, "force": True},
+    }
+    for hint, expected in hints.items():
+        params = parses(hint)
+        assert {k: params[k] for k in expected} | {"command": params["command"]} == expected, hint
+    assert [h.value for h in parses(store.cv_command(default, model="concat__mlp", head="mlp",
+                                                     features=["a", "b"]))["head"]] == ["concat_mlp"]
+    assert parses(store.features_command(store.features_dir(default, "mine"), {"backbone": "squeezenet",
+                                                                                "tta": "flip"}))["tta"].value == "flip"
+
+
+def test_a_features_hint_falls_back_to_the_folder_name_without_a_manifest(tmp_path):
+    exp_dir = store.experiment_dir("default", root=tmp_path)
+    assert store.features_command(store.features_dir(exp_dir, "xception")) == "kaggle-kit features --backbone xception"
+    assert (store.features_command(store.features_dir(exp_dir, "odd")) ==
+            "kaggle-kit features --backbone BACKBONE --name odd")
+    with pytest.raises(KitError, match=r"manifest.json does not exist; run 'kaggle-kit features --backbone resnet50 "
+                                       r"--image-size 64' first"):
+        store.load_features(store.features_dir(exp_dir, "resnet50_64"))
+
+
+def test_the_experiment_remembers_its_data_and_a_damaged_one_says_what_to_run(tmp_path):
+    exp_dir = store.experiment_dir("x", root=tmp_path)
+    assert store.load_experiment(exp_dir) is None
+    assert store.experiment_data(exp_dir) == (Path("data"), "dog")
+    store.save_experiment(exp_dir, data_dir=Path("/comp"), positive="cat")
+    assert store.experiment_data(exp_dir) == (Path("/comp"), "cat")
+    assert store.experiment_data(exp_dir, data=Path("other"), positive="dog") == (Path("other"), "dog")
+    write_json_atomic(exp_dir / "experiment.json", new_manifest(store.EXPERIMENT_FORMAT, data_dir="/comp"))
+    with pytest.raises(KitError, match="lacks positive; re-run 'kaggle-kit features --exp x --data DIR'"):
+        store.load_experiment(exp_dir)
