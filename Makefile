@@ -6,11 +6,11 @@ BIN := $(VENV)/bin
 KK := $(BIN)/kaggle-kit
 DATA ?=
 
-.PHONY: help install test demo bench clean
+.PHONY: help install test test-fast demo bench clean
 
 ## help: list the targets (the default goal)
 help:
-	@awk '/^## /{sub(/^## /, ""); split($$0, a, ": "); printf "  make %-9s %s\n", a[1], substr($$0, length(a[1]) + 3)}' $(MAKEFILE_LIST)
+	@awk '/^## /{sub(/^## /, ""); split($$0, a, ": "); printf "  make %-10s %s\n", a[1], substr($$0, length(a[1]) + 3)}' $(MAKEFILE_LIST)
 
 ## install: create .venv and install kaggle-kit with its test extras
 install: $(VENV)/.installed
@@ -26,6 +26,10 @@ test: install
 	@command -v chromium >/dev/null || { echo "installing Debian's chromium (the report tests open the page in it)"; \
 		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 	$(BIN)/pytest -q
+
+## test-fast: the tests not marked slow (no photo-heavy, backbone-building or Chromium tests), under 2 minutes
+test-fast: install
+	$(BIN)/pytest -q -m "not slow"
 
 ## demo: install, then run the whole pipeline (DATA=dir for your own competition folder)
 demo: install

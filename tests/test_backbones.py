@@ -28,6 +28,7 @@ def test_unknown_backbone_lists_the_valid_names():
     assert info.value.code == 2
 
 
+@pytest.mark.slow  # builds every Keras backbone
 @pytest.mark.parametrize("name", KERAS_APPS)
 def test_every_keras_backbone_builds_and_has_the_documented_width(name):
     import keras
@@ -40,12 +41,14 @@ def test_every_keras_backbone_builds_and_has_the_documented_width(name):
     keras.backend.clear_session()
 
 
+@pytest.mark.slow  # builds Keras models
 def test_extractor_runs_on_a_uint8_batch():
     model = build_extractor(REGISTRY["mobilenet_v3_small"], image_size=32, weights=NONE)
     out = np.asarray(model.predict_on_batch(np.zeros((3, 32, 32, 3), np.uint8)))
     assert out.shape == (3, 576) and out.dtype == np.float32 and np.isfinite(out).all()
 
 
+@pytest.mark.slow  # builds Keras models
 @pytest.mark.parametrize("name", sorted({b.name for b in REGISTRY.values() if b.keras_module}))
 def test_in_graph_preprocessing_equals_keras_preprocess_input(name):
     b = REGISTRY[name]
@@ -55,6 +58,7 @@ def test_in_graph_preprocessing_equals_keras_preprocess_input(name):
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.slow  # builds Keras models
 def test_caffe_preprocessing_swaps_channels():
     x = np.zeros((1, 1, 1, 3), np.uint8)
     x[..., 0] = 200  # red
@@ -74,6 +78,7 @@ def test_weights_resolution(tmp_path):
         resolve_weights(b, str(tmp_path / "missing.h5"))
 
 
+@pytest.mark.slow  # builds a Keras model
 def test_a_weights_file_that_does_not_fit_is_one_line(tmp_path):
     f = tmp_path / "w.h5"
     f.write_bytes(b"not really weights")

@@ -57,6 +57,7 @@ def test_tensorflow_start_up_lines_are_dropped_and_everything_else_is_kept(capfd
     assert capfd.readouterr().err.splitlines() == kept
 
 
+@pytest.mark.slow  # starts TensorFlow in a subprocess
 def test_features_prints_no_tensorflow_or_absl_line(tmp_path):
     comp = make_competition(tmp_path / "comp", n_per_class=3, n_test=2)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_", "GLOG_", "ABSL"))}
@@ -114,6 +115,7 @@ def test_invalid_experiment_name_is_refused(workdir, small_comp):
     assert result.exit_code == 2 and "invalid experiment name" in result.stderr
 
 
+@pytest.mark.slow  # runs a Keras backbone over photos
 def test_features_then_cached_and_the_experiment_remembers_its_data(workdir, small_comp):
     args = ["features", "--backbone", "resnet50", "--weights", "none", "--image-size", "32", "-q"]
     first = runner.invoke(app, [*args, "--data", str(small_comp)])

@@ -166,6 +166,7 @@ def test_demo_refuses_a_bad_experiment_name_in_one_line(tmp_path, monkeypatch):
     assert result.stderr.strip().count("\n") == 0 and not (tmp_path / "cache").exists()
 
 
+@pytest.mark.slow  # runs EfficientNet-Lite0 over photos
 # ------------------------------------------------------------------------------------------ end to end
 def test_smoke_run_end_to_end(tmp_path, monkeypatch):
     """The whole offline demo on a tiny synthetic competition: labelled, scored, the submission path last."""

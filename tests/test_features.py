@@ -49,6 +49,7 @@ class CountingExtractor:
         return self
 
 
+@pytest.mark.slow  # runs a Keras backbone over photos
 def test_rows_follow_ids_and_last_partial_batch_is_included(small_comp, tmp_path):
     ds = discover(small_comp)  # 20 train, 6 test: batch 4 and shard 8 leave partial batches and shards
     res = extract_features(ds, tmp_path / "f", settings(tta="flip"), progress=False)
@@ -68,6 +69,7 @@ def test_rows_follow_ids_and_last_partial_batch_is_included(small_comp, tmp_path
     assert m["images_per_second"] > 0 and m["unreadable"] == {"train": [], "test": []}
 
 
+@pytest.mark.slow  # runs a Keras backbone over photos
 def test_cache_reuse_and_invalidation(small_comp, tmp_path, monkeypatch):
     ds = discover(small_comp)
     out = tmp_path / "f"
@@ -85,6 +87,7 @@ def test_cache_reuse_and_invalidation(small_comp, tmp_path, monkeypatch):
     assert not other_size.cached and other_size.features.manifest["input_size"] == 40
 
 
+@pytest.mark.slow  # runs a Keras backbone over photos
 def test_resume_after_interruption_equals_a_clean_run(small_comp, tmp_path, monkeypatch):
     ds = discover(small_comp)
     clean = load_features(extract_features(ds, tmp_path / "clean", settings(), progress=False).out_dir)
@@ -109,6 +112,7 @@ def test_resume_after_interruption_equals_a_clean_run(small_comp, tmp_path, monk
     assert not (out / ".partial").exists()
 
 
+@pytest.mark.slow  # runs a Keras backbone over photos
 def test_damaged_shard_is_recomputed_not_trusted(small_comp, tmp_path, monkeypatch):
     ds = discover(small_comp)
     out = tmp_path / "f"
@@ -122,6 +126,7 @@ def test_damaged_shard_is_recomputed_not_trusted(small_comp, tmp_path, monkeypat
     assert counter.images == 4 + 28  # warm-up, then everything recomputed: 26 rows + 2 padding
 
 
+@pytest.mark.slow  # runs a Keras backbone over photos
 def test_load_features_refuses_changed_images(small_comp, tmp_path):
     ds = discover(small_comp)
     res = extract_features(ds, tmp_path / "f", settings(), progress=False)

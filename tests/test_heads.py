@@ -14,6 +14,8 @@ from kaggle_kit.metrics import log_loss
 
 # The mlp settings of these tests: a few fast epochs are enough to show the properties.
 QUICK_MLP = MlpSettings(hidden=32, learning_rate=1e-2, min_steps=4, max_epochs=30, patience=5)
+# The mlp head trains Keras networks (TensorFlow starts): slow on a loaded 2-core machine.
+HEAD_CASES = [(fit_logreg, LogregSettings()), pytest.param(fit_mlp, QUICK_MLP, marks=pytest.mark.slow)]
 
 
 def random_problem(n: int = 600, d: int = 50, seed: int = 0):
@@ -29,16 +31,14 @@ def separable_problem(n: int = 600, d: int = 50, seed: int = 1):
     return X, y, fold
 
 
-@pytest.mark.parametrize("fit,settings", [(fit_logreg, LogregSettings()), (fit_mlp, QUICK_MLP)],
-                         ids=["logreg", "mlp"])
+@pytest.mark.parametrize("fit,settings", HEAD_CASES, ids=["logreg", "mlp"])
 def test_random_labels_score_log2_out_of_fold(fit, settings):
     X, y, fold = random_problem()
     out = fit([X], y, fold, [X[:10]], settings=settings, seed=0)
     assert abs(log_loss(y, out.oof) - math.log(2)) < 0.03
 
 
-@pytest.mark.parametrize("fit,settings", [(fit_logreg, LogregSettings()), (fit_mlp, QUICK_MLP)],
-                         ids=["logreg", "mlp"])
+@pytest.mark.parametrize("fit,settings", HEAD_CASES, ids=["logreg", "mlp"])
 def test_a_separating_feature_gives_a_small_oof_log_loss(fit, settings):
     X, y, fold = separable_problem()
     out = fit([X], y, fold, [X[:50]], settings=settings, seed=0)
@@ -46,8 +46,7 @@ def test_a_separating_feature_gives_a_small_oof_log_loss(fit, settings):
     assert np.mean((out.test > 0.5) == y[:50]) > 0.95
 
 
-@pytest.mark.parametrize("fit,settings", [(fit_logreg, LogregSettings()), (fit_mlp, QUICK_MLP)],
-                         ids=["logreg", "mlp"])
+@pytest.mark.parametrize("fit,settings", HEAD_CASES, ids=["logreg", "mlp"])
 def test_flipped_twins_of_held_out_rows_never_train(fit, settings):
     # Random labels and a second view that is each row again plus a little noise: a model that saw a held-out
     # row's twin could memorise its label (many features, few rows) and score far below log 2.
@@ -58,8 +57,7 @@ def test_flipped_twins_of_held_out_rows_never_train(fit, settings):
     assert log_loss(y, out.oof) > math.log(2) - 0.03
 
 
-@pytest.mark.parametrize("fit,settings", [(fit_logreg, LogregSettings()), (fit_mlp, QUICK_MLP)],
-                         ids=["logreg", "mlp"])
+@pytest.mark.parametrize("fit,settings", HEAD_CASES, ids=["logreg", "mlp"])
 def test_a_fold_is_predicted_by_a_model_that_never_saw_its_labels(fit, settings):
     X, y, fold = separable_problem(n=300, d=20)
     before = fit([X], y, fold, [X[:5]], settings=settings, seed=0).oof
@@ -106,6 +104,7 @@ def test_logreg_picks_weaker_regularisation_for_stronger_signal():
     assert min(clear) > max(noisy)
 
 
+@pytest.mark.slow  # trains Keras networks
 def test_the_same_seed_gives_the_same_predictions():
     X, y, fold = random_problem(n=200, d=10)
     a = fit_mlp([X], y, fold, [X[:10]], settings=QUICK_MLP, seed=3)

@@ -50,6 +50,7 @@ def kill_when(proc, condition, *, timeout=300):
     proc.wait()
 
 
+@pytest.mark.slow  # runs a Keras backbone over photos, in subprocesses
 def test_sigkill_during_features_then_resume_equals_a_clean_run(tmp_path):
     comp = make_competition(tmp_path / "comp", n_per_class=30, n_test=12)
     finish(kit([*FEATURE_ARGS, "--data", str(comp), "--exp", "clean"], tmp_path))
@@ -97,6 +98,7 @@ def finished_models(exp_dir: Path) -> set[str]:
     return {p.parent.name for p in (exp_dir / "cv").glob("*/manifest.json")}
 
 
+@pytest.mark.slow  # runs the kit in subprocesses, killed and run again
 def test_sigkill_during_cv_then_rerun_equals_a_clean_run(tmp_path):
     dataset = synthetic_experiments(tmp_path, ["clean", "killed"])
     clean_dir, exp_dir = experiment_dir("clean", root=tmp_path), experiment_dir("killed", root=tmp_path)
@@ -166,6 +168,7 @@ def kit_paused(args, cwd: Path, *, target: str, file_name: str | None, marker: P
                             stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow  # runs the kit in subprocesses, killed and run again
 def test_sigkill_during_blend_and_submit_leaves_nothing_half_written(tmp_path, monkeypatch):
     dataset = synthetic_experiments(tmp_path, ["default"], n_per_class=60, n_test=10, width=8)
     exp_dir = experiment_dir("default", root=tmp_path)
@@ -214,6 +217,7 @@ def test_taking_the_lock_removes_what_killed_runs_left_half_written(tmp_path):
         assert all(p.exists() for p in kept)
 
 
+@pytest.mark.slow  # runs a Keras backbone over photos, in subprocesses
 def test_a_second_process_on_a_busy_experiment_refuses_with_exit_3(tmp_path):
     comp = make_competition(tmp_path / "comp", n_per_class=30, n_test=12)
     first = kit([*FEATURE_ARGS, "--data", str(comp), "--exp", "busy"], tmp_path)
@@ -246,6 +250,7 @@ def invoke_ok(args):
     return result
 
 
+@pytest.mark.slow  # runs a Keras backbone over photos, in subprocesses
 def test_stale_results_are_refused_naming_the_command_that_recomputes_them(tmp_path, monkeypatch):
     comp = make_competition(tmp_path / "comp", n_per_class=10, n_test=6)
     monkeypatch.chdir(tmp_path)

@@ -149,6 +149,7 @@ def messy(tmp_path_factory) -> MessyRun:
     return MessyRun(root=root, comp=comp.resolve(), results=results)
 
 
+@pytest.mark.slow  # runs a Keras backbone over photos
 def test_every_stage_succeeds_without_a_traceback(messy):
     for step, result in messy.results.items():
         assert result.exit_code == 0, f"{step}: {result.output}"
@@ -156,6 +157,7 @@ def test_every_stage_succeeds_without_a_traceback(messy):
     assert (messy.root / "submissions" / "messy.csv").is_file()
 
 
+@pytest.mark.slow  # runs a Keras backbone over photos
 def test_every_bad_file_is_named_in_a_warning_and_every_good_one_is_used(messy):
     err = messy.results["features"].stderr
     lines = err.strip().splitlines()
@@ -193,6 +195,7 @@ def read_submission(run: MessyRun) -> list[list[str]]:
         return list(csv.reader(fh))
 
 
+@pytest.mark.slow  # runs a Keras backbone over photos
 def test_the_submission_has_every_test_id_once_with_labels_in_range(messy):
     rows = read_submission(messy)
     assert rows[0] == ["id", "label"]
@@ -203,6 +206,7 @@ def test_the_submission_has_every_test_id_once_with_labels_in_range(messy):
     assert np.isfinite(labels).all() and labels.min() >= clip and labels.max() <= 1 - clip
 
 
+@pytest.mark.slow  # runs a Keras backbone over photos
 def test_an_unreadable_test_image_gets_the_training_prior(messy):
     readable = [c for c in CASES if c.rel.startswith("train/") and c.fate == "used" and "." in Path(c.rel).stem]
     n_dog = N_PER_CLASS + sum(Path(c.rel).name.startswith("dog.") for c in readable)
@@ -216,6 +220,7 @@ def test_an_unreadable_test_image_gets_the_training_prior(messy):
     assert not np.allclose(others, prior, atol=1e-6)  # the readable ones got predictions of their own
 
 
+@pytest.mark.slow  # runs a Keras backbone over photos
 # ------------------------------------------------------------------------------------------- the decoder
 def test_a_huge_jpeg_with_a_small_file_is_decoded_at_reduced_scale(messy, monkeypatch):
     path = messy.comp / "train" / "dog.16.jpg"
@@ -268,6 +273,7 @@ def test_an_unusable_folder_stops_with_one_line_and_exit_2(tmp_path, monkeypatch
     assert not (tmp_path / "experiments").exists()  # a refused run leaves nothing behind
 
 
+@pytest.mark.slow  # runs a Keras backbone over photos
 @pytest.mark.parametrize("what", ["every dog unreadable", "too few images for the inner folds"])
 def test_cv_on_unusable_training_rows_is_one_line_exit_2(tmp_path, monkeypatch, what):
     comp = tmp_path / "comp"

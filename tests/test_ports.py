@@ -255,6 +255,7 @@ def _numpy_lite0_logits(sd: dict[str, np.ndarray], image: np.ndarray) -> np.ndar
     return sd["_fc.weight"] @ x.mean(axis=(1, 2)) + sd["_fc.bias"]
 
 
+@pytest.mark.slow  # builds Keras models
 def test_lite0_equals_the_pytorch_forward_pass(lite0_state):
     # subtle: a non-square input of mixed parity catches swapped kernel axes and symmetric padding, which a
     # square 224 input with global pooling would forgive.
@@ -265,6 +266,7 @@ def test_lite0_equals_the_pytorch_forward_pass(lite0_state):
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-3 * np.abs(want).max())
 
 
+@pytest.mark.slow  # builds Keras models
 def test_lite0_has_the_published_size_and_1280_pooled_features():
     with_top = ports.build_efficientnet_lite0(input_shape=(96, 96, 3), weights=RANDOM, include_top=True)
     assert sum(int(np.prod(w.shape)) for w in with_top.trainable_weights) == 4_652_008  # timm's count
@@ -279,6 +281,7 @@ def hundred_photos() -> tuple[np.ndarray, np.ndarray]:
     return _decode_all(paths, 224), np.repeat([0, 1], 50)
 
 
+@pytest.mark.slow  # a hundred ImageNet photos through Lite0 at 224 px
 @needs_shared
 def test_lite0_names_the_imagenet_family_of_cat_and_dog_photos(hundred_photos):
     images, labels = hundred_photos
@@ -292,6 +295,7 @@ def test_lite0_names_the_imagenet_family_of_cat_and_dog_photos(hundred_photos):
     assert right.mean() >= 0.80
 
 
+@pytest.mark.slow  # a hundred ImageNet photos through Lite0 at 224 px
 @needs_shared
 def test_lite0_kernels_are_oriented_as_trained(hundred_photos):
     """The NumPy reference pins the graph to PyTorch's semantics; this pins those semantics to the weights:
@@ -317,6 +321,7 @@ def test_lite0_kernels_are_oriented_as_trained(hundred_photos):
     assert as_loaded >= max(transposed, rotated) + 10, (as_loaded, transposed, rotated)  # measured 86, 71, 64
 
 
+@pytest.mark.slow  # a hundred ImageNet photos through Lite0 at 224 px
 @needs_shared
 def test_lite0_preprocessing_reproduces_the_training_statistics(hundred_photos):
     """The stem's batch norm stores the mean of its input over ImageNet; on real photos, the right preprocessing
@@ -333,6 +338,7 @@ def test_lite0_preprocessing_reproduces_the_training_statistics(hundred_photos):
     assert error["tf"] < 0.05 < error["torch"]  # measured 0.015 and 0.146
 
 
+@pytest.mark.slow  # builds Keras models
 @pytest.mark.parametrize("state, fragments", [
     ({"_bn0.weight": np.ones(32, np.float32)}, ["'_conv_stem.weight'", "missing"]),
     ({"_conv_stem.weight": np.ones((32, 3, 5, 5), np.float32)}, ["'_conv_stem.weight'", "(32, 3, 5, 5)",
@@ -345,6 +351,7 @@ def test_lite0_refuses_a_missing_or_misshapen_tensor(tmp_path, monkeypatch, stat
     _assert_one_line_kit_error(excinfo, *fragments)
 
 
+@pytest.mark.slow  # builds Keras models
 def test_lite0_refuses_an_unused_tensor_but_not_the_top_it_was_asked_to_drop(tmp_path, monkeypatch, lite0_state):
     path = tmp_path / "extra.pth"
     write_legacy_pth(path, {**lite0_state, "_extra.weight": np.ones(3, np.float32)}, monkeypatch)
@@ -365,12 +372,14 @@ def test_squeezenet_imagenet_weights_point_to_the_file():
     _assert_one_line_kit_error(excinfo, "not downloadable", "--weights", "squeezenet_v1.1_imagenet_notop.h5")
 
 
+@pytest.mark.slow  # builds Keras models
 def test_squeezenet_smallest_input_gives_512_features():
     size = get_backbone("squeezenet").min_size
     model = ports.build_squeezenet(input_shape=(size, size, 3), weights=RANDOM)
     assert np.asarray(model(np.zeros((2, size, size, 3), np.float32))).shape == (2, 512)
 
 
+@pytest.mark.slow  # builds Keras models
 @needs_shared
 @pytest.mark.parametrize("damage", [lambda data: data[: len(data) // 2], lambda data: b"\x89HDF garbage" * 100],
                          ids=["truncated", "garbage"])
@@ -405,6 +414,7 @@ def _logistic_accuracy(base, photos) -> float:
     return float((head.predict(features_test) == y_test).mean())
 
 
+@pytest.mark.slow  # hundreds of mini photos through SqueezeNet, twice
 @needs_shared
 def test_squeezenet_pretrained_features_separate_cats_from_dogs(mini_photos):
     import keras
@@ -431,6 +441,7 @@ def test_ports_are_registry_entries_whose_builders_load_on_use():
         assert not backbone.is_keras_application and backbone.keras_module is None
 
 
+@pytest.mark.slow  # builds Keras models
 @needs_shared
 @pytest.mark.parametrize("name, weights", [("squeezenet", str(SQUEEZENET_H5)), ("efficientnet_lite0", "imagenet")])
 def test_registered_extractors_take_uint8_and_give_their_width(name, weights):

@@ -233,6 +233,7 @@ def chromium_check(page: Path, tmp_path: Path) -> dict:
     return result
 
 
+@pytest.mark.slow  # opens Chromium
 def test_the_chromium_check_catches_a_broken_image_and_a_console_error(tmp_path):
     page = tmp_path / "broken.html"
     import cv2
@@ -270,6 +271,7 @@ def test_blended_report_is_one_self_contained_page_with_a_full_gallery(blended):
     assert n_thumbs == text.count('class="card"') == R.N_MISTAKES  # the synthetic blend makes more mistakes
 
 
+@pytest.mark.slow  # opens Chromium
 def test_blended_report_renders_in_chromium_with_every_image_loaded(blended, tmp_path):
     _, result = blended
     assert_renders_cleanly(result.path, tmp_path, n_images=2 + R.N_MISTAKES)
@@ -373,6 +375,7 @@ def test_single_model_report_says_what_is_missing(single):
     assert all(p.exists() for p in result.plots)
 
 
+@pytest.mark.slow  # opens Chromium
 def test_single_model_report_renders_in_chromium(single, tmp_path):
     _, result = single
     text = result.path.read_text(encoding="utf-8")
