@@ -16,6 +16,7 @@ from typing import Optional
 import typer
 
 from kaggle_kit.artifacts import KitError
+from kaggle_kit.decoders import DECODERS
 
 # TensorFlow's C++ start-up chatter would bury the kit's own messages; users can still set their own level.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -38,6 +39,9 @@ DataOption = typer.Option(
 class Tta(str, Enum):
     none = "none"
     flip = "flip"
+
+
+Decoder = Enum("Decoder", {name: name for name in DECODERS}, type=str)
 
 
 def _err(message: str) -> None:
@@ -87,6 +91,10 @@ def features(
     positive: Optional[str] = typer.Option(None, "--positive", help="Class whose label is 1 (default: dog)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decoder threads (default: CPU count)."),
+    decoder: Decoder = typer.Option(
+        "opencv", "--decoder",
+        help="'opencv': CPU threads. 'dali': JPEG decoding and resizing on an NVIDIA GPU (pip install 'kaggle-kit\\[dali]').",
+    ),
     shard_size: int = typer.Option(1024, "--shard-size", min=1, help="Images per resumable shard."),
     name: Optional[str] = typer.Option(None, "--name", help="Feature set name (default: backbone[_size])."),
     force: bool = typer.Option(False, "--force", help="Recompute even if a matching cache exists."),
@@ -106,7 +114,7 @@ def features(
     size = image_size or spec.input_size
     out_name = check_name("feature set", name) if name else default_name(spec, size)
     settings = FeatureSettings(backbone=spec, weights=choice, image_size=size, tta=tta.value,
-                               batch_size=batch_size, workers=workers, shard_size=shard_size)
+                               batch_size=batch_size, workers=workers, shard_size=shard_size, decoder=decoder.value)
     with experiment_lock(exp_dir, command=f"features --backbone {backbone}"):
         # Warnings only once the lock is held: a run refused as busy says so in one line.
         for w in dataset.warnings:

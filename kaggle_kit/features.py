@@ -57,8 +57,18 @@ class FeatureSettings:
     batch_size: int = 32
     workers: int | None = None
     shard_size: int = 1024
+    decoder: str = "opencv"  # kaggle_kit.decoders.DECODERS
+
+    def __post_init__(self):
+        from kaggle_kit.decoders import DECODERS
+
+        if self.decoder not in DECODERS:
+            raise KitError(f"unknown decoder {self.decoder!r}; choose one of: {', '.join(DECODERS)}", code=2)
 
     def key(self, image_list_hash: str) -> str:
+        # subtle: the decoder changes pixel values (DALI's resize and nvJPEG differ from OpenCV by about a level
+        # per pixel), so it is part of the key; OpenCV's key keeps its old form, so existing caches stay valid.
+        decoder = {} if self.decoder == "opencv" else {"decoder": self.decoder}
         return sha256_json({
             "format": FORMAT,
             "backbone": self.backbone.name,
@@ -68,6 +78,7 @@ class FeatureSettings:
             "image_size": self.image_size,
             "tta": self.tta,
             "images": image_list_hash,
+            **decoder,
         })
 
 
@@ -97,6 +108,8 @@ def rerun_options(out_dir: Path, manifest: dict) -> str:
         options.append("--weights none" if manifest["weights_kind"] == "none" else "--weights FILE")
     if manifest.get("tta") == "flip":
         options.append("--tta flip")
+    if manifest.get("decoder", "opencv") != "opencv":
+        options.append(f"--decoder {manifest['decoder']}")
     exp_dir = out_dir.parent.parent
     if out_dir.parent.name == "features" and exp_dir.parent.name == "experiments" and exp_dir.name != "default":
         options.append(f"--exp {exp_dir.name}")
@@ -191,6 +204,7 @@ def run_extraction(
     batch_size: int,
     tta: str,
     workers: int | None,
+    decoder: str = "opencv",
     on_images: Callable[[int], None] = lambda n: None,
 ) -> int:
     """Compute the shards listed in ``todo`` (see :func:`pending_shards`); return how many images were decoded.
@@ -198,7 +212,7 @@ def run_extraction(
     ``predict`` maps uint8 (batch_size, s, s, 3) to float (batch_size, width); the last batch is padded to
     ``batch_size`` (so a compiled function never retraces) and the padding rows dropped.
     """
-    from kaggle_kit.images import iter_batches
+    from kaggle_kit.decoders import iter_batches
 
     flat = [p for split, _, a, b in todo for p in paths[split][a:b]]
     if not flat:
@@ -225,7 +239,7 @@ def run_extraction(
         pad = np.zeros((batch_size - len(batch), *batch.shape[1:]), dtype=batch.dtype)
         return np.concatenate([batch, pad])
 
-    for batch, ok in iter_batches(flat, size=image_size, batch_size=batch_size, workers=workers):
+    for batch, ok in iter_batches(flat, decoder=decoder, size=image_size, batch_size=batch_size, workers=workers):
         n = len(batch)
         feats = np.asarray(predict(padded(batch)), dtype=np.float32)[:n]
         flip = None
@@ -364,6 +378,9 @@ def extract_features(
         manifest = cached_manifest(out_dir, key)
         if manifest is not None:
             return FeatureResult(out_dir, manifest, cached=True)
+    from kaggle_kit.decoders import check_decoder
+
+    check_decoder(settings.decoder)  # before any work: a missing DALI or GPU is a one-line error, not a wait
 
     partial = out_dir / ".partial" / key[:16]
     if force and partial.exists():
@@ -405,6 +422,7 @@ def extract_features(
         batch_size=settings.batch_size,
         tta=settings.tta,
         workers=settings.workers,
+        decoder=settings.decoder,
         on_images=bar.update,
     )
     seconds = time.perf_counter() - t0
@@ -434,6 +452,7 @@ def extract_features(
         weights_kind=settings.weights.kind,
         input_size=settings.image_size,
         preprocess=backbone.preprocess,
+        decoder=settings.decoder,
         images_computed=n_new,
         images_per_second=round(n_new / seconds, 2) if n_new and seconds > 0 else None,
         extract_seconds=round(seconds, 2),

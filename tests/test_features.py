@@ -65,6 +65,7 @@ def test_rows_follow_ids_and_last_partial_batch_is_included(small_comp, tmp_path
     m = res.manifest
     assert m["format"] == "kaggle-kit/features/1" and m["preprocess"] == "caffe" and m["input_size"] == SIZE
     assert m["images_per_second"] > 0 and m["unreadable"] == {"train": [], "test": []}
+    assert m["decoder"] == "opencv"
 
 
 def test_cache_reuse_and_invalidation(small_comp, tmp_path, monkeypatch):
