@@ -34,12 +34,12 @@ def subset_competition(src: Path, dest: Path, *, n_per_class: int, n_test: int) 
     return dest
 
 
-def run_kit(args: list[str], *, cwd: Path, env: dict | None = None) -> tuple[str, float]:
+def run_kit(args: list[str], *, cwd: Path, env: dict | None = None, timeout: float | None = None) -> tuple[str, float]:
     """Run ``kaggle-kit ARGS`` in a fresh process; return (stdout, peak RSS in MiB). Raises on failure."""
     with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
         full_env = {**os.environ, "KK_RSS_FILE": rss.name, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
         proc = subprocess.run([sys.executable, str(REPO / "bench" / "rss.py"), *args], cwd=cwd, env=full_env,
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
             raise RuntimeError(f"kaggle-kit {' '.join(args)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
         peak = float(rss.read().split()[-1])
@@ -47,8 +47,11 @@ def run_kit(args: list[str], *, cwd: Path, env: dict | None = None) -> tuple[str
 
 
 def features_end_to_end(data: Path, workdir: Path, *, backbone: str, weights: str, size: int, batch: int,
-                        exp: str, workers: int | None = None, env: dict | None = None) -> dict:
-    """``kaggle-kit features`` in a subprocess: images/s from its manifest (extraction only) and peak RSS."""
+                        exp: str, workers: int | None = None, env: dict | None = None, extra: list[str] = (),
+                        timeout: float | None = None) -> dict:
+    """``kaggle-kit features`` in a subprocess: images/s from its manifest (extraction only) and peak RSS.
+
+    ``extra``: more options (e.g. ``--decoder dali``)."""
     from kaggle_kit.backbones import get_backbone
     from kaggle_kit.store import default_feature_set_name, experiment_dir, features_dir, load_features
 
@@ -56,7 +59,7 @@ def features_end_to_end(data: Path, workdir: Path, *, backbone: str, weights: st
             "--batch-size", str(batch), "--data", str(data), "--exp", exp, "--quiet", "--force"]
     if workers:
         args += ["--workers", str(workers)]
-    _, peak = run_kit(args, cwd=workdir, env=env)
+    _, peak = run_kit([*args, *extra], cwd=workdir, env=env, timeout=timeout)
     spec = get_backbone(backbone)
     name = default_feature_set_name(spec.name, input_size=spec.input_size, image_size=size)
     fs = load_features(features_dir(experiment_dir(exp, root=workdir), name))

@@ -3,7 +3,8 @@
 Each command calls one stage function (``run_features``, ``run_cv``, ``run_blend``, ``make_submission``,
 ``write_report``, ``run_demo``), which takes the experiment folder and keyword settings, holds the
 experiment's lock itself and returns a result that knows its own lines of output. The choices of an option
-(``--tta``, ``--head``, ``--method``, ``--metric``) are the tuples defined by the module that uses them.
+(``--tta``, ``--decoder``, ``--head``, ``--method``, ``--metric``) are the tuples defined by the module that uses
+them.
 
 Every user error ends with one line on stderr and a non-zero exit code (2 for bad input, 3 for a busy
 experiment, 130 for Ctrl-C), never a traceback. Commands are listed in ``--help`` in the order a user runs them.
@@ -22,6 +23,7 @@ import typer
 from kaggle_kit.artifacts import KitError
 from kaggle_kit.blend import METHODS
 from kaggle_kit.cv import HEAD_CHOICES
+from kaggle_kit.decoders import DECODERS
 from kaggle_kit.features import TTA_MODES
 from kaggle_kit.kaggle_api import DEFAULT_COMPETITION
 from kaggle_kit.store import experiment_dir
@@ -42,6 +44,7 @@ def _choices(name: str, values: Iterable[str]) -> type[Enum]:
 
 
 Tta = _choices("Tta", TTA_MODES)
+Decoder = _choices("Decoder", DECODERS)
 Head = _choices("Head", HEAD_CHOICES)
 BlendMethod = _choices("BlendMethod", METHODS)
 Metric = _choices("Metric", METRICS)
@@ -122,6 +125,11 @@ def features(
     positive: Optional[str] = typer.Option(None, "--positive", help="Class whose label is 1 (default: dog)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decoder threads (default: CPU count)."),
+    decoder: Decoder = typer.Option(
+        Decoder("opencv"), "--decoder",
+        help="'opencv': CPU threads. 'dali': JPEG decoding and resizing on an NVIDIA GPU "
+        "(pip install 'kaggle-kit\\[dali]').",
+    ),
     shard_size: int = typer.Option(1024, "--shard-size", min=1, help="Images per resumable shard."),
     name: Optional[str] = typer.Option(None, "--name", help="Feature set name (default: backbone[_size])."),
     force: bool = typer.Option(False, "--force", help="Recompute even if a matching cache exists."),
@@ -132,8 +140,8 @@ def features(
 
     result = run_features(experiment_dir(exp), backbone=backbone, data=data, weights=weights,
                           image_size=image_size, tta=tta.value, positive=positive, batch_size=batch_size,
-                          workers=workers, shard_size=shard_size, name=name, force=force, warn=_err,
-                          progress=not quiet)
+                          workers=workers, decoder=decoder.value, shard_size=shard_size, name=name, force=force,
+                          warn=_err, progress=not quiet)
     _echo(result.lines())
 
 

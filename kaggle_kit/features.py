@@ -5,7 +5,8 @@ experiment's lock and extracts a feature set (its files and manifest: :mod:`kagg
 'test' float32 (n_train, width) and (n_test, width) in the data set's fixed row order; with ``--tta flip``
 also 'train_flip' and 'test_flip', the same rows computed on horizontally flipped images. Later stages use
 them as a second view of each image: ``cv`` can train heads on both views (augmentation) and average a model's
-predictions over both views (test-time augmentation).
+predictions over both views (test-time augmentation). The pixels come from :mod:`kaggle_kit.decoders`
+(``--decoder``: OpenCV on CPU threads, or NVIDIA DALI on a GPU); the decoder is part of the cache key.
 
 Extraction is written in shards (``.partial/<key>/<split>-<i>.npz``, each written atomically). A run that is
 interrupted (Ctrl-C, SIGKILL) resumes from the finished shards of the same key; the key is a hash of
@@ -27,6 +28,7 @@ import numpy as np
 from kaggle_kit.artifacts import KitError, atomic_path, check_name, experiment_lock, sha256_array, sha256_json
 from kaggle_kit.backbones import Backbone, WeightsChoice
 from kaggle_kit.data import Dataset
+from kaggle_kit.decoders import DECODERS
 from kaggle_kit.store import (
     EXTERNAL_WEIGHTS,
     FEATURES_FORMAT,
@@ -57,8 +59,16 @@ class FeatureSettings:
     batch_size: int = 32
     workers: int | None = None
     shard_size: int = 1024
+    decoder: str = "opencv"  # kaggle_kit.decoders.DECODERS
+
+    def __post_init__(self):
+        if self.decoder not in DECODERS:
+            raise KitError(f"unknown decoder {self.decoder!r}; choose one of: {', '.join(DECODERS)}", code=2)
 
     def key(self, image_list_hash: str) -> str:
+        # subtle: the decoder changes pixel values (DALI's resize and nvJPEG differ from OpenCV by about a level
+        # per pixel), so it is part of the key; OpenCV's key keeps its old form, so existing caches stay valid.
+        decoder = {} if self.decoder == "opencv" else {"decoder": self.decoder}
         return sha256_json({
             "format": FEATURES_FORMAT,
             "backbone": self.backbone.name,
@@ -68,6 +78,7 @@ class FeatureSettings:
             "image_size": self.image_size,
             "tta": self.tta,
             "images": image_list_hash,
+            **decoder,
         })
 
 
@@ -147,6 +158,7 @@ def run_extraction(
     batch_size: int,
     tta: str,
     workers: int | None,
+    decoder: str = "opencv",
     on_images: Callable[[int], None] = lambda n: None,
 ) -> int:
     """Compute the shards listed in ``todo`` (see :func:`pending_shards`); return how many images were decoded.
@@ -154,7 +166,7 @@ def run_extraction(
     ``predict`` maps uint8 (batch_size, s, s, 3) to float (batch_size, width); the last batch is padded to
     ``batch_size`` (so a compiled function never retraces) and the padding rows dropped.
     """
-    from kaggle_kit.images import iter_batches
+    from kaggle_kit.decoders import iter_batches
 
     flat = [p for split, _, a, b in todo for p in paths[split][a:b]]
     if not flat:
@@ -181,7 +193,7 @@ def run_extraction(
         pad = np.zeros((batch_size - len(batch), *batch.shape[1:]), dtype=batch.dtype)
         return np.concatenate([batch, pad])
 
-    for batch, ok in iter_batches(flat, size=image_size, batch_size=batch_size, workers=workers):
+    for batch, ok in iter_batches(flat, decoder=decoder, size=image_size, batch_size=batch_size, workers=workers):
         n = len(batch)
         feats = np.asarray(predict(padded(batch)), dtype=np.float32)[:n]
         flip = None
@@ -265,6 +277,9 @@ def extract_features(
     key = settings.key(image_hash)
     if not force and (cached := cached_feature_set(out_dir, key)) is not None:
         return FeatureResult(cached, cached=True)
+    from kaggle_kit.decoders import check_decoder
+
+    check_decoder(settings.decoder)  # before any work: a missing DALI or GPU is a one-line error, not a wait
 
     partial = partial_dir(out_dir) / key[:16]
     if force and partial.exists():
@@ -306,6 +321,7 @@ def extract_features(
         batch_size=settings.batch_size,
         tta=settings.tta,
         workers=settings.workers,
+        decoder=settings.decoder,
         on_images=bar.update,
     )
     seconds = time.perf_counter() - t0
@@ -329,7 +345,7 @@ def extract_features(
         out_dir, dataset, key=key, image_list_hash=image_hash, width=backbone.width, tta=settings.tta,
         unreadable=unreadable,
         backbone=backbone.name, weights=settings.weights.identity, weights_kind=settings.weights.kind,
-        preprocess=backbone.preprocess, input_size=settings.image_size,
+        preprocess=backbone.preprocess, input_size=settings.image_size, decoder=settings.decoder,
         details=dict(
             builder=backbone.builder,
             images_computed=n_new,
@@ -358,6 +374,7 @@ def run_features(
     positive: str | None = None,
     batch_size: int = 32,
     workers: int | None = None,
+    decoder: str = "opencv",
     shard_size: int = 1024,
     name: str | None = None,
     force: bool = False,
@@ -368,8 +385,10 @@ def run_features(
 
     ``data``/``positive`` default to the experiment's (else ./data and 'dog'), which then remembers them;
     ``weights`` is 'imagenet', 'none' (random: warned about) or a file; ``image_size`` defaults to the
-    backbone's own and ``name`` to ``<backbone>[_<size>]``. Everything is checked before the experiment's lock
-    is taken, so a refused run leaves nothing behind; ``warn`` gets the data folder's and the decoder's warnings.
+    backbone's own and ``name`` to ``<backbone>[_<size>]``; ``decoder`` is one of decoders.DECODERS (a
+    missing DALI or GPU is refused before any model is built). Everything is checked before the experiment's
+    lock is taken, so a refused run leaves nothing behind; ``warn`` gets the data folder's and the decoder's
+    warnings.
     """
     from kaggle_kit.backbones import get_backbone, resolve_weights
     from kaggle_kit.data import discover
@@ -384,7 +403,7 @@ def run_features(
     out_name = check_name("feature set", name) if name else default_feature_set_name(
         spec.name, input_size=spec.input_size, image_size=size)
     settings = FeatureSettings(backbone=spec, weights=choice, image_size=size, tta=tta, batch_size=batch_size,
-                               workers=workers, shard_size=shard_size)
+                               workers=workers, shard_size=shard_size, decoder=decoder)
     with experiment_lock(exp_dir, command=f"features --backbone {backbone}"):
         # Warnings only once the lock is held: a run refused as busy says so in one line.
         for w in dataset.warnings:

@@ -38,12 +38,9 @@ def decode_image(path: Path | str, size: int) -> np.ndarray | None:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError:
         return None
-    if data.size == 0 or _is_truncated_jpeg(data):
+    if not passes_precheck(data):
         return None
-    # subtle: the pixel count decides, not the file size: a 12,000 x 9,000 photo of plain content is 2 MB.
     dims = _header_size(data)
-    if dims and dims[0] * dims[1] > _MAX_PIXELS:
-        return None
     flags = _reduced_flag(dims, size) if dims else cv2.IMREAD_COLOR
     try:
         img = cv2.imdecode(data, flags)
@@ -52,6 +49,16 @@ def decode_image(path: Path | str, size: int) -> np.ndarray | None:
     if img is None or img.ndim != 3 or img.shape[0] == 0 or img.shape[1] == 0:
         return None
     return resize_rgb(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), size)
+
+
+def passes_precheck(data: np.ndarray) -> bool:
+    """False for file bytes refused before any decoding: empty, a JPEG cut short, or a header claiming more
+    than ``_MAX_PIXELS`` pixels. Every decoder (OpenCV here, DALI in decoders.py) applies the same checks."""
+    if data.size == 0 or _is_truncated_jpeg(data):
+        return False
+    # subtle: the pixel count decides, not the file size: a 12,000 x 9,000 photo of plain content is 2 MB.
+    dims = _header_size(data)
+    return not (dims and dims[0] * dims[1] > _MAX_PIXELS)
 
 
 def _is_truncated_jpeg(data: np.ndarray) -> bool:

@@ -148,6 +148,7 @@ FEATURE_SPLITS = ("train", "test")
 _FEATURES_KEYS = ("key", "name", "backbone", "tta", "width", "image_list_hash", "ids_sha256", "n_train", "n_test",
                   "files", "shapes", "unreadable", "unreadable_ids")
 EXTERNAL_WEIGHTS = "external"  # weights_kind of features made by another tool (save_feature_set)
+DEFAULT_DECODER = "opencv"  # the 'decoder' of feature sets written before the key existed (decoders.DECODERS)
 
 
 def features_root(exp_dir: Path) -> Path:
@@ -219,6 +220,8 @@ def features_command(out_dir: Path, manifest: Mapping[str, Any] | None = None, *
         options += ["--weights", "none" if manifest["weights_kind"] == "none" else "FILE"]
     if manifest.get("tta") == "flip":
         options += ["--tta", "flip"]
+    if manifest.get("decoder") not in (None, DEFAULT_DECODER):
+        options += ["--decoder", manifest["decoder"]]
     if spec is None or name != default_feature_set_name(spec.name, input_size=spec.input_size, image_size=size):
         options += ["--name", name]
     if force:
@@ -282,6 +285,12 @@ class FeatureSet:
     @property
     def unreadable_test_ids(self) -> frozenset[str]:
         return frozenset(self.manifest["unreadable_ids"]["test"])
+
+    @property
+    def decoder(self) -> str | None:
+        """What decoded the images ('opencv', 'dali': decoders.DECODERS); 'opencv' for a set written before the
+        key existed, None for features made by another tool."""
+        return self.manifest.get("decoder", DEFAULT_DECODER)
 
     @property
     def images_per_second(self) -> float | None:
@@ -349,12 +358,13 @@ def begin_feature_set(out_dir: Path) -> None:
 
 def finish_feature_set(out_dir: Path, dataset: Dataset, *, key: str, image_list_hash: str, width: int, tta: str,
                        unreadable: Mapping[str, Sequence[str]], backbone: str, weights: str, weights_kind: str,
-                       preprocess: str | None, input_size: int | None,
+                       preprocess: str | None, input_size: int | None, decoder: str | None = None,
                        details: Mapping[str, Any] | None = None) -> FeatureSet:
     """Write ``ids.json`` then ``manifest.json`` beside arrays already in place; return the loaded set.
 
     ``unreadable`` maps 'train'/'test' to the relative files that could not be decoded (the manifest keeps
-    their ids too: blend keeps the training prior for such test rows); ``details`` are figures of the run
+    their ids too: blend keeps the training prior for such test rows); ``decoder``: what decoded the images
+    (None for features made by another tool; :attr:`FeatureSet.decoder`); ``details`` are figures of the run
     (images per second, seconds, versions) kept in the manifest as they are. ``image_list_hash`` is the
     data set's as it was when the extraction began (so images changed during it make the set stale).
     """
@@ -374,6 +384,7 @@ def finish_feature_set(out_dir: Path, dataset: Dataset, *, key: str, image_list_
         shapes={k: [_rows(k, dataset.n_train, dataset.n_test), width] for k in files},
         unreadable={split: list(unreadable[split]) for split in FEATURE_SPLITS}, unreadable_ids=unreadable_ids,
         backbone=backbone, weights=weights, weights_kind=weights_kind, preprocess=preprocess, input_size=input_size,
+        decoder=decoder,
     )
     clash = set(details or {}) & set(fields)
     if clash:

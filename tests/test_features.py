@@ -67,6 +67,7 @@ def test_rows_follow_ids_and_last_partial_batch_is_included(small_comp, tmp_path
     m = res.features.manifest
     assert m["format"] == "kaggle-kit/features/1" and m["preprocess"] == "caffe" and m["input_size"] == SIZE
     assert m["images_per_second"] > 0 and m["unreadable"] == {"train": [], "test": []}
+    assert m["decoder"] == "opencv" and fs.decoder == "opencv"
 
 
 @pytest.mark.slow  # runs a Keras backbone over photos

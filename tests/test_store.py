@@ -164,6 +164,9 @@ def test_every_re_run_hint_is_a_command_line_the_cli_accepts(tmp_path):
         store.features_command(store.features_dir(default, "efficientnet_lite0"), {
             "backbone": "efficientnet_lite0", "input_size": 320, "weights_kind": "imagenet", "tta": "none"},
             force=True): {"command": "features", "backbone": "efficientnet_lite0", "name": None, "force": True},
+        store.features_command(store.features_dir(default, "resnet50"), {
+            "backbone": "resnet50", "input_size": 224, "weights_kind": "imagenet", "tta": "none", "decoder": "dali"}):
+            {"command": "features", "backbone": "resnet50", "decoder": "dali", "name": None},
     }
     for hint, expected in hints.items():
         params = parses(hint)
