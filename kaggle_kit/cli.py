@@ -40,6 +40,11 @@ class Tta(str, Enum):
     flip = "flip"
 
 
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 def _err(message: str) -> None:
     typer.echo(message, err=True)
 
@@ -86,8 +91,26 @@ def features(
     tta: Tta = typer.Option(Tta.none, "--tta", help="'flip' also extracts horizontally flipped images."),
     positive: Optional[str] = typer.Option(None, "--positive", help="Class whose label is 1 (default: dog)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decoder threads (default: CPU count)."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", min=1,
+        help="Local engine: decoder threads (default: CPU count). Ray engine: workers, one model each "
+        "(default: as many as the cluster's CPUs, or GPUs, allow).",
+    ),
     shard_size: int = typer.Option(1024, "--shard-size", min=1, help="Images per resumable shard."),
+    engine: Engine = typer.Option(
+        Engine.local, "--engine",
+        help="'local': this process. 'ray': workers on a Ray cluster (pip install 'kaggle-kit[ray]').",
+    ),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="Ray engine: the head node, HOST:PORT or 'auto' (default: $RAY_ADDRESS, else "
+        "Ray started on this machine for the run).",
+    ),
+    cpus_per_worker: Optional[float] = typer.Option(
+        None, "--cpus-per-worker", help="Ray engine: CPUs (decoder threads) per worker (default 1).",
+    ),
+    gpus_per_worker: Optional[float] = typer.Option(
+        None, "--gpus-per-worker", help="Ray engine: GPUs per worker (default 0; fractions share a GPU).",
+    ),
     name: Optional[str] = typer.Option(None, "--name", help="Feature set name (default: backbone[_size])."),
     force: bool = typer.Option(False, "--force", help="Recompute even if a matching cache exists."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -105,8 +128,17 @@ def features(
     choice = resolve_weights(spec, weights)
     size = image_size or spec.input_size
     out_name = check_name("feature set", name) if name else default_name(spec, size)
+    ray = None
+    if engine is Engine.ray:
+        from kaggle_kit.ray_engine import RaySettings
+
+        ray = RaySettings(address=address, workers=workers, cpus_per_worker=cpus_per_worker or 1.0,
+                          gpus_per_worker=gpus_per_worker or 0.0)
+        workers = None  # decoder threads: cpus_per_worker on each worker
+    elif address is not None or cpus_per_worker is not None or gpus_per_worker is not None:
+        raise KitError("--address, --cpus-per-worker and --gpus-per-worker apply to --engine ray only", code=2)
     settings = FeatureSettings(backbone=spec, weights=choice, image_size=size, tta=tta.value,
-                               batch_size=batch_size, workers=workers, shard_size=shard_size)
+                               batch_size=batch_size, workers=workers, shard_size=shard_size, ray=ray)
     with experiment_lock(exp_dir, command=f"features --backbone {backbone}"):
         # Warnings only once the lock is held: a run refused as busy says so in one line.
         for w in dataset.warnings:
@@ -126,7 +158,16 @@ def features(
         rate = m["images_per_second"]
         typer.echo(f"{out_name}: {m['n_train']} train + {m['n_test']} test images -> {m['width']} features"
                    f"{' x2 (flip)' if m['tta'] == 'flip' else ''}, "
-                   f"{rate if rate is not None else '-'} img/s end to end, {m['extract_seconds']} s -> {where}")
+                   f"{rate if rate is not None else '-'} img/s end to end, {m['extract_seconds']} s"
+                   f"{_ray_summary(m)} -> {where}")
+
+
+def _ray_summary(m: dict) -> str:
+    if m.get("engine") != "ray" or not m.get("workers"):
+        return ""
+    restarts = f", {m['worker_restarts']} restarted" if m["worker_restarts"] else ""
+    return (f" on {m['workers']} Ray worker(s) at {m['ray_address']}{restarts} (+{m['startup_seconds']} s to start "
+            "them)")
 
 
 @app.command()

@@ -12,6 +12,10 @@ Output, in ``experiments/<exp>/features/<name>/``:
 Extraction is written in shards (``.partial/<key>/<split>-<i>.npz``, each written atomically). A run that is
 interrupted (Ctrl-C, SIGKILL) resumes from the finished shards of the same key; the key is a hash of
 everything the features depend on, so shards of another configuration or of changed images are never reused.
+
+Two engines compute the shards: ``local`` (one model in this process) and ``ray`` (workers on a Ray cluster,
+kaggle_kit/ray_engine.py). Both write the same shard files, so assembly, manifest, cache and resume are shared and
+a set is the same whichever engine made it (the manifest records which: ``engine``).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
@@ -41,6 +45,9 @@ from kaggle_kit.artifacts import (
 from kaggle_kit.backbones import Backbone, WeightsChoice
 from kaggle_kit.data import Dataset
 
+if TYPE_CHECKING:
+    from kaggle_kit.ray_engine import RaySettings
+
 FORMAT = "kaggle-kit/features/1"
 TTA_MODES = ("none", "flip")
 SPLITS = ("train", "test")
@@ -57,6 +64,7 @@ class FeatureSettings:
     batch_size: int = 32
     workers: int | None = None
     shard_size: int = 1024
+    ray: "RaySettings | None" = None  # None: the local engine; else the shards run on a Ray cluster (ray_engine.py)
 
     def key(self, image_list_hash: str) -> str:
         return sha256_json({
@@ -180,6 +188,41 @@ def _save_shard(path: Path, arrays: dict[str, np.ndarray]) -> None:
             np.savez(fh, **arrays)
 
 
+def predict_batches(
+    predict: Callable[[np.ndarray], np.ndarray],
+    paths: list[Path] | list[str],
+    *,
+    width: int,
+    image_size: int,
+    batch_size: int,
+    tta: str,
+    workers: int | None,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """Decode ``paths`` and yield ``(feats, ok, flip)`` per batch, in order: float32 (n, width), bool (n,), and
+    with flip TTA float32 (n, width) else None. Both engines compute features through this one loop.
+
+    ``predict`` maps uint8 (batch_size, s, s, 3) to float (batch_size, width); the last batch is padded to
+    ``batch_size`` (so a compiled function never retraces) and the padding rows dropped.
+    """
+    from kaggle_kit.images import iter_batches
+
+    def padded(batch: np.ndarray) -> np.ndarray:
+        if len(batch) == batch_size:
+            return batch
+        pad = np.zeros((batch_size - len(batch), *batch.shape[1:]), dtype=batch.dtype)
+        return np.concatenate([batch, pad])
+
+    for batch, ok in iter_batches(paths, size=image_size, batch_size=batch_size, workers=workers):
+        n = len(batch)
+        feats = np.asarray(predict(padded(batch)), dtype=np.float32)[:n]
+        flip = None
+        if tta == "flip":
+            flip = np.asarray(predict(padded(np.ascontiguousarray(batch[:, :, ::-1]))), dtype=np.float32)[:n]
+        if feats.shape != (n, width):
+            raise KitError(f"the model returned features of shape {feats.shape[1:]}, expected ({width},)")
+        yield feats, ok, flip
+
+
 def run_extraction(
     predict: Callable[[np.ndarray], np.ndarray],
     paths: dict[str, list[Path]],
@@ -195,11 +238,8 @@ def run_extraction(
 ) -> int:
     """Compute the shards listed in ``todo`` (see :func:`pending_shards`); return how many images were decoded.
 
-    ``predict`` maps uint8 (batch_size, s, s, 3) to float (batch_size, width); the last batch is padded to
-    ``batch_size`` (so a compiled function never retraces) and the padding rows dropped.
+    Batches run across shard boundaries (see :func:`predict_batches` for ``predict``).
     """
-    from kaggle_kit.images import iter_batches
-
     flat = [p for split, _, a, b in todo for p in paths[split][a:b]]
     if not flat:
         return 0
@@ -219,20 +259,9 @@ def run_extraction(
         for v in buffers.values():
             v.clear()
 
-    def padded(batch: np.ndarray) -> np.ndarray:
-        if len(batch) == batch_size:
-            return batch
-        pad = np.zeros((batch_size - len(batch), *batch.shape[1:]), dtype=batch.dtype)
-        return np.concatenate([batch, pad])
-
-    for batch, ok in iter_batches(flat, size=image_size, batch_size=batch_size, workers=workers):
-        n = len(batch)
-        feats = np.asarray(predict(padded(batch)), dtype=np.float32)[:n]
-        flip = None
-        if tta == "flip":
-            flip = np.asarray(predict(padded(np.ascontiguousarray(batch[:, :, ::-1]))), dtype=np.float32)[:n]
-        if feats.shape != (n, width):
-            raise KitError(f"the model returned features of shape {feats.shape[1:]}, expected ({width},)")
+    for feats, ok, flip in predict_batches(predict, flat, width=width, image_size=image_size,
+                                           batch_size=batch_size, tta=tta, workers=workers):
+        n = len(feats)
         # A batch may straddle shard boundaries: hand its rows to the shards in order.
         start = 0
         while start < n:
@@ -348,6 +377,44 @@ def write_feature_set(out_dir: Path, dataset: Dataset, arrays: dict[str, np.ndar
                                    weights_kind="external", preprocess=None, input_size=None)
 
 
+@dataclass(frozen=True)
+class EngineRun:
+    """What an engine reports: images computed, extraction seconds (steady state: after the model is built and
+    compiled) and its own manifest fields (``engine``, build and warm-up seconds, Keras backend and version...)."""
+
+    images: int
+    seconds: float
+    fields: dict
+
+
+def _run_local(settings: FeatureSettings, paths: dict[str, list[Path]], partial: Path,
+               todo: list[tuple[str, int, int, int]], *, on_images: Callable[[int], None]) -> EngineRun:
+    """The local engine: one model in this process, decoding in a thread pool."""
+    import keras
+
+    from kaggle_kit.backbones import build_extractor
+
+    t_build = time.perf_counter()
+    model = build_extractor(settings.backbone, image_size=settings.image_size, weights=settings.weights)
+    build_seconds = time.perf_counter() - t_build
+    # subtle: compile on a blank batch before the clock starts; images/s is then the steady-state rate, and the
+    # one-time compile (seconds on a GPU under JAX) is reported on its own as warmup_seconds.
+    t_warm = time.perf_counter()
+    model.predict_on_batch(np.zeros((settings.batch_size, settings.image_size, settings.image_size, 3), np.uint8))
+    warmup_seconds = time.perf_counter() - t_warm
+    t0 = time.perf_counter()
+    n_new = run_extraction(model.predict_on_batch, paths, partial, todo, width=settings.backbone.width,
+                           image_size=settings.image_size, batch_size=settings.batch_size, tta=settings.tta,
+                           workers=settings.workers, on_images=on_images)
+    return EngineRun(n_new, time.perf_counter() - t0, {
+        "engine": "local",
+        "build_seconds": round(build_seconds, 2),
+        "warmup_seconds": round(warmup_seconds, 2),
+        "keras_backend": keras.backend.backend(),
+        "keras_version": keras.__version__,
+    })
+
+
 def extract_features(
     dataset: Dataset,
     out_dir: Path,
@@ -378,36 +445,17 @@ def extract_features(
     paths = {"train": dataset.train_paths(), "test": dataset.test_paths()}
     total = sum(len(p) for p in paths.values())
     backbone = settings.backbone
-    t_build = time.perf_counter()
-    from kaggle_kit.backbones import build_extractor
-
-    model = build_extractor(backbone, image_size=settings.image_size, weights=settings.weights)
-    build_seconds = time.perf_counter() - t_build
-    # subtle: compile on a blank batch before the clock starts; images/s is then the steady-state rate, and the
-    # one-time compile (seconds on a GPU under JAX) is reported on its own as warmup_seconds.
-    t_warm = time.perf_counter()
-    model.predict_on_batch(np.zeros((settings.batch_size, settings.image_size, settings.image_size, 3), np.uint8))
-    warmup_seconds = time.perf_counter() - t_warm
-
     from tqdm import tqdm
 
     todo = pending_shards(paths, partial, shard_size=settings.shard_size)
     bar = tqdm(total=total, unit="img", desc=f"{backbone.name} features", disable=not progress, smoothing=0.1)
     bar.update(total - sum(b - a for _, _, a, b in todo))  # shards finished by an interrupted run
-    t0 = time.perf_counter()
-    n_new = run_extraction(
-        model.predict_on_batch,
-        paths,
-        partial,
-        todo,
-        width=backbone.width,
-        image_size=settings.image_size,
-        batch_size=settings.batch_size,
-        tta=settings.tta,
-        workers=settings.workers,
-        on_images=bar.update,
-    )
-    seconds = time.perf_counter() - t0
+    if settings.ray is None:
+        run = _run_local(settings, paths, partial, todo, on_images=bar.update)
+    else:
+        from kaggle_kit.ray_engine import run_on_ray
+
+        run = run_on_ray(settings, paths, partial, todo, data_root=dataset.root, on_images=bar.update)
     bar.close()
 
     # subtle: drop the old manifest before replacing arrays, so a crash in between never pairs old metadata
@@ -423,8 +471,6 @@ def extract_features(
     for f in unreadable["test"]:
         warn(f"warning: cannot decode {dataset.root / f}; it will get the training prior as its prediction")
 
-    import keras
-
     manifest = _write_ids_and_manifest(
         out_dir, dataset, key=key, image_hash=image_hash, width=backbone.width, tta=settings.tta,
         unreadable=unreadable,
@@ -434,14 +480,11 @@ def extract_features(
         weights_kind=settings.weights.kind,
         input_size=settings.image_size,
         preprocess=backbone.preprocess,
-        images_computed=n_new,
-        images_per_second=round(n_new / seconds, 2) if n_new and seconds > 0 else None,
-        extract_seconds=round(seconds, 2),
-        build_seconds=round(build_seconds, 2),
-        warmup_seconds=round(warmup_seconds, 2),
+        images_computed=run.images,
+        images_per_second=round(run.images / run.seconds, 2) if run.images and run.seconds > 0 else None,
+        extract_seconds=round(run.seconds, 2),
         batch_size=settings.batch_size,
-        keras_backend=keras.backend.backend(),
-        keras_version=keras.__version__,
+        **run.fields,
     )
     shutil.rmtree(out_dir / ".partial", ignore_errors=True)
     return FeatureResult(out_dir, manifest, cached=False)
