@@ -47,22 +47,31 @@ def run_kit(args: list[str], *, cwd: Path, env: dict | None = None) -> tuple[str
 
 
 def features_end_to_end(data: Path, workdir: Path, *, backbone: str, weights: str, size: int, batch: int,
-                        exp: str, workers: int | None = None, env: dict | None = None) -> dict:
-    """``kaggle-kit features`` in a subprocess: images/s from its manifest (extraction only) and peak RSS."""
+                        exp: str, workers: int | None = None, env: dict | None = None,
+                        extra: tuple[str, ...] = ()) -> dict:
+    """``kaggle-kit features [EXTRA]`` in a subprocess: images/s from its manifest (extraction only: after the
+    model is built and compiled), peak RSS of the driver, the command's wall time and the engine's own figures."""
     import json
 
     from kaggle_kit.backbones import get_backbone
     from kaggle_kit.features import default_name
 
     args = ["features", "--backbone", backbone, "--weights", weights, "--image-size", str(size),
-            "--batch-size", str(batch), "--data", str(data), "--exp", exp, "--quiet", "--force"]
+            "--batch-size", str(batch), "--data", str(data), "--exp", exp, "--quiet", "--force", *extra]
     if workers:
         args += ["--workers", str(workers)]
+    t0 = time.perf_counter()
     _, peak = run_kit(args, cwd=workdir, env=env)
+    wall = time.perf_counter() - t0
     name = default_name(get_backbone(backbone), size)
     manifest = json.loads((workdir / "experiments" / exp / "features" / name / "manifest.json").read_text())
     return {"images_per_second": manifest["images_per_second"], "images": manifest["n_train"] + manifest["n_test"],
-            "seconds": manifest["extract_seconds"], "peak_rss_mib": peak}
+            "seconds": manifest["extract_seconds"], "peak_rss_mib": peak, "wall_seconds": round(wall, 1),
+            "engine": {k: manifest[k] for k in ENGINE_FIGURES if k in manifest}}
+
+
+ENGINE_FIGURES = ("engine", "workers", "cpus_per_worker", "startup_seconds", "build_seconds", "warmup_seconds",
+                  "worker_restarts", "shard_seconds", "shard_write_seconds")
 
 
 def decoded_batch(paths: list[Path], size: int, batch: int) -> np.ndarray:

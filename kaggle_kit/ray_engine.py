@@ -198,7 +198,7 @@ def ray_session(settings: RaySettings) -> Iterator[tuple[object, str]]:
         ray.init(address=address or "local", include_dashboard=False if address is None else None,
                  logging_level=logging.ERROR if address is None else logging.WARNING, log_to_driver=False,
                  namespace="kaggle-kit", runtime_env=settings.runtime_env)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - Ray raises many kinds (connection, authentication, version): one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise KitError(f"cannot connect to Ray at {address or 'this machine'}: {first}") from None
     try:
