@@ -224,9 +224,15 @@ def plan_workers(resources: dict, settings: RaySettings) -> int:
     return n
 
 
-def _worker_env() -> dict[str, str]:
-    """Environment variables the workers take from the driver (a worker on another node has its own env)."""
-    env = {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+def _worker_env(cpus_per_worker: float) -> dict[str, str]:
+    """Environment variables of the workers (one on another node does not inherit the driver's): the driver's
+    Keras backend and log level, and TensorFlow's compute threads limited to the CPUs the worker reserved.
+
+    subtle: TensorFlow sizes its thread pool by the machine's cores, not by Ray's reservation (Ray limits only
+    OMP_NUM_THREADS), so N workers on one machine would each run a pool as wide as the machine.
+    """
+    env = {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+           "TF_NUM_INTRAOP_THREADS": os.environ.get("TF_NUM_INTRAOP_THREADS", str(max(1, math.ceil(cpus_per_worker))))}
     if os.environ.get("KERAS_BACKEND"):
         env["KERAS_BACKEND"] = os.environ["KERAS_BACKEND"]
     return env
@@ -284,7 +290,7 @@ def run_on_ray(settings, paths: dict[str, list[Path]], partial: Path, todo: list
         n_workers = min(plan_workers(resources, rs), len(todo))
         worker_cls = ray.remote(ShardWorker).options(
             num_cpus=rs.cpus_per_worker, num_gpus=rs.gpus_per_worker, max_restarts=rs.max_retries,
-            max_task_retries=rs.max_retries, runtime_env={"env_vars": _worker_env()},
+            max_task_retries=rs.max_retries, runtime_env={"env_vars": _worker_env(rs.cpus_per_worker)},
         )
         actors = [
             worker_cls.remote(backbone=settings.backbone, weights=settings.weights, image_size=settings.image_size,
