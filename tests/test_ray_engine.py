@@ -88,7 +88,7 @@ def ray_cluster():
         yield f"127.0.0.1:{port}"
     finally:
         # 'ray start --block' started everything in its own session: end exactly that process group.
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        for sig, wait in ((signal.SIGTERM, 8), (signal.SIGKILL, 5)):
             try:
                 os.killpg(proc.pid, sig)
             except ProcessLookupError:
