@@ -12,13 +12,13 @@ DATA ?=
 help:
 	@awk '/^## /{sub(/^## /, ""); split($$0, a, ": "); printf "  make %-10s %s\n", a[1], substr($$0, length(a[1]) + 3)}' $(MAKEFILE_LIST)
 
-## install: create .venv and install kaggle-kit with its test extras
+## install: create .venv and install kaggle-kit with its test extras and Ray (the ray engine's tests need it)
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,ray]'
 	touch $@
 
 ## test: run the whole test suite (what CI runs); installs Debian's chromium for the report tests if missing

@@ -49,9 +49,12 @@ def run_kit(args: list[str], *, cwd: Path, env: dict | None = None, timeout: flo
 def features_end_to_end(data: Path, workdir: Path, *, backbone: str, weights: str, size: int, batch: int,
                         exp: str, workers: int | None = None, env: dict | None = None, extra: list[str] = (),
                         timeout: float | None = None) -> dict:
-    """``kaggle-kit features`` in a subprocess: images/s from its manifest (extraction only) and peak RSS.
+    """``kaggle-kit features [EXTRA]`` in a subprocess: images/s from its manifest (extraction only: after the
+    model is built and compiled), peak RSS of the driver, the command's wall time and the engine's own figures.
 
-    ``extra``: more options (e.g. ``--decoder dali``)."""
+    ``extra``: more options (e.g. ``--decoder dali``, ``--engine ray``)."""
+    from dataclasses import asdict
+
     from kaggle_kit.backbones import get_backbone
     from kaggle_kit.store import default_feature_set_name, experiment_dir, features_dir, load_features
 
@@ -59,12 +62,17 @@ def features_end_to_end(data: Path, workdir: Path, *, backbone: str, weights: st
             "--batch-size", str(batch), "--data", str(data), "--exp", exp, "--quiet", "--force"]
     if workers:
         args += ["--workers", str(workers)]
+    t0 = time.perf_counter()
     _, peak = run_kit([*args, *extra], cwd=workdir, env=env, timeout=timeout)
+    wall = time.perf_counter() - t0
     spec = get_backbone(backbone)
     name = default_feature_set_name(spec.name, input_size=spec.input_size, image_size=size)
     fs = load_features(features_dir(experiment_dir(exp, root=workdir), name))
+    engine = {"engine": fs.engine, "build_seconds": fs.build_seconds, "warmup_seconds": fs.warmup_seconds,
+              **(asdict(fs.cluster) if fs.cluster is not None else {})}
     return {"images_per_second": fs.images_per_second, "images": fs.n_train + fs.n_test,
-            "seconds": fs.extract_seconds, "peak_rss_mib": peak}
+            "seconds": fs.extract_seconds, "peak_rss_mib": peak, "wall_seconds": round(wall, 1),
+            "engine": {k: v for k, v in engine.items() if v is not None}}
 
 
 def decoded_batch(paths: list[Path], size: int, batch: int) -> np.ndarray:

@@ -8,7 +8,9 @@ Sections:
 3. later stages at Kaggle size: cv (logreg heads of three 2,048-wide backbones + concat), blend, submit on
    synthetic features for 25,000 train / 12,500 test rows, through the real CLI, with their peak RSS;
 4. quality on the real mini competition: the kit's default pipeline vs the classic recipe, same features,
-   scored against the answer key.
+   scored against the answer key;
+5. ray: `features --engine ray` with 1 and 2 workers on this machine against the local engine, same photos,
+   back to back: the engine's overhead, and per-shard times from which to extrapolate to N GPU workers.
 
     .venv/bin/python bench/run.py [--quick] [--only quality ...]   (one section: results-<section>.json)
 """
@@ -188,12 +190,49 @@ def bench_quality(work: Path, *, quick: bool) -> dict:
             "ladder": [line.strip() for line in blend_out.splitlines() if line.startswith("  ")]}
 
 
+# ------------------------------------------------------------------------------------------ 5. Ray engine
+def bench_ray(work: Path, *, quick: bool) -> dict:
+    """The Ray engine's overhead: the same photos, settings and shards through the local engine, then through
+    ``--engine ray`` with 1 worker (all CPUs) and 2 workers (half each), back to back, Ray started on this machine
+    for each run. img/s is the steady state for all three (after the models are built and compiled); the
+    one-time costs (Ray and its workers starting) are reported on their own, with each command's wall time."""
+    import statistics
+
+    per_class, n_test, shard = (800, 400, 256) if not quick else (100, 50, 64)
+    data = subset_competition(MINI, work / "data-ray", n_per_class=per_class, n_test=n_test)
+    cpus = os.cpu_count() or 1
+    common = dict(backbone="squeezenet", weights=str(SQUEEZENET_H5), size=227, batch=32,
+                  env={"RAY_USAGE_STATS_ENABLED": "0"})
+    cases = {
+        "local": (),
+        "ray_1_worker": ("--engine", "ray", "--workers", "1", "--cpus-per-worker", str(cpus)),
+        "ray_2_workers": ("--engine", "ray", "--workers", "2", "--cpus-per-worker", f"{cpus / 2:g}"),
+    }
+    out = {"images": 2 * per_class + n_test, "shard_size": shard, "backbone": "squeezenet 227 px, batch 32",
+           "cpus": cpus, "load_before": [round(x, 2) for x in os.getloadavg()]}
+    for case, extra in cases.items():
+        log(f"ray section: {case} on {out['images']} photos")
+        r = features_end_to_end(data, work, exp=f"ray-{case}", extra=("--shard-size", str(shard), *extra), **common)
+        shards = r["engine"].pop("shard_seconds", None)
+        if shards:
+            r["engine"]["shard_seconds_median"] = round(statistics.median(shards), 3)
+            r["engine"]["shard_seconds_range"] = [min(shards), max(shards)]
+            r["engine"]["worker_images_per_second"] = round(shard / statistics.median(shards), 1)
+        out[case] = r
+    out["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    local = out["local"]["images_per_second"]
+    for case in ("ray_1_worker", "ray_2_workers"):
+        out[case]["over_local"] = round(out[case]["images_per_second"] / local, 3)
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- report
 SECTIONS = {
     "extraction": bench_extraction,
     "extraction_memory": bench_extraction_memory,
     "kaggle_size": bench_later_stages,
     "quality": bench_quality,
+    "ray": bench_ray,
 }
 
 
@@ -208,6 +247,8 @@ def print_table(results: dict) -> None:
         _print_kaggle_size(results["kaggle_size"])
     if "quality" in results:
         _print_quality(results["quality"])
+    if "ray" in results:
+        _print_ray(results["ray"])
     print(f"\n{results['seconds']:.0f} s in all")
 
 
@@ -237,6 +278,19 @@ def _print_quality(q: dict) -> None:
         print(f"classic recipe on {name} features (logistic regression, clip 0.005): {loss:.5f}")
     for line in q["ladder"]:
         print(f"    {line}")
+
+
+def _print_ray(r: dict) -> None:
+    print(f"\n== Ray engine vs local ({r['backbone']}, {r['images']} photos, shards of {r['shard_size']}, "
+          f"{r['cpus']} CPUs; load average {r['load_before'][0]} before, {r['load_after'][0]} after)")
+    print(f"{'engine':<16}{'img/s':>8}{'/local':>8}{'start s':>9}{'wall s':>8}{'shard s (median)':>18}"
+          f"{'worker img/s':>14}")
+    for case in ("local", "ray_1_worker", "ray_2_workers"):
+        x, e = r[case], r[case]["engine"]
+        start = e.get("startup_seconds", e.get("build_seconds", 0) + e.get("warmup_seconds", 0))
+        print(f"{case:<16}{x['images_per_second']:>8.1f}{x.get('over_local', 1.0):>8.3f}{start:>9.1f}"
+              f"{x['wall_seconds']:>8.1f}{e.get('shard_seconds_median', float('nan')):>18.3f}"
+              f"{e.get('worker_images_per_second', float('nan')):>14.1f}")
 
 
 def main() -> None:

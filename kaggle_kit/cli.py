@@ -3,8 +3,8 @@
 Each command calls one stage function (``run_features``, ``run_cv``, ``run_blend``, ``make_submission``,
 ``write_report``, ``run_demo``), which takes the experiment folder and keyword settings, holds the
 experiment's lock itself and returns a result that knows its own lines of output. The choices of an option
-(``--tta``, ``--decoder``, ``--head``, ``--method``, ``--metric``) are the tuples defined by the module that uses
-them.
+(``--tta``, ``--decoder``, ``--engine``, ``--head``, ``--method``, ``--metric``) are the tuples defined by the
+module that uses them.
 
 Every user error ends with one line on stderr and a non-zero exit code (2 for bad input, 3 for a busy
 experiment, 130 for Ctrl-C), never a traceback. Commands are listed in ``--help`` in the order a user runs them.
@@ -24,7 +24,7 @@ from kaggle_kit.artifacts import KitError
 from kaggle_kit.blend import METHODS
 from kaggle_kit.cv import HEAD_CHOICES
 from kaggle_kit.decoders import DECODERS
-from kaggle_kit.features import TTA_MODES
+from kaggle_kit.features import ENGINES, TTA_MODES
 from kaggle_kit.kaggle_api import DEFAULT_COMPETITION
 from kaggle_kit.store import experiment_dir
 from kaggle_kit.submit import METRICS
@@ -45,6 +45,7 @@ def _choices(name: str, values: Iterable[str]) -> type[Enum]:
 
 Tta = _choices("Tta", TTA_MODES)
 Decoder = _choices("Decoder", DECODERS)
+Engine = _choices("Engine", ENGINES)
 Head = _choices("Head", HEAD_CHOICES)
 BlendMethod = _choices("BlendMethod", METHODS)
 Metric = _choices("Metric", METRICS)
@@ -124,13 +125,31 @@ def features(
     tta: Tta = typer.Option(Tta("none"), "--tta", help="'flip' also extracts horizontally flipped images."),
     positive: Optional[str] = typer.Option(None, "--positive", help="Class whose label is 1 (default: dog)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decoder threads (default: CPU count)."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", min=1,
+        help="Local engine: decoder threads (default: CPU count). Ray engine: workers, one model each "
+        "(default: as many as the cluster's CPUs, or GPUs, allow).",
+    ),
     decoder: Decoder = typer.Option(
         Decoder("opencv"), "--decoder",
         help="'opencv': CPU threads. 'dali': JPEG decoding and resizing on an NVIDIA GPU "
         "(pip install 'kaggle-kit\\[dali]').",
     ),
     shard_size: int = typer.Option(1024, "--shard-size", min=1, help="Images per resumable shard."),
+    engine: Engine = typer.Option(
+        Engine("local"), "--engine",
+        help="'local': this process. 'ray': workers on a Ray cluster (pip install 'kaggle-kit\\[ray]').",
+    ),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="Ray engine: the head node, HOST:PORT or 'auto' (default: $RAY_ADDRESS, else "
+        "Ray started on this machine for the run).",
+    ),
+    cpus_per_worker: Optional[float] = typer.Option(
+        None, "--cpus-per-worker", help="Ray engine: CPUs (decoder threads) per worker (default 1).",
+    ),
+    gpus_per_worker: Optional[float] = typer.Option(
+        None, "--gpus-per-worker", help="Ray engine: GPUs per worker (default 0; fractions share a GPU).",
+    ),
     name: Optional[str] = typer.Option(None, "--name", help="Feature set name (default: backbone[_size])."),
     force: bool = typer.Option(False, "--force", help="Recompute even if a matching cache exists."),
     quiet: bool = QuietOption,
@@ -140,8 +159,9 @@ def features(
 
     result = run_features(experiment_dir(exp), backbone=backbone, data=data, weights=weights,
                           image_size=image_size, tta=tta.value, positive=positive, batch_size=batch_size,
-                          workers=workers, decoder=decoder.value, shard_size=shard_size, name=name, force=force,
-                          warn=_err, progress=not quiet)
+                          workers=workers, decoder=decoder.value, shard_size=shard_size, engine=engine.value,
+                          address=address, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
+                          name=name, force=force, warn=_err, progress=not quiet)
     _echo(result.lines())
 
 

@@ -11,17 +11,20 @@ predictions over both views (test-time augmentation). The pixels come from :mod:
 Extraction is written in shards (``.partial/<key>/<split>-<i>.npz``, each written atomically). A run that is
 interrupted (Ctrl-C, SIGKILL) resumes from the finished shards of the same key; the key is a hash of
 everything the features depend on, so shards of another configuration or of changed images are never reused.
+
+Two engines compute the shards (:mod:`kaggle_kit.engine`): ``local`` (one model in this process) and ``ray``
+(workers on a Ray cluster, :mod:`kaggle_kit.ray_engine`). Both write the same shard files, so assembly,
+manifest, cache and resume are shared and a set is the same whichever engine made it (the manifest records
+which: ``engine``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import shutil
-import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -29,6 +32,7 @@ from kaggle_kit.artifacts import KitError, atomic_path, check_name, experiment_l
 from kaggle_kit.backbones import Backbone, WeightsChoice
 from kaggle_kit.data import Dataset
 from kaggle_kit.decoders import DECODERS
+from kaggle_kit.engine import pending_shards, run_local, shard_ranges
 from kaggle_kit.store import (
     EXTERNAL_WEIGHTS,
     FEATURES_FORMAT,
@@ -40,12 +44,18 @@ from kaggle_kit.store import (
     feature_array_path,
     features_dir,
     finish_feature_set,
+    load_shard,
     partial_dir,
     save_experiment,
     save_feature_set,
+    shard_path,
 )
 
+if TYPE_CHECKING:
+    from kaggle_kit.ray_engine import RaySettings
+
 TTA_MODES = ("none", "flip")
+ENGINES = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,7 @@ class FeatureSettings:
     workers: int | None = None
     shard_size: int = 1024
     decoder: str = "opencv"  # kaggle_kit.decoders.DECODERS
+    ray: RaySettings | None = None  # None: the local engine; else the shards run on a Ray cluster (ray_engine.py)
 
     def __post_init__(self):
         if self.decoder not in DECODERS:
@@ -102,122 +113,18 @@ class FeatureResult:
         rate = fs.images_per_second
         return [f"{fs.name}: {fs.n_train} train + {fs.n_test} test images -> {fs.width} features"
                 f"{' x2 (flip)' if fs.tta == 'flip' else ''}, {rate if rate is not None else '-'} img/s end to end, "
-                f"{fs.extract_seconds} s -> {self.out_dir}"]
+                f"{fs.extract_seconds} s{self._cluster_summary()} -> {self.out_dir}"]
+
+    def _cluster_summary(self) -> str:
+        cluster = self.features.cluster
+        if cluster is None:
+            return ""
+        restarts = f", {cluster.worker_restarts} restarted" if cluster.worker_restarts else ""
+        return (f" on {cluster.workers} Ray worker(s) at {cluster.address}{restarts} (+{cluster.startup_seconds} s "
+                "to start them)")
 
 
-# ------------------------------------------------------------------------------------------------ the engine
-def _shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
-    return [(a, min(a + shard_size, n)) for a in range(0, n, shard_size)]
-
-
-def _shard_path(partial: Path, split: str, index: int) -> Path:
-    return partial / f"{split}-{index:05d}.npz"
-
-
-def _load_shard(path: Path) -> dict[str, np.ndarray] | None:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return None  # a damaged shard is recomputed, never trusted
-
-
-def _shard_is_complete(path: Path, rows: int) -> bool:
-    """True when the shard exists, opens, and holds ``rows`` rows (reads only its small 'ok' array)."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return "feats" in z.files and z["ok"].shape == (rows,)
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return False
-
-
-def pending_shards(paths: dict[str, list[Path]], partial: Path, *, shard_size: int) -> list[tuple[str, int, int, int]]:
-    """The (split, shard index, first row, end row) of every shard not yet finished, in extraction order."""
-    return [
-        (split, index, a, b)
-        for split, split_paths in paths.items()
-        for index, (a, b) in enumerate(_shard_ranges(len(split_paths), shard_size))
-        if not _shard_is_complete(_shard_path(partial, split, index), b - a)
-    ]
-
-
-def _save_shard(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with atomic_path(path, suffix=".npz") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-
-
-def run_extraction(
-    predict: Callable[[np.ndarray], np.ndarray],
-    paths: dict[str, list[Path]],
-    partial: Path,
-    todo: list[tuple[str, int, int, int]],
-    *,
-    width: int,
-    image_size: int,
-    batch_size: int,
-    tta: str,
-    workers: int | None,
-    decoder: str = "opencv",
-    on_images: Callable[[int], None] = lambda n: None,
-) -> int:
-    """Compute the shards listed in ``todo`` (see :func:`pending_shards`); return how many images were decoded.
-
-    ``predict`` maps uint8 (batch_size, s, s, 3) to float (batch_size, width); the last batch is padded to
-    ``batch_size`` (so a compiled function never retraces) and the padding rows dropped.
-    """
-    from kaggle_kit.decoders import iter_batches
-
-    flat = [p for split, _, a, b in todo for p in paths[split][a:b]]
-    if not flat:
-        return 0
-
-    buffers: dict[str, list[np.ndarray]] = {"feats": [], "ok": [], "flip": []}
-    unit = 0  # index into todo of the shard being filled
-    filled = 0
-
-    def flush():
-        nonlocal unit, filled
-        split, index, a, b = todo[unit]
-        arrays = {"feats": np.concatenate(buffers["feats"])[: b - a], "ok": np.concatenate(buffers["ok"])[: b - a]}
-        if tta == "flip":
-            arrays["flip"] = np.concatenate(buffers["flip"])[: b - a]
-        _save_shard(_shard_path(partial, split, index), arrays)
-        unit, filled = unit + 1, 0
-        for v in buffers.values():
-            v.clear()
-
-    def padded(batch: np.ndarray) -> np.ndarray:
-        if len(batch) == batch_size:
-            return batch
-        pad = np.zeros((batch_size - len(batch), *batch.shape[1:]), dtype=batch.dtype)
-        return np.concatenate([batch, pad])
-
-    for batch, ok in iter_batches(flat, decoder=decoder, size=image_size, batch_size=batch_size, workers=workers):
-        n = len(batch)
-        feats = np.asarray(predict(padded(batch)), dtype=np.float32)[:n]
-        flip = None
-        if tta == "flip":
-            flip = np.asarray(predict(padded(np.ascontiguousarray(batch[:, :, ::-1]))), dtype=np.float32)[:n]
-        if feats.shape != (n, width):
-            raise KitError(f"the model returned features of shape {feats.shape[1:]}, expected ({width},)")
-        # A batch may straddle shard boundaries: hand its rows to the shards in order.
-        start = 0
-        while start < n:
-            split, index, a, b = todo[unit]
-            take = min(n - start, (b - a) - filled)
-            buffers["feats"].append(feats[start:start + take])
-            buffers["ok"].append(ok[start:start + take])
-            if flip is not None:
-                buffers["flip"].append(flip[start:start + take])
-            filled += take
-            start += take
-            if filled == b - a:
-                flush()
-        on_images(n)
-    return len(flat)
-
-
+# ------------------------------------------------------------------------------------------- the stage's steps
 def _assemble(out_dir: Path, partial: Path, paths: dict[str, list[Path]], *, width: int, shard_size: int,
               tta: str) -> dict[str, np.ndarray]:
     """Stream the shards into the final arrays (memory-mapped, atomic); return the ok mask of each split.
@@ -234,8 +141,8 @@ def _assemble(out_dir: Path, partial: Path, paths: dict[str, list[Path]], *, wid
                 tmp = stack.enter_context(atomic_path(feature_array_path(out_dir, logical), suffix=".npy"))
                 outs[key] = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, width))
             ok = np.zeros(n, dtype=bool)
-            for index, (a, b) in enumerate(_shard_ranges(n, shard_size)):
-                shard = _load_shard(_shard_path(partial, split, index))
+            for index, (a, b) in enumerate(shard_ranges(n, shard_size)):
+                shard = load_shard(shard_path(partial, split, index))
                 if shard is None:
                     raise KitError(f"shard {split}-{index} in {partial} vanished while assembling; run again")
                 for key, out in outs.items():
@@ -277,9 +184,11 @@ def extract_features(
     key = settings.key(image_hash)
     if not force and (cached := cached_feature_set(out_dir, key)) is not None:
         return FeatureResult(cached, cached=True)
-    from kaggle_kit.decoders import check_decoder
+    if settings.ray is None:
+        from kaggle_kit.decoders import check_decoder
 
-    check_decoder(settings.decoder)  # before any work: a missing DALI or GPU is a one-line error, not a wait
+        # Before any work: a missing DALI or GPU is a one-line error, not a wait. (Ray workers check their node.)
+        check_decoder(settings.decoder)
 
     partial = partial_dir(out_dir) / key[:16]
     if force and partial.exists():
@@ -294,37 +203,17 @@ def extract_features(
     paths = {"train": dataset.train_paths(), "test": dataset.test_paths()}
     total = sum(len(p) for p in paths.values())
     backbone = settings.backbone
-    t_build = time.perf_counter()
-    from kaggle_kit.backbones import build_extractor
-
-    model = build_extractor(backbone, image_size=settings.image_size, weights=settings.weights)
-    build_seconds = time.perf_counter() - t_build
-    # subtle: compile on a blank batch before the clock starts; images/s is then the steady-state rate, and the
-    # one-time compile (seconds on a GPU under JAX) is reported on its own as warmup_seconds.
-    t_warm = time.perf_counter()
-    model.predict_on_batch(np.zeros((settings.batch_size, settings.image_size, settings.image_size, 3), np.uint8))
-    warmup_seconds = time.perf_counter() - t_warm
-
     from tqdm import tqdm
 
     todo = pending_shards(paths, partial, shard_size=settings.shard_size)
     bar = tqdm(total=total, unit="img", desc=f"{backbone.name} features", disable=not progress, smoothing=0.1)
     bar.update(total - sum(b - a for _, _, a, b in todo))  # shards finished by an interrupted run
-    t0 = time.perf_counter()
-    n_new = run_extraction(
-        model.predict_on_batch,
-        paths,
-        partial,
-        todo,
-        width=backbone.width,
-        image_size=settings.image_size,
-        batch_size=settings.batch_size,
-        tta=settings.tta,
-        workers=settings.workers,
-        decoder=settings.decoder,
-        on_images=bar.update,
-    )
-    seconds = time.perf_counter() - t0
+    if settings.ray is None:
+        run = run_local(settings, paths, partial, todo, on_images=bar.update)
+    else:
+        from kaggle_kit.ray_engine import run_on_ray
+
+        run = run_on_ray(settings, paths, partial, todo, data_root=dataset.root, on_images=bar.update)
     bar.close()
 
     begin_feature_set(out_dir)  # the old manifest goes before any array is replaced
@@ -338,24 +227,22 @@ def extract_features(
     for f in unreadable["test"]:
         warn(f"warning: cannot decode {dataset.root / f}; it will get the training prior as its prediction")
 
-    from kaggle_kit.keras_loader import load_keras
-
-    keras = load_keras()
     features = finish_feature_set(
         out_dir, dataset, key=key, image_list_hash=image_hash, width=backbone.width, tta=settings.tta,
         unreadable=unreadable,
         backbone=backbone.name, weights=settings.weights.identity, weights_kind=settings.weights.kind,
         preprocess=backbone.preprocess, input_size=settings.image_size, decoder=settings.decoder,
+        engine=run.engine, cluster=run.cluster,
         details=dict(
             builder=backbone.builder,
-            images_computed=n_new,
-            images_per_second=round(n_new / seconds, 2) if n_new and seconds > 0 else None,
-            extract_seconds=round(seconds, 2),
-            build_seconds=round(build_seconds, 2),
-            warmup_seconds=round(warmup_seconds, 2),
+            images_computed=run.images,
+            images_per_second=round(run.images / run.seconds, 2) if run.images and run.seconds > 0 else None,
+            extract_seconds=round(run.seconds, 2),
+            build_seconds=run.build_seconds,
+            warmup_seconds=run.warmup_seconds,
             batch_size=settings.batch_size,
-            keras_backend=keras.backend.backend(),
-            keras_version=keras.__version__,
+            keras_backend=run.keras_backend,
+            keras_version=run.keras_version,
         ),
     )
     shutil.rmtree(partial_dir(out_dir), ignore_errors=True)
@@ -376,6 +263,10 @@ def run_features(
     workers: int | None = None,
     decoder: str = "opencv",
     shard_size: int = 1024,
+    engine: str = "local",
+    address: str | None = None,
+    cpus_per_worker: float | None = None,
+    gpus_per_worker: float | None = None,
     name: str | None = None,
     force: bool = False,
     warn: Callable[[str], None] = print,
@@ -386,15 +277,29 @@ def run_features(
     ``data``/``positive`` default to the experiment's (else ./data and 'dog'), which then remembers them;
     ``weights`` is 'imagenet', 'none' (random: warned about) or a file; ``image_size`` defaults to the
     backbone's own and ``name`` to ``<backbone>[_<size>]``; ``decoder`` is one of decoders.DECODERS (a
-    missing DALI or GPU is refused before any model is built). Everything is checked before the experiment's
-    lock is taken, so a refused run leaves nothing behind; ``warn`` gets the data folder's and the decoder's
-    warnings.
+    missing DALI or GPU is refused before any model is built). ``engine`` is one of :data:`ENGINES`: with
+    'local', ``workers`` is the number of decoder threads; with 'ray' it is the number of Ray workers, each
+    with ``cpus_per_worker`` CPUs (also its decoder threads; default 1) and ``gpus_per_worker`` GPUs (default
+    0), on the cluster at ``address`` (see ray_engine.RaySettings). Everything is checked before the
+    experiment's lock is taken, so a refused run leaves nothing behind; ``warn`` gets the data folder's and
+    the decoder's warnings.
     """
     from kaggle_kit.backbones import get_backbone, resolve_weights
     from kaggle_kit.data import discover
 
     if tta not in TTA_MODES:
         raise KitError(f"--tta {tta!r} is not one of: {', '.join(TTA_MODES)}", code=2)
+    if engine not in ENGINES:
+        raise KitError(f"--engine {engine!r} is not one of: {', '.join(ENGINES)}", code=2)
+    ray = None
+    if engine == "ray":
+        from kaggle_kit.ray_engine import RaySettings
+
+        ray = RaySettings(address=address, workers=workers, cpus_per_worker=cpus_per_worker or 1.0,
+                          gpus_per_worker=gpus_per_worker or 0.0)
+        workers = None  # decoder threads: cpus_per_worker on each worker
+    elif address is not None or cpus_per_worker is not None or gpus_per_worker is not None:
+        raise KitError("--address, --cpus-per-worker and --gpus-per-worker apply to --engine ray only", code=2)
     spec = get_backbone(backbone)
     data_dir, positive = experiment_data(exp_dir, data=data, positive=positive)
     dataset = discover(data_dir, positive=positive)
@@ -403,7 +308,7 @@ def run_features(
     out_name = check_name("feature set", name) if name else default_feature_set_name(
         spec.name, input_size=spec.input_size, image_size=size)
     settings = FeatureSettings(backbone=spec, weights=choice, image_size=size, tta=tta, batch_size=batch_size,
-                               workers=workers, shard_size=shard_size, decoder=decoder)
+                               workers=workers, shard_size=shard_size, decoder=decoder, ray=ray)
     with experiment_lock(exp_dir, command=f"features --backbone {backbone}"):
         # Warnings only once the lock is held: a run refused as busy says so in one line.
         for w in dataset.warnings:

@@ -14,7 +14,8 @@ Layout::
         train.npy, test.npy               float32 (n_train, width), (n_test, width)
         train_flip.npy, test_flip.npy     the same rows on horizontally flipped images (``--tta flip``)
         ids.json                          the row order: train_ids, train_labels, test_ids
-        .partial/<key>/                   shards of an unfinished extraction
+        .partial/<key>/<split>-<i>.npz    shards of an unfinished extraction: 'feats' float32 (rows, width), 'ok'
+                                          bool (rows,), with flip TTA 'flip' float32 (rows, width)
     experiments/<exp>/folds/              kaggle-kit/folds/1: the one fold plan of the experiment
         plan.npy                          int8 (repeats, n_train): the fold of each training row per repeat
         y.npy, ids.json                   int8 (n_train,) labels; train_ids, test_ids
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import math
 import shlex
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
@@ -44,6 +46,7 @@ import numpy as np
 
 from kaggle_kit.artifacts import (
     KitError,
+    atomic_path,
     check_name,
     load_npy,
     new_manifest,
@@ -149,6 +152,7 @@ _FEATURES_KEYS = ("key", "name", "backbone", "tta", "width", "image_list_hash", 
                   "files", "shapes", "unreadable", "unreadable_ids")
 EXTERNAL_WEIGHTS = "external"  # weights_kind of features made by another tool (save_feature_set)
 DEFAULT_DECODER = "opencv"  # the 'decoder' of feature sets written before the key existed (decoders.DECODERS)
+DEFAULT_ENGINE = "local"  # the 'engine' of feature sets written before the key existed (features.ENGINES)
 
 
 def features_root(exp_dir: Path) -> Path:
@@ -163,6 +167,36 @@ def features_dir(exp_dir: Path, name: str) -> Path:
 def partial_dir(out_dir: Path) -> Path:
     """Where an unfinished extraction keeps its shards, one subfolder per configuration key."""
     return out_dir / ".partial"
+
+
+def shard_path(partial: Path, split: str, index: int) -> Path:
+    """Shard ``index`` of ``split`` in ``partial`` (a configuration's subfolder of :func:`partial_dir`)."""
+    return partial / f"{split}-{index:05d}.npz"
+
+
+def save_shard(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write one shard atomically: 'feats' float32 (rows, width), 'ok' bool (rows,) and, with flip TTA, 'flip'."""
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+
+def load_shard(path: Path) -> dict[str, np.ndarray] | None:
+    """A shard's arrays, or None when it is missing or damaged (it is then recomputed, never trusted)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+
+
+def shard_is_complete(path: Path, rows: int) -> bool:
+    """True when the shard exists, opens, and holds ``rows`` rows (reads only its small 'ok' array)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return "feats" in z.files and z["ok"].shape == (rows,)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return False
 
 
 def default_feature_set_name(backbone: str, *, input_size: int, image_size: int) -> str:
@@ -238,6 +272,40 @@ def features_advice(out_dir: Path, manifest: Mapping[str, Any] | None = None, *,
 
 
 @dataclass(frozen=True)
+class ClusterRun:
+    """The Ray engine's figures of a feature set (``--engine ray``; manifest keys of the same names, the address
+    as ``ray_address``). ``shard_seconds``: each shard's compute time on its worker, in the order they came
+    back; ``worker_restarts``: worker processes that died and were replaced."""
+
+    address: str
+    workers: int
+    nodes: int
+    cpus_per_worker: float
+    gpus_per_worker: float
+    worker_restarts: int
+    startup_seconds: float
+    shard_seconds: tuple[float, ...]
+    shard_write_seconds: float
+
+    def fields(self) -> dict[str, Any]:
+        """The manifest's keys and values."""
+        return {"ray_address": self.address, "workers": self.workers, "nodes": self.nodes,
+                "cpus_per_worker": self.cpus_per_worker, "gpus_per_worker": self.gpus_per_worker,
+                "worker_restarts": self.worker_restarts, "startup_seconds": self.startup_seconds,
+                "shard_seconds": list(self.shard_seconds), "shard_write_seconds": self.shard_write_seconds}
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any]) -> ClusterRun | None:
+        """The record of a manifest written by the Ray engine after it ran workers, else None."""
+        if manifest.get("engine") != "ray" or "ray_address" not in manifest:
+            return None
+        return cls(address=manifest["ray_address"], workers=manifest["workers"], nodes=manifest["nodes"],
+                   cpus_per_worker=manifest["cpus_per_worker"], gpus_per_worker=manifest["gpus_per_worker"],
+                   worker_restarts=manifest["worker_restarts"], startup_seconds=manifest["startup_seconds"],
+                   shard_seconds=tuple(manifest["shard_seconds"]), shard_write_seconds=manifest["shard_write_seconds"])
+
+
+@dataclass(frozen=True)
 class FeatureSet:
     """A finished feature set, memory-mapped: ``arrays`` maps 'train', 'test' (+ '_flip') to (rows, width)
     float32; ``train_ids``, ``y`` (int8 (n_train,)) and ``test_ids`` give the row order."""
@@ -293,8 +361,29 @@ class FeatureSet:
         return self.manifest.get("decoder", DEFAULT_DECODER)
 
     @property
+    def engine(self) -> str | None:
+        """What computed the shards ('local', 'ray': features.ENGINES); 'local' for a set written before the key
+        existed, None for features made by another tool. It never changes the features (not in the key)."""
+        return self.manifest.get("engine", DEFAULT_ENGINE)
+
+    @property
+    def cluster(self) -> ClusterRun | None:
+        """The Ray engine's figures when it ran workers for this set (a resumed run may have had nothing left)."""
+        return ClusterRun.from_manifest(self.manifest)
+
+    @property
     def images_per_second(self) -> float | None:
         return self.manifest.get("images_per_second")
+
+    @property
+    def build_seconds(self) -> float | None:
+        """Seconds to build the model (with the Ray engine: the slowest worker's)."""
+        return self.manifest.get("build_seconds")
+
+    @property
+    def warmup_seconds(self) -> float | None:
+        """Seconds of the model's first, compiling call (with the Ray engine: the slowest worker's)."""
+        return self.manifest.get("warmup_seconds")
 
     @property
     def extract_seconds(self) -> float | None:
@@ -359,14 +448,17 @@ def begin_feature_set(out_dir: Path) -> None:
 def finish_feature_set(out_dir: Path, dataset: Dataset, *, key: str, image_list_hash: str, width: int, tta: str,
                        unreadable: Mapping[str, Sequence[str]], backbone: str, weights: str, weights_kind: str,
                        preprocess: str | None, input_size: int | None, decoder: str | None = None,
+                       engine: str | None = None, cluster: ClusterRun | None = None,
                        details: Mapping[str, Any] | None = None) -> FeatureSet:
     """Write ``ids.json`` then ``manifest.json`` beside arrays already in place; return the loaded set.
 
     ``unreadable`` maps 'train'/'test' to the relative files that could not be decoded (the manifest keeps
     their ids too: blend keeps the training prior for such test rows); ``decoder``: what decoded the images
-    (None for features made by another tool; :attr:`FeatureSet.decoder`); ``details`` are figures of the run
-    (images per second, seconds, versions) kept in the manifest as they are. ``image_list_hash`` is the
-    data set's as it was when the extraction began (so images changed during it make the set stale).
+    (None for features made by another tool; :attr:`FeatureSet.decoder`); ``engine`` what computed them and
+    ``cluster`` the Ray engine's figures (:attr:`FeatureSet.engine`, :class:`ClusterRun`); ``details`` are
+    figures of the run (images per second, seconds, versions) kept in the manifest as they are.
+    ``image_list_hash`` is the data set's as it was when the extraction began (so images changed during it make
+    the set stale).
     """
     ids = {"train_ids": list(dataset.train_ids), "train_labels": dataset.y.tolist(), "test_ids": list(dataset.test_ids)}
     write_json_atomic(out_dir / "ids.json", ids)
@@ -384,7 +476,7 @@ def finish_feature_set(out_dir: Path, dataset: Dataset, *, key: str, image_list_
         shapes={k: [_rows(k, dataset.n_train, dataset.n_test), width] for k in files},
         unreadable={split: list(unreadable[split]) for split in FEATURE_SPLITS}, unreadable_ids=unreadable_ids,
         backbone=backbone, weights=weights, weights_kind=weights_kind, preprocess=preprocess, input_size=input_size,
-        decoder=decoder,
+        decoder=decoder, engine=engine, **(cluster.fields() if cluster is not None else {}),
     )
     clash = set(details or {}) & set(fields)
     if clash:

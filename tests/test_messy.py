@@ -344,7 +344,7 @@ def test_arrays_holding_pickles_are_refused_by_every_loader(tmp_path, monkeypatc
     assert store.cached_feature_set(fs_dir, key) is None  # recomputed, not trusted
     shard = tmp_path / "train-00000.npz"
     np.savez(shard, feats=_pickled_array(marker), ok=np.ones(2, bool))
-    assert features._load_shard(shard) is None  # a damaged shard is recomputed
+    assert store.load_shard(shard) is None  # a damaged shard is recomputed
     assert not marker.exists()
 
 
