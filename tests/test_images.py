@@ -72,6 +72,7 @@ def test_unreadable_files_give_none(content, photo, tmp_path):
     assert decode_image(tmp_path / "missing.jpg", 48) is None
 
 
+@pytest.mark.slow  # encodes and decodes a 108-megapixel photo: as many pixels as 500 photos
 def test_a_huge_photo_decodes_at_reduced_scale(tmp_path):
     big = np.zeros((9000, 12000, 3), np.uint8)
     big[:, :6000] = (0, 0, 255)  # left half red (BGR)
