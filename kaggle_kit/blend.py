@@ -4,10 +4,20 @@ Core (pure numpy, every setting a keyword argument): ``P`` is always (n_rows, n_
 positive class, ``y`` (n_rows,) 0/1 labels, ``folds`` (n_rows,) the fold index of each row.
 
 - blending methods: ``selection`` (greedy ensemble selection with replacement, Caruana et al. 2004, as in
-  AutoGluon), ``stack`` (logistic regression on clipped logits) and ``mean`` (the baseline);
+  AutoGluon), ``stack`` (logistic regression on clipped logits), ``mean`` (the baseline), ``single`` (the
+  model best on the fitting rows) and, for AUC only, ``rank`` (the mean of each model's normalised ranks);
 - calibration of the blend: ``temperature`` (one T > 0 on the logit) or ``platt`` (slope and intercept on the
   logit), kept only if it lowers the cross-fitted log loss;
 - the clip level c minimising the log loss of clip(p, c, 1 - c).
+
+The competition's metric (:mod:`kaggle_kit.metrics`) decides what is scored and which steps run:
+
+- ``logloss``: methods chosen by log loss; calibration; clip. The ladder: best single model -> blend ->
+  calibrated -> clipped;
+- ``accuracy``: methods chosen by accuracy (ties by log loss); calibration (by log loss: the 0/1 labels are
+  the calibrated probabilities thresholded at 0.5); no clip. Ladder: best single model -> blend -> calibrated;
+- ``auc``: selection and the single model fitted for AUC, methods chosen by AUC, ``rank`` among them; no
+  calibration and no clip (a monotone map cannot change an AUC). Ladder: best single model -> blend.
 
 Every reported score is cross-fitted: for each fold of the experiment's plan the blender, the calibrator and
 the clip are fitted on the other folds' rows and scored on the held-out fold, so a gain is never the
@@ -18,7 +28,8 @@ Edge: :func:`load_cv_inputs` reads ``experiments/<exp>/folds/`` (with :func:`kag
 
 - ``oof.npy`` float32 (n_train,): cross-fitted blended + calibrated OOF predictions (NaN on unreadable rows);
 - ``test.npy`` float32 (n_test,): blended + calibrated test predictions, not yet clipped;
-- ``manifest.json`` (format ``kaggle-kit/blend/1``), written last.
+- ``manifest.json`` (format ``kaggle-kit/blend/1``), written last: ``metric`` (absent in blends made before
+  there was a choice: log loss), ladder steps scored as ``oof_<metric>``, ``clip`` None unless log loss.
 """
 
 from __future__ import annotations
@@ -34,10 +45,10 @@ from scipy.special import expit, logit
 from kaggle_kit.cv import FORMAT as CV_FORMAT
 from kaggle_kit.features import FORMAT as FEATURES_FORMAT
 from kaggle_kit.folds import FoldPlan, load_plan
-from kaggle_kit.metrics import log_loss
+from kaggle_kit.metrics import DEFAULT_METRIC, check_metric, log_loss, loss
 
 FORMAT = "kaggle-kit/blend/1"
-METHODS = ("selection", "stack", "mean", "single")
+METHODS = ("selection", "stack", "mean", "single", "rank")
 CALIBRATIONS = ("none", "temperature", "platt")
 LOGIT_EPS = 1e-6  # probabilities are clipped to [1e-6, 1 - 1e-6] before taking logits (|logit| <= 13.8)
 CLIP_BOUNDS = (1e-4, 0.05)
@@ -46,7 +57,27 @@ DEFAULT_ROUNDS = 25
 # subtle: when two methods (or calibrations) score the same, the simpler one wins: ties between a one-model
 # selection and the mean are common with few models. 'single' (the model best on the fitting rows alone) is
 # the honest fallback: picked whenever no blend beats it out of fold, as when one backbone dominates.
-_METHOD_PREFERENCE = ("single", "mean", "selection", "stack")
+_METHOD_PREFERENCE = ("single", "mean", "rank", "selection", "stack")
+
+
+def methods_for(metric: str) -> tuple[str, ...]:
+    """The blending methods tried for ``metric``: ``rank`` only for AUC (its output is a rank, not a probability)."""
+    check_metric(metric)
+    return METHODS if metric == "auc" else tuple(m for m in METHODS if m != "rank")
+
+
+def fit_metric(metric: str) -> str:
+    """The metric a blender is fitted for: AUC for AUC; log loss otherwise (accuracy thresholds calibrated
+    probabilities, and log loss is the smooth, proper score that makes them)."""
+    return "auc" if check_metric(metric) == "auc" else "logloss"
+
+
+def normalised_ranks(P: np.ndarray) -> np.ndarray:
+    """Each column of (n, m) replaced by its ranks (ties averaged) scaled into (0, 1): (rank - 0.5) / n."""
+    from scipy.stats import rankdata
+
+    P = np.asarray(P, dtype=np.float64)
+    return (rankdata(P, axis=0) - 0.5) / P.shape[0]
 
 
 # ------------------------------------------------------------------------------------------------ the core
@@ -55,12 +86,13 @@ def logits(p: np.ndarray) -> np.ndarray:
     return logit(np.clip(np.asarray(p, dtype=np.float64), LOGIT_EPS, 1.0 - LOGIT_EPS))
 
 
-def select_ensemble(P: np.ndarray, y: np.ndarray, *, rounds: int = DEFAULT_ROUNDS) -> np.ndarray:
+def select_ensemble(P: np.ndarray, y: np.ndarray, *, rounds: int = DEFAULT_ROUNDS,
+                    metric: str = "logloss") -> np.ndarray:
     """Greedy ensemble selection with replacement; return the (n_models,) weights (>= 0, summing to 1).
 
     Start from an empty ensemble; in each of ``rounds`` rounds add the model (again, if it is already in)
-    whose addition gives the lowest log loss of the running average of probabilities. Ties go to the earlier
-    model; a candidate whose score is NaN or inf never wins.
+    whose addition gives the best ``metric`` score (log loss or AUC) of the running average of probabilities.
+    Ties go to the earlier model; a candidate whose score is NaN or inf never wins.
     """
     P = np.asarray(P, dtype=np.float64)
     if P.ndim != 2 or P.shape[1] == 0:
@@ -70,8 +102,8 @@ def select_ensemble(P: np.ndarray, y: np.ndarray, *, rounds: int = DEFAULT_ROUND
     counts = np.zeros(P.shape[1], dtype=np.int64)
     total = np.zeros(P.shape[0])
     for r in range(rounds):
-        scores = log_loss(y, (total[:, None] + P) / (r + 1))
-        # subtle: argmin would happily return a NaN position (NaN compares as the minimum), so map NaN to inf.
+        # subtle: argmin would happily return a NaN position (NaN compares as the minimum): loss() maps NaN to inf.
+        scores = np.asarray(loss(metric, y, (total[:, None] + P) / (r + 1)))
         scores = np.where(np.isfinite(scores), scores, np.inf)
         if not np.isfinite(scores).any():
             raise ValueError("every candidate ensemble scores NaN or inf; the predictions must be finite in [0, 1]")
@@ -86,7 +118,9 @@ class Blender:
     """A fitted blend: ``predict`` maps (n, n_models) probabilities to (n,).
 
     ``selection``, ``mean`` and ``single`` (one weight 1) average probabilities with ``weights`` (>= 0, sum 1);
-    ``stack`` is sigmoid(logits(P) @ weights + intercept), whose weights may have any sign.
+    ``stack`` is sigmoid(logits(P) @ weights + intercept), whose weights may have any sign; ``rank`` averages
+    the columns' normalised ranks within the rows predicted (for AUC: the result orders rows, it is no
+    probability).
     """
 
     method: str
@@ -99,25 +133,27 @@ class Blender:
         used = self.weights != 0
         if self.method == "stack":
             return expit(logits(P[:, used]) @ self.weights[used] + self.intercept)
+        if self.method == "rank":
+            return normalised_ranks(P[:, used]) @ self.weights[used]
         return P[:, used] @ self.weights[used]
 
 
 def fit_blender(P: np.ndarray, y: np.ndarray, *, method: str, rounds: int = DEFAULT_ROUNDS,
-                stack_c: float = 1.0) -> Blender:
+                stack_c: float = 1.0, metric: str = "logloss") -> Blender:
     """Fit a blender of ``method`` on finite (n, n_models) probabilities ``P`` and (n,) labels ``y``.
 
     ``rounds`` is the number of greedy selection rounds; ``stack_c`` the inverse L2 strength of the stacking
-    logistic regression.
+    logistic regression; ``metric`` what ``selection`` and ``single`` optimise (log loss or AUC, see
+    :func:`fit_metric`).
     """
     P = np.asarray(P, dtype=np.float64)
-    if method == "mean":
-        return Blender("mean", np.full(P.shape[1], 1.0 / P.shape[1]))
+    if method in ("mean", "rank"):
+        return Blender(method, np.full(P.shape[1], 1.0 / P.shape[1]))
     if method == "selection":
-        return Blender("selection", select_ensemble(P, y, rounds=rounds))
+        return Blender("selection", select_ensemble(P, y, rounds=rounds, metric=fit_metric(metric)))
     if method == "single":
-        scores = log_loss(np.asarray(y), P)  # (n_models,)
         weights = np.zeros(P.shape[1])
-        weights[int(np.argmin(np.where(np.isfinite(scores), scores, np.inf)))] = 1.0
+        weights[int(np.argmin(loss(fit_metric(metric), np.asarray(y), P)))] = 1.0  # (n_models,) losses
         return Blender("single", weights)
     if method == "stack":
         from sklearn.linear_model import LogisticRegression
@@ -233,12 +269,14 @@ def best_clip(p: np.ndarray, y: np.ndarray, *, low: float = CLIP_BOUNDS[0],
 class BlendResult:
     """Everything the blend stage learned; arrays are over all n rows of the input (NaN on unusable rows).
 
-    ``oof`` (n,): cross-fitted blended + calibrated predictions (not clipped). ``ladder``: (step, cross-fitted
-    log loss) for best single model -> blend -> calibrated -> clipped; in the cross-fitted best single model
-    each held-out fold gets the model best on the other folds, and in the clipped step the clip chosen on
-    the other folds. ``best_model`` is the column with the lowest log loss on every row. ``clip`` is chosen on ``oof``;
-    ``clip_logloss`` is the log loss of ``oof`` clipped there. ``method_scores`` and ``calibration_scores``
-    are the cross-fitted log losses that chose ``blender.method`` and ``calibrator.kind``.
+    ``metric``: what every score here is (see :mod:`kaggle_kit.metrics`). ``oof`` (n,): cross-fitted blended
+    + calibrated predictions (not clipped). ``ladder``: (step, cross-fitted score) for best single model ->
+    blend -> calibrated -> clipped (calibrated for log loss and accuracy, clipped for log loss only); in the
+    cross-fitted best single model each held-out fold gets the model best on the other folds, and in the
+    clipped step the clip chosen on the other folds. ``best_model`` is the column best on every row. ``clip``
+    (log loss only, else None) is chosen on ``oof``; ``clip_logloss`` is the log loss of ``oof`` clipped there.
+    ``method_scores`` are the cross-fitted scores that chose ``blender.method``; ``calibration_scores`` the
+    cross-fitted log losses that chose ``calibrator.kind`` (empty for AUC).
     """
 
     blender: Blender
@@ -246,11 +284,12 @@ class BlendResult:
     oof: np.ndarray
     ladder: list[tuple[str, float]]
     best_model: int
-    clip: float
-    clip_logloss: float
+    clip: float | None
+    clip_logloss: float | None
     method_scores: dict[str, float]
     calibration_scores: dict[str, float]
     n_used: int
+    metric: str = DEFAULT_METRIC
 
 
 def _check_shapes(P: np.ndarray, y: np.ndarray, folds: np.ndarray) -> None:
@@ -273,19 +312,20 @@ def _check_usable(y: np.ndarray, folds: np.ndarray) -> None:
 
 
 def crossfit_blend(P: np.ndarray, y: np.ndarray, folds: np.ndarray, *, method: str | None = None,
-                   rounds: int = DEFAULT_ROUNDS) -> BlendResult:
+                   rounds: int = DEFAULT_ROUNDS, metric: str = DEFAULT_METRIC) -> BlendResult:
     """Blend, calibrate and choose a clip with cross-fitted scores; fit the final blender on every row.
 
     ``P`` (n, n_models) OOF probabilities, ``y`` (n,) 0/1, ``folds`` (n,) fold index per row; rows with a
     non-finite value in ``P`` or fold -1 (unreadable images) are left out and get NaN in ``oof``. ``method``
-    None picks the method with the
-    lowest cross-fitted log loss. Within each held-out fold, everything (blender, calibrator, clip) is fitted
-    on the other folds only: on those rows the calibrator sees the blender's in-sample predictions, which is
-    what the final fit on every row does too.
+    None picks the method with the best cross-fitted ``metric`` score among :func:`methods_for` ``metric``.
+    Within each held-out fold, everything (blender, calibrator, clip) is fitted on the other folds only: on
+    those rows the calibrator sees the blender's in-sample predictions, which is what the final fit on every
+    row does too. Which of the calibration and clip steps run depends on ``metric`` (module docstring).
 
-    subtle: choosing the best of three methods (and of three calibrations) by their cross-fitted scores makes
+    subtle: choosing the best of several methods (and of three calibrations) by their cross-fitted scores makes
     the chosen score slightly optimistic; each candidate's own score is honest.
     """
+    metric = check_metric(metric)
     P = np.asarray(P, dtype=np.float64)
     y = np.asarray(y)
     folds = np.asarray(folds)
@@ -293,19 +333,39 @@ def crossfit_blend(P: np.ndarray, y: np.ndarray, folds: np.ndarray, *, method: s
     valid = np.isfinite(P).all(axis=1) & (folds >= 0)
     Pv, yv, fv = P[valid], y[valid], folds[valid]
     _check_usable(yv, fv)
-    if method is not None and method not in METHODS:
-        raise ValueError(f"unknown blend method {method!r}; choose one of: {', '.join(METHODS)}")
+    methods = methods_for(metric)
+    if method is not None and method not in methods:
+        raise ValueError(f"unknown blend method {method!r} for the metric {metric}; choose one of: "
+                         f"{', '.join(methods)}")
     splits = [(fv != f, fv == f) for f in np.unique(fv)]
+
+    def fitted(m: str, rows: np.ndarray) -> Blender:
+        return fit_blender(Pv[rows], yv[rows], method=m, rounds=rounds, metric=metric)
 
     fold_blenders: dict[str, list[Blender]] = {}
     blended: dict[str, np.ndarray] = {}
-    for m in METHODS:
-        fold_blenders[m] = [fit_blender(Pv[train], yv[train], method=m, rounds=rounds) for train, _ in splits]
+    for m in methods:
+        fold_blenders[m] = [fitted(m, train) for train, _ in splits]
         blended[m] = np.empty(len(yv))
         for (train, held), b in zip(splits, fold_blenders[m]):
             blended[m][held] = b.predict(Pv[held])
-    method_scores = {m: log_loss(yv, blended[m]) for m in METHODS}
-    chosen = method or min(_METHOD_PREFERENCE, key=lambda m: (method_scores[m], _METHOD_PREFERENCE.index(m)))
+    method_losses = {m: loss(metric, yv, blended[m]) for m in methods}
+    # subtle: accuracy ties are common (a few rows decide it), so they go to the lower log loss first.
+    tie = {m: log_loss(yv, blended[m]) if metric == "accuracy" else 0.0 for m in methods}
+    chosen = method or min((m for m in _METHOD_PREFERENCE if m in methods),
+                           key=lambda m: (method_losses[m], tie[m], _METHOD_PREFERENCE.index(m)))
+    method_scores = {m: _score(metric, v) for m, v in method_losses.items()}
+    ladder = [("best single model", method_scores["single"]),  # each held-out fold: the model best on the others
+              ("blend", method_scores[chosen])]
+
+    blender = fit_blender(Pv, yv, method=chosen, rounds=rounds, metric=metric)
+    best_model = int(np.argmin(loss(fit_metric(metric), yv, Pv)))
+    oof = np.full(len(y), np.nan)
+    if metric == "auc":  # a monotone calibration or a clip cannot change an AUC: neither is fitted
+        oof[valid] = blended[chosen]
+        return BlendResult(blender=blender, calibrator=Calibrator("none"), oof=oof, ladder=ladder,
+                           best_model=best_model, clip=None, clip_logloss=None, method_scores=method_scores,
+                           calibration_scores={}, n_used=int(valid.sum()), metric=metric)
 
     in_sample = [b.predict(Pv[train]) for (train, _), b in zip(splits, fold_blenders[chosen])]
     fold_calibrators: dict[str, list[Calibrator]] = {}
@@ -324,27 +384,30 @@ def crossfit_blend(P: np.ndarray, y: np.ndarray, folds: np.ndarray, *, method: s
         calibration_scores[kind] = log_loss(yv, calibrated[kind])
     # subtle: 'none' comes first and wins ties, so a calibration is kept only if it strictly lowers the loss.
     kind = min(CALIBRATIONS, key=lambda k: (calibration_scores[k], CALIBRATIONS.index(k)))
+    calibrator = fit_calibrator(blender.predict(Pv), yv, kind=kind)
+    oof[valid] = calibrated[kind]
+    ladder.append(("calibrated", _score(metric, loss(metric, yv, calibrated[kind]))))
+    if metric != "logloss":  # accuracy: the labels are 0/1, a clip changes none of them
+        return BlendResult(blender=blender, calibrator=calibrator, oof=oof, ladder=ladder, best_model=best_model,
+                           clip=None, clip_logloss=None, method_scores=method_scores,
+                           calibration_scores=calibration_scores, n_used=int(valid.sum()), metric=metric)
 
     clipped = np.empty(len(yv))
     for (train, held), b_train, cal in zip(splits, in_sample, fold_calibrators[kind]):
         c, _ = best_clip(cal.predict(b_train), yv[train])
         clipped[held] = clip_probabilities(calibrated[kind][held], c)
-
-    blender = fit_blender(Pv, yv, method=chosen, rounds=rounds)
-    calibrator = fit_calibrator(blender.predict(Pv), yv, kind=kind)
     clip, clip_loss = best_clip(calibrated[kind], yv)
-    best_model = int(np.argmin(log_loss(yv, Pv)))
-    oof = np.full(len(y), np.nan)
-    oof[valid] = calibrated[kind]
-    ladder = [
-        ("best single model", method_scores["single"]),  # each held-out fold: the model best on the others
-        ("blend", method_scores[chosen]),
-        ("calibrated", calibration_scores[kind]),
-        ("clipped", log_loss(yv, clipped)),
-    ]
+    ladder.append(("clipped", log_loss(yv, clipped)))
     return BlendResult(blender=blender, calibrator=calibrator, oof=oof, ladder=ladder, best_model=best_model,
                        clip=clip, clip_logloss=clip_loss, method_scores=method_scores,
-                       calibration_scores=calibration_scores, n_used=int(valid.sum()))
+                       calibration_scores=calibration_scores, n_used=int(valid.sum()), metric=metric)
+
+
+def _score(metric: str, value: float) -> float:
+    """A score from its :func:`kaggle_kit.metrics.loss` (inf, an unusable candidate, stays inf)."""
+    from kaggle_kit.metrics import from_loss
+
+    return float(from_loss(metric, value))
 
 
 # ------------------------------------------------------------------------------------------------- the edge
@@ -458,30 +521,43 @@ def _ladder_details(result: BlendResult, models: tuple[str, ...]) -> dict[str, s
     }
 
 
+def ladder_key(manifest: dict[str, Any]) -> str:
+    """The key of a blend manifest's ladder scores: ``oof_<metric>`` (``oof_logloss`` in blends made before
+    the metric was a choice)."""
+    return f"oof_{manifest.get('metric', 'logloss')}"
+
+
 def run_blend(exp_dir: Path, *, method: str | None = None, rounds: int = DEFAULT_ROUNDS,
-              warn: Callable[[str], None] = print) -> tuple[Path, dict[str, Any]]:
-    """Blend the experiment's cv models; write ``<exp>/blend/``; return (that folder, its manifest)."""
+              metric: str = DEFAULT_METRIC, warn: Callable[[str], None] = print) -> tuple[Path, dict[str, Any]]:
+    """Blend the experiment's cv models for ``metric``; write ``<exp>/blend/``; return (that folder, its manifest)."""
     from kaggle_kit.artifacts import KitError, new_manifest, save_npy_atomic, write_json_atomic
 
+    if method is not None and method not in methods_for(metric):
+        raise KitError(f"--method {method} is not used for the metric {metric}; choose one of: "
+                       f"{', '.join(methods_for(metric))}", code=2)
     inputs = load_cv_inputs(exp_dir, warn=warn)
     folds = inputs.folds
     try:
-        result = crossfit_blend(inputs.oof, folds.y, folds.plan[0], method=method, rounds=rounds)
+        result = crossfit_blend(inputs.oof, folds.y, folds.plan[0], method=method, rounds=rounds, metric=metric)
     except ValueError as exc:
         raise KitError(f"cannot blend the cv results in {exp_dir / 'cv'}: {exc}") from None
     test = result.calibrator.predict(result.blender.predict(inputs.test))
     # subtle: a test image nobody could decode keeps the training prior the cv models gave it; the blender and
-    # the calibrator were fitted on the models' scores of real images and would move it.
+    # the calibrator were fitted on the models' scores of real images and would move it. A rank blend already
+    # puts it where the prior falls among each model's predictions.
     prior_rows = inputs.prior_rows if inputs.prior_rows is not None else np.zeros(len(test), dtype=bool)
-    test[prior_rows] = inputs.test[prior_rows].mean(axis=1)
+    if result.blender.method != "rank":
+        test[prior_rows] = inputs.test[prior_rows].mean(axis=1)
     details = _ladder_details(result, inputs.models)
     out_dir = exp_dir / "blend"
     # subtle: drop the old manifest first, so a crash never pairs it with new arrays.
     (out_dir / "manifest.json").unlink(missing_ok=True)
     save_npy_atomic(out_dir / "oof.npy", result.oof.astype(np.float32))
     save_npy_atomic(out_dir / "test.npy", test.astype(np.float32))
+    key = f"oof_{metric}"
     manifest = new_manifest(
         FORMAT,
+        metric=metric,
         method=result.blender.method,
         method_scores=_json_scores(result.method_scores),
         models=list(inputs.models),
@@ -490,8 +566,9 @@ def run_blend(exp_dir: Path, *, method: str | None = None, rounds: int = DEFAULT
         rounds=rounds,
         calibration={"kind": result.calibrator.kind, "params": result.calibrator.params,
                      "scores": _json_scores(result.calibration_scores)},
-        ladder=[{"step": step, "oof_logloss": loss, "detail": details[step]} for step, loss in result.ladder],
-        clip={"chosen": result.clip, "oof_logloss": result.clip_logloss, "bounds": list(CLIP_BOUNDS)},
+        ladder=[{"step": step, key: score, "detail": details[step]} for step, score in result.ladder],
+        clip=(None if result.clip is None else
+              {"chosen": result.clip, "oof_logloss": result.clip_logloss, "bounds": list(CLIP_BOUNDS)}),
         n_train=folds.manifest["n_train"],
         n_test=folds.manifest["n_test"],
         n_scored=result.n_used,

@@ -23,7 +23,7 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -42,7 +42,7 @@ from kaggle_kit.data import Dataset
 from kaggle_kit.features import FeatureSet, load_features
 from kaggle_kit.folds import FoldPlan, ensure_plan, folds_dir, load_plan
 from kaggle_kit.heads import HEADS
-from kaggle_kit.metrics import log_loss
+from kaggle_kit.metrics import METRICS, score
 
 FORMAT = "kaggle-kit/cv/1"
 CONCAT = "concat"
@@ -59,25 +59,30 @@ TTA_PREDICT = True
 
 # ------------------------------------------------------------------------------------------------ the core
 def score_oof(y: np.ndarray, oof: np.ndarray, plan: np.ndarray, usable: np.ndarray) -> dict[str, Any]:
-    """Scores of out-of-fold predictions ``oof`` (repeats, n) against labels ``y`` (n,).
+    """Scores of out-of-fold predictions ``oof`` (repeats, n) against labels ``y`` (n,), in every metric.
 
-    ``plan`` (repeats, n) gives each row's fold and ``usable`` (n,) the rows that count. Log losses are
-    Kaggle's (clipped at 1e-15); accuracy thresholds at 0.5. Per-fold lists run repeat by repeat.
+    ``plan`` (repeats, n) gives each row's fold and ``usable`` (n,) the rows that count. For each metric of
+    :data:`kaggle_kit.metrics.METRICS`: ``oof_<metric>`` the score of all usable rows (the mean over repeats)
+    and ``fold_<metric>`` one score per fold, repeat by repeat. Log losses are Kaggle's (clipped at 1e-15);
+    accuracy thresholds at 0.5; AUC is scikit-learn's (None where a fold holds one class only).
     """
     rows = np.flatnonzero(usable)
     k = int(plan.max()) + 1
-    fold_logloss, fold_accuracy = [], []
-    for r in range(len(oof)):
-        for f in range(k):
-            held = rows[plan[r, rows] == f]
-            fold_logloss.append(round(log_loss(y[held], oof[r, held]), 6))
-            fold_accuracy.append(round(float(np.mean((oof[r, held] > 0.5) == y[held])), 6))
-    return {
-        "oof_logloss": round(float(np.mean([log_loss(y[rows], o[rows]) for o in oof])), 6),
-        "oof_accuracy": round(float(np.mean([np.mean((o[rows] > 0.5) == y[rows]) for o in oof])), 6),
-        "fold_logloss": fold_logloss,
-        "fold_accuracy": fold_accuracy,
-    }
+    out: dict[str, Any] = {}
+    for metric in METRICS:
+        folds = []
+        for r in range(len(oof)):
+            for f in range(k):
+                held = rows[plan[r, rows] == f]
+                folds.append(_rounded(score(metric, y[held], oof[r, held])))
+        out[f"oof_{metric}"] = _rounded(np.mean([score(metric, y[rows], o[rows]) for o in oof]))
+        out[f"fold_{metric}"] = folds
+    return out
+
+
+def _rounded(value: float) -> float | None:
+    """A score for JSON: 6 decimals, None when it is undefined (NaN)."""
+    return round(float(value), 6) if np.isfinite(value) else None
 
 
 @dataclass(frozen=True)
@@ -351,10 +356,14 @@ def run_cv(
     heads: Sequence[str] | None = None,
     force: bool = False,
     progress: bool = True,
+    data_options: Mapping[str, str | None] | None = None,
 ) -> CvRun:
     """Cross-validate the models of ``feature_sets`` (default: every cached one) x ``heads`` (see
     :func:`model_specs`) on the experiment's fold plan, made or replaced as asked (see
-    :func:`kaggle_kit.folds.ensure_plan`); write each model's result unless it is cached."""
+    :func:`kaggle_kit.folds.ensure_plan`); write each model's result unless it is cached.
+
+    ``data_options``: how to read ``data_dir`` besides ``positive`` (``layout``, ``labels``, ``id_col``,
+    ``target_col``: see :func:`kaggle_kit.data.discover`)."""
     from tqdm import tqdm
 
     from kaggle_kit.data import discover
@@ -366,7 +375,7 @@ def run_cv(
             raise KitError(f"no cached feature set {name!r} in {exp_dir / 'features'} (cached: "
                            f"{', '.join(available)}); run 'kaggle-kit features --backbone {name}' first", code=2)
     specs = model_specs(chosen, heads)
-    dataset = discover(data_dir, positive=positive)
+    dataset = discover(data_dir, **{**(data_options or {}), "positive": positive})
     image_list_hash = dataset.image_list_hash()
     sets = {name: load_features(features_dir(exp_dir, name), image_list_hash=image_list_hash) for name in chosen}
     plan, plan_status = ensure_plan(exp_dir, y=dataset.y, train_ids=dataset.train_ids,
