@@ -7,7 +7,7 @@ never a half-written file under a finished name.
 
 Layout (``<root>`` is the working folder, ``experiments/`` under it)::
 
-    experiments/<exp>/experiment.json                 the data folder and positive class of the experiment
+    experiments/<exp>/experiment.json                 the data folder, how to read it, and the metric
     experiments/<exp>/features/<name>/manifest.json   format kaggle-kit/features/1
     experiments/<exp>/features/<name>/{train,test}.npy  [+ {train,test}_flip.npy with --tta flip]
     experiments/<exp>/features/<name>/.partial/<key>/ shards of an unfinished extraction
@@ -185,17 +185,29 @@ def read_manifest(path: Path | str, *, fmt: str, rerun: str) -> dict[str, Any]:
 EXPERIMENT_FORMAT = "kaggle-kit/experiment/1"
 
 
+# Optional settings an experiment may remember besides its data folder and positive class (experiment.json
+# files written before they existed simply lack them): how to read the data (see kaggle_kit.data.DATA_OPTIONS)
+# and the competition's metric (kaggle_kit.metrics.METRICS).
+EXPERIMENT_OPTIONAL = ("layout", "labels", "id_col", "target_col", "metric")
+
+
 def load_experiment(exp_dir: Path) -> dict[str, Any] | None:
-    """The experiment's remembered settings (data folder, positive class), or None for a new experiment."""
+    """The experiment's remembered settings (data folder, positive class, and those of EXPERIMENT_OPTIONAL it
+    has), or None for a new experiment."""
     path = exp_dir / "experiment.json"
     if not path.exists():
         return None
     return read_manifest(path, fmt=EXPERIMENT_FORMAT, rerun="kaggle-kit features --data DIR")
 
 
-def save_experiment(exp_dir: Path, *, data_dir: Path, positive: str) -> None:
-    write_json_atomic(exp_dir / "experiment.json",
-                      new_manifest(EXPERIMENT_FORMAT, data_dir=str(data_dir), positive=positive))
+def save_experiment(exp_dir: Path, *, data_dir: Path, positive: str, layout: str | None = None,
+                    labels: str | None = None, id_col: str | None = None, target_col: str | None = None,
+                    metric: str | None = None) -> None:
+    """Remember the experiment's settings (those given as None are not stored)."""
+    optional = {"layout": layout, "labels": labels, "id_col": id_col, "target_col": target_col, "metric": metric}
+    write_json_atomic(exp_dir / "experiment.json", new_manifest(
+        EXPERIMENT_FORMAT, data_dir=str(data_dir), positive=positive,
+        **{k: v for k, v in optional.items() if v is not None}))
 
 
 # ------------------------------------------------------------------------------------------------------ lock

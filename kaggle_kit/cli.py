@@ -16,6 +16,8 @@ from typing import Optional
 import typer
 
 from kaggle_kit.artifacts import KitError
+from kaggle_kit.data import LAYOUTS
+from kaggle_kit.metrics import METRICS
 
 # TensorFlow's C++ start-up chatter would bury the kit's own messages; users can still set their own level.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -40,6 +42,15 @@ class Tta(str, Enum):
     flip = "flip"
 
 
+# The choices are defined once, in the modules that use them.
+Metric = Enum("Metric", {m: m for m in METRICS}, type=str)
+Layout = Enum("Layout", {name: name for name in LAYOUTS}, type=str)
+MetricOption = typer.Option(
+    None, "--metric", help="The competition's metric: logloss, auc or accuracy (default: the experiment's, else "
+    "logloss). Remembered by the experiment.",
+)
+
+
 def _err(message: str) -> None:
     typer.echo(message, err=True)
 
@@ -61,15 +72,40 @@ def handle_errors(fn):
     return wrapper
 
 
-def _resolve_data(exp_dir: Path, data: Optional[Path], positive: Optional[str]) -> tuple[Path, str]:
+def _resolve_data(exp_dir: Path, data: Optional[Path], **given: Optional[str]) -> tuple[Path, dict]:
+    """The data folder and how to read it (``kaggle_kit.data.discover``'s options): options given now win; the
+    experiment's are kept for the same folder (a new --data, --layout or --labels starts from none of them)."""
     from kaggle_kit.artifacts import load_experiment
+    from kaggle_kit.data import DATA_OPTIONS
 
-    remembered = load_experiment(exp_dir)
+    remembered = load_experiment(exp_dir) or {}
+    same = data is None or (bool(remembered) and data.expanduser().resolve() == Path(remembered["data_dir"]))
     if data is None:
         data = Path(remembered["data_dir"]) if remembered else Path("data")
-    if positive is None:
-        positive = remembered["positive"] if remembered else "dog"
-    return data, positive
+    relayout = given.get("layout") is not None or given.get("labels") is not None
+    options = {}
+    for key in DATA_OPTIONS:
+        keep = same and not (relayout and key in ("layout", "labels", "id_col", "target_col"))
+        options[key] = given[key] if given.get(key) is not None else (remembered.get(key) if keep else None)
+    return data, options
+
+
+def _resolve_metric(exp_dir: Path, metric: Optional[Enum]) -> str:
+    """The metric given now, else the experiment's, else log loss."""
+    from kaggle_kit.artifacts import load_experiment
+    from kaggle_kit.metrics import DEFAULT_METRIC
+
+    if metric is not None:
+        return metric.value
+    return (load_experiment(exp_dir) or {}).get("metric", DEFAULT_METRIC)
+
+
+def _remember(exp_dir: Path, dataset, *, metric: str) -> None:
+    """Write experiment.json: the data folder, how it was read, and the metric."""
+    from kaggle_kit.artifacts import save_experiment
+
+    save_experiment(exp_dir, data_dir=dataset.root, positive=dataset.positive, layout=dataset.layout,
+                    labels=dataset.labels_file, id_col=dataset.id_col, target_col=dataset.target_col, metric=metric)
 
 
 @app.command()
@@ -84,7 +120,16 @@ def features(
     ),
     image_size: Optional[int] = typer.Option(None, "--image-size", min=8, help="Override the backbone's input size."),
     tta: Tta = typer.Option(Tta.none, "--tta", help="'flip' also extracts horizontally flipped images."),
-    positive: Optional[str] = typer.Option(None, "--positive", help="Class whose label is 1 (default: dog)."),
+    positive: Optional[str] = typer.Option(
+        None, "--positive", help="Class whose label is 1 (default: dog; 1 for a 0/1 target)."),
+    layout: Optional[Layout] = typer.Option(
+        None, "--layout", help="How the data folder is laid out (default: detected; see 'Competitions it reads')."),
+    labels: Optional[Path] = typer.Option(
+        None, "--labels", dir_okay=False, help="Labels CSV of the csv layout (default: train.csv or train_labels.csv)."),
+    id_col: Optional[str] = typer.Option(None, "--id-col", help="Id column of the labels CSV (default: inferred)."),
+    target_col: Optional[str] = typer.Option(
+        None, "--target-col", help="Binary target column of the labels CSV (default: inferred)."),
+    metric: Optional[Metric] = MetricOption,
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decoder threads (default: CPU count)."),
     shard_size: int = typer.Option(1024, "--shard-size", min=1, help="Images per resumable shard."),
@@ -93,15 +138,17 @@ def features(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Extract pooled features of a frozen ImageNet backbone for every train and test image (cached)."""
-    from kaggle_kit.artifacts import check_name, experiment_dir, experiment_lock, features_dir, save_experiment
+    from kaggle_kit.artifacts import check_name, experiment_dir, experiment_lock, features_dir
     from kaggle_kit.backbones import get_backbone, resolve_weights
     from kaggle_kit.data import discover
     from kaggle_kit.features import FeatureSettings, default_name, extract_features
 
     spec = get_backbone(backbone)
     exp_dir = experiment_dir(exp)
-    data_dir, positive = _resolve_data(exp_dir, data, positive)
-    dataset = discover(data_dir, positive=positive)
+    data_dir, options = _resolve_data(exp_dir, data, positive=positive, layout=layout.value if layout else None,
+                                      labels=str(labels) if labels else None, id_col=id_col, target_col=target_col)
+    dataset = discover(data_dir, **options)
+    chosen_metric = _resolve_metric(exp_dir, metric)
     choice = resolve_weights(spec, weights)
     size = image_size or spec.input_size
     out_name = check_name("feature set", name) if name else default_name(spec, size)
@@ -114,7 +161,7 @@ def features(
         if choice.kind == "none":
             _err("WARNING: --weights none: random weights, these features are NOT pretrained and will score poorly "
                  "(use them for plumbing tests only)")
-        save_experiment(exp_dir, data_dir=dataset.root, positive=positive)
+        _remember(exp_dir, dataset, metric=chosen_metric)
         result = extract_features(dataset, features_dir(exp_dir, out_name), settings, force=force,
                                   warn=_err, progress=not quiet)
     m = result.manifest
@@ -144,11 +191,7 @@ class BlendMethod(str, Enum):
     stack = "stack"
     mean = "mean"
     single = "single"
-
-
-class Metric(str, Enum):
-    logloss = "logloss"
-    accuracy = "accuracy"
+    rank = "rank"
 
 
 CompetitionOption = typer.Option(
@@ -171,26 +214,44 @@ def _existing_experiment(exp: str) -> Path:
 def blend(
     exp: str = ExpOption,
     method: Optional[BlendMethod] = typer.Option(
-        None, "--method", help="Blending method (default: the one with the lowest cross-fitted OOF log loss).",
+        None, "--method", help="Blending method (default: the one with the best cross-fitted OOF score); 'rank' "
+        "(rank averaging) is for --metric auc.",
     ),
+    metric: Optional[Metric] = MetricOption,
 ):
     """Blend the cv models' out-of-fold predictions, calibrate, choose a clip; print the cross-fitted ladder."""
-    from kaggle_kit.artifacts import experiment_lock
-    from kaggle_kit.blend import run_blend
+    from kaggle_kit.artifacts import experiment_lock, load_experiment
+    from kaggle_kit.blend import ladder_key, run_blend
+    from kaggle_kit.metrics import NAMES
 
     exp_dir = _existing_experiment(exp)
+    chosen = _resolve_metric(exp_dir, metric)
     with experiment_lock(exp_dir, command="blend"):
-        out_dir, m = run_blend(exp_dir, method=method.value if method else None, warn=_err)
+        out_dir, m = run_blend(exp_dir, method=method.value if method else None, metric=chosen, warn=_err)
+        remembered = load_experiment(exp_dir)
+        if metric is not None and remembered is not None and remembered.get("metric") != chosen:
+            _save_metric(exp_dir, remembered, chosen)
+    name, key = NAMES[chosen], ladder_key(m)
     scores = ", ".join(f"{k} {'-' if v is None else f'{v:.5f}'}" for k, v in m["method_scores"].items())
     typer.echo(f"{len(m['models'])} models, {m['n_scored']} of {m['n_train']} training rows, "
-               f"{m['n_folds']} folds; cross-fitted OOF log loss by method: {scores} -> {m['method']}")
+               f"{m['n_folds']} folds; cross-fitted OOF {name} by method: {scores} -> {m['method']}")
     typer.echo("weights: " + ", ".join(f"{k} {v:.4g}" for k, v in m["weights"].items() if v != 0))
-    typer.echo("OOF log loss, cross-fitted:")
+    typer.echo(f"OOF {name}, cross-fitted:")
     for step in m["ladder"]:
-        typer.echo(f"  {step['step']:<18} {step['oof_logloss']:.5f}  {step['detail']}")
-    typer.echo(f"chosen clip {m['clip']['chosen']:.4g} (OOF log loss {m['clip']['oof_logloss']:.5f}), "
-               "applied by 'kaggle-kit submit'")
+        typer.echo(f"  {step['step']:<18} {step[key]:.5f}  {step['detail']}")
+    if m["clip"] is not None:
+        typer.echo(f"chosen clip {m['clip']['chosen']:.4g} (OOF log loss {m['clip']['oof_logloss']:.5f}), "
+                   "applied by 'kaggle-kit submit'")
+    elif chosen == "auc":
+        typer.echo("AUC: no calibration and no clip (neither can change an AUC)")
     typer.echo(str(out_dir))
+
+
+def _save_metric(exp_dir: Path, remembered: dict, metric: str) -> None:
+    from kaggle_kit.artifacts import EXPERIMENT_OPTIONAL, save_experiment
+
+    save_experiment(exp_dir, data_dir=Path(remembered["data_dir"]), positive=remembered["positive"],
+                    **{**{k: remembered.get(k) for k in EXPERIMENT_OPTIONAL}, "metric": metric})
 
 
 @app.command()
@@ -199,7 +260,10 @@ def submit(
     exp: str = ExpOption,
     clip: str = typer.Option("auto", "--clip", help="'auto' (the blend's chosen clip) or c: labels clipped to c..1-c."),
     name: Optional[str] = typer.Option(None, "--name", help="File name in submissions/ (default: <exp>-<time>.csv)."),
-    metric: Metric = typer.Option(Metric.logloss, "--metric", help="'accuracy' writes hard 0/1 labels (2013 contest)."),
+    metric: Optional[Metric] = typer.Option(
+        None, "--metric", help="Default: the blend's. 'accuracy' writes hard 0/1 labels (the 2013 contest); 'auc' "
+        "the blend's scores unclipped.",
+    ),
     upload: bool = typer.Option(False, "--upload", help="Also submit the file to Kaggle (pip install kaggle)."),
     message: Optional[str] = typer.Option(None, "--message", "-m", help="Submission description (with --upload)."),
     competition: str = CompetitionOption,
@@ -210,10 +274,14 @@ def submit(
 
     exp_dir = _existing_experiment(exp)
     with experiment_lock(exp_dir, command="submit"):
-        result = make_submission(exp_dir, exp=exp, clip=clip, name=name, metric=metric.value, upload=upload,
-                                 message=message, competition=competition)
+        result = make_submission(exp_dir, exp=exp, clip=clip, name=name, metric=metric.value if metric else None,
+                                 upload=upload, message=message, competition=competition)
     lo, hi = result.label_range
-    typer.echo(f"{result.n_rows} rows, labels in [{lo:g}, {hi:g}] ({result.metric}), read back and validated")
+    if result.n_prior:
+        _err(f"warning: {result.n_prior} ids of the sample submission have no test image; they got the training "
+             "prior")
+    typer.echo(f"{result.n_rows} rows '{','.join(result.header)}', labels in [{lo:g}, {hi:g}] ({result.metric}), "
+               "read back and validated")
     if result.uploaded_to:
         typer.echo(f"uploaded to {result.uploaded_to}; "
                    f"scores: https://www.kaggle.com/c/{result.uploaded_to}/submissions")
@@ -296,21 +364,26 @@ def cv(
     from kaggle_kit.artifacts import experiment_dir, experiment_lock
     from kaggle_kit.cv import cached_feature_sets, run_cv
 
+    from kaggle_kit.metrics import METRICS, NAMES
+
     exp_dir = experiment_dir(exp)
     cached_feature_sets(exp_dir)  # refuse before the lock creates anything
-    data_dir, positive = _resolve_data(exp_dir, None, None)
+    data_dir, options = _resolve_data(exp_dir, None)
+    metric = _resolve_metric(exp_dir, None)
     with experiment_lock(exp_dir, command="cv"):
-        run = run_cv(exp_dir, data_dir=data_dir, positive=positive, n_folds=folds, repeats=repeats, seed=seed,
-                     feature_sets=backbone or None, heads=[h.value for h in head] if head else None,
-                     force=force, progress=not quiet)
+        run = run_cv(exp_dir, data_dir=data_dir, positive=options.pop("positive"), n_folds=folds, repeats=repeats,
+                     seed=seed, feature_sets=backbone or None, heads=[h.value for h in head] if head else None,
+                     force=force, progress=not quiet, data_options=options)
     status = {"kept": "", "new": " (new)",
               "replaced": " (new: cv results made on the previous plan are stale)"}[run.plan_status]
     typer.echo(f"fold plan: {run.plan.describe()}{status}")
-    typer.echo(f"{'model':<32}{'OOF log loss':>13}{'accuracy':>10}{'seconds':>10}")
+    columns = [metric] + [m for m in METRICS if m != metric]  # the experiment's metric first
+    typer.echo(f"{'model':<32}" + "".join(f"{'OOF ' + NAMES[m]:>14}" for m in columns) + f"{'seconds':>10}")
     for r in run.results:
         s = r.manifest["scores"]
         took = "cached" if r.cached else f"{r.manifest['seconds']:.1f}"
-        typer.echo(f"{r.model:<32}{s['oof_logloss']:>13.5f}{s['oof_accuracy']:>10.2%}{took:>10}")
+        cells = "".join(f"{'-' if s.get('oof_' + m) is None else format(s['oof_' + m], '.5f'):>14}" for m in columns)
+        typer.echo(f"{r.model:<32}{cells}{took:>10}")
     if any(r.cached for r in run.results):
         typer.echo("cached: inputs unchanged since the last run; --force recomputes")
     if run.stale:
