@@ -308,10 +308,11 @@ def test_model_table_and_ladder_hold_the_manifests_numbers(blended):
     blend_manifest = read_json(exp_dir / "blend" / "manifest.json")
     rows = _table(text, "models")
     assert sorted(r[0] for r in rows) == ["m0", "m1", "m2"]
-    for model, head, features, loss, acc, seconds, weight in rows:
+    for model, head, features, loss, auc, acc, seconds, weight in rows:  # the metric's column first
         m = read_json(exp_dir / "cv" / model / "manifest.json")
         assert (head, features) == ("logreg", "squeezenet")
         assert float(loss) == pytest.approx(m["scores"]["oof_logloss"], abs=5e-6)
+        assert auc == "-"  # not in these manifests
         assert float(acc) == pytest.approx(m["scores"]["oof_accuracy"], abs=5e-5)
         assert float(seconds) == pytest.approx(m["seconds"], abs=0.005)
         assert float(weight) == pytest.approx(blend_manifest["weights"][model], abs=5e-5)
@@ -373,7 +374,7 @@ def test_single_model_report_says_what_is_missing_and_renders(single, tmp_path):
     (row,) = _table(text, "models")
     m = read_json(exp_dir / "cv" / "only" / "manifest.json")
     assert row[0] == "only" and float(row[3]) == pytest.approx(m["scores"]["oof_logloss"], abs=5e-6)
-    assert row[6] == "-"
+    assert row[7] == "-"
     assert "the best single model only, unclipped" in result.estimate
     assert "No calibrated curve: that comes with the blend." in text
     assert_self_contained(text)
