@@ -349,7 +349,7 @@ def crossfit_blend(P: np.ndarray, y: np.ndarray, folds: np.ndarray, *, method: s
         blended[m] = np.empty(len(yv))
         for (train, held), b in zip(splits, fold_blenders[m]):
             blended[m][held] = b.predict(Pv[held])
-    method_losses = {m: loss(metric, yv, blended[m]) for m in methods}
+    method_losses = {m: _crossfit_loss(metric, yv, blended[m], fv) for m in methods}
     # subtle: accuracy ties are common (a few rows decide it), so they go to the lower log loss first.
     tie = {m: log_loss(yv, blended[m]) if metric == "accuracy" else 0.0 for m in methods}
     chosen = method or min((m for m in _METHOD_PREFERENCE if m in methods),
@@ -386,7 +386,7 @@ def crossfit_blend(P: np.ndarray, y: np.ndarray, folds: np.ndarray, *, method: s
     kind = min(CALIBRATIONS, key=lambda k: (calibration_scores[k], CALIBRATIONS.index(k)))
     calibrator = fit_calibrator(blender.predict(Pv), yv, kind=kind)
     oof[valid] = calibrated[kind]
-    ladder.append(("calibrated", _score(metric, loss(metric, yv, calibrated[kind]))))
+    ladder.append(("calibrated", _score(metric, _crossfit_loss(metric, yv, calibrated[kind], fv))))
     if metric != "logloss":  # accuracy: the labels are 0/1, a clip changes none of them
         return BlendResult(blender=blender, calibrator=calibrator, oof=oof, ladder=ladder, best_model=best_model,
                            clip=None, clip_logloss=None, method_scores=method_scores,
@@ -401,6 +401,15 @@ def crossfit_blend(P: np.ndarray, y: np.ndarray, folds: np.ndarray, *, method: s
     return BlendResult(blender=blender, calibrator=calibrator, oof=oof, ladder=ladder, best_model=best_model,
                        clip=clip, clip_logloss=clip_loss, method_scores=method_scores,
                        calibration_scores=calibration_scores, n_used=int(valid.sum()), metric=metric)
+
+
+def _crossfit_loss(metric: str, y: np.ndarray, p: np.ndarray, folds: np.ndarray) -> float:
+    """:func:`kaggle_kit.metrics.crossfit_score` turned so that lower is better (NaN -> inf)."""
+    from kaggle_kit.metrics import HIGHER_IS_BETTER, crossfit_score
+
+    value = crossfit_score(metric, y, p, folds)
+    value = -value if HIGHER_IS_BETTER[metric] else value
+    return value if math.isfinite(value) else math.inf
 
 
 def _score(metric: str, value: float) -> float:

@@ -42,7 +42,7 @@ from kaggle_kit.data import Dataset
 from kaggle_kit.features import FeatureSet, load_features
 from kaggle_kit.folds import FoldPlan, ensure_plan, folds_dir, load_plan
 from kaggle_kit.heads import HEADS
-from kaggle_kit.metrics import METRICS, score
+from kaggle_kit.metrics import METRICS, crossfit_score, score
 
 FORMAT = "kaggle-kit/cv/1"
 CONCAT = "concat"
@@ -62,8 +62,9 @@ def score_oof(y: np.ndarray, oof: np.ndarray, plan: np.ndarray, usable: np.ndarr
     """Scores of out-of-fold predictions ``oof`` (repeats, n) against labels ``y`` (n,), in every metric.
 
     ``plan`` (repeats, n) gives each row's fold and ``usable`` (n,) the rows that count. For each metric of
-    :data:`kaggle_kit.metrics.METRICS`: ``oof_<metric>`` the score of all usable rows (the mean over repeats)
-    and ``fold_<metric>`` one score per fold, repeat by repeat. Log losses are Kaggle's (clipped at 1e-15);
+    :data:`kaggle_kit.metrics.METRICS`: ``oof_<metric>`` the cross-fitted score of the usable rows
+    (:func:`kaggle_kit.metrics.crossfit_score`: for AUC the mean of the folds' AUCs; the mean over repeats) and
+    ``fold_<metric>`` one score per fold, repeat by repeat. Log losses are Kaggle's (clipped at 1e-15);
     accuracy thresholds at 0.5; AUC is scikit-learn's (None where a fold holds one class only).
     """
     rows = np.flatnonzero(usable)
@@ -75,7 +76,8 @@ def score_oof(y: np.ndarray, oof: np.ndarray, plan: np.ndarray, usable: np.ndarr
             for f in range(k):
                 held = rows[plan[r, rows] == f]
                 folds.append(_rounded(score(metric, y[held], oof[r, held])))
-        out[f"oof_{metric}"] = _rounded(np.mean([score(metric, y[rows], o[rows]) for o in oof]))
+        out[f"oof_{metric}"] = _rounded(np.mean([crossfit_score(metric, y[rows], o[rows], p[rows])
+                                                 for o, p in zip(oof, plan)]))
         out[f"fold_{metric}"] = folds
     return out
 

@@ -372,7 +372,7 @@ def plot_roc(curves: list[tuple[str, np.ndarray, np.ndarray]], *, title: str) ->
     for label, y, p in curves:
         y, p = _finite_rows(y, p)
         fpr, tpr, _ = roc_curve(y, p)
-        ax.plot(fpr, tpr, label=f"{label} (AUC {roc_auc_score(y, p):.5f})")
+        ax.plot(fpr, tpr, label=f"{label} (pooled AUC {roc_auc_score(y, p):.5f})")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1))
     ax.legend(loc="lower right")
     return _png(fig)
@@ -565,9 +565,10 @@ def write_report(exp_dir: Path, *, progress: bool = True, warn: Callable[[str], 
         pngs["roc"] = plot_roc(curves, title="ROC curves of the OOF predictions")
         figures.append(_figure_html(
             pngs["roc"], "ROC curves of the OOF predictions",
-            "True against false positive rate of the OOF predictions as the threshold moves; AUC (scikit-learn's "
-            "roc_auc_score) in the legend. Under AUC only the order of the predictions counts: no calibration "
-            "and no clip."))
+            "True against false positive rate of the OOF predictions as the threshold moves, every fold's rows "
+            "together; their pooled AUC (scikit-learn's roc_auc_score) in the legend. The ladder's cross-fitted "
+            "AUC is the mean of the AUCs within each fold, where one model scores every row as on a test set. Under "
+            "AUC only the order of the predictions counts: no calibration and no clip."))
     bar.update()
 
     bar.set_postfix_str("thumbnails")
