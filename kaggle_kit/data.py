@@ -508,7 +508,8 @@ def discover(data_dir: Path | str, *, positive: str | None = None, layout: str |
         names = sorted({c for c, _, _ in items})
         if len(names) != 2:
             what = f"only class {names[0]!r}" if len(names) == 1 else f"{len(names)} classes {names}"
-            raise KitError(f"{root / 'train'} has {what}; a binary competition needs exactly two", code=2)
+            raise KitError(f"{root / 'train'} has {what}; a binary competition needs exactly two (for images "
+                           "labelled by a CSV file, pass --labels FILE)", code=2)
         if positive not in names:
             raise KitError(f"positive class {positive!r} is not among the classes {names}; pass --positive", code=2)
         negative = names[0] if names[1] == positive else names[1]

@@ -17,6 +17,7 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from conftest import MINI, SHARED, SQUEEZENET_H5
+from kaggle_kit.artifacts import KitError
 from kaggle_kit.cli import app
 from kaggle_kit.data import discover
 from kaggle_kit.features import load_features
@@ -416,3 +417,48 @@ def test_malaria_as_a_csv_competition_runs_end_to_end_under_auc(tmp_path, monkey
         print(f"\nmalaria-mini as a CSV competition, squeezenet + logreg, metric AUC: OOF AUC "
               f"{m['ladder'][-1]['oof_auc']:.4f} ({m['method']}), test AUC {test_auc:.4f} on {len(ids)} images")
     assert test_auc > 0.9, blend.stdout
+
+
+# ------------------------------------------------------------------------------------ reading the CSV layout
+def test_csv_ids_may_carry_the_folder_and_targets_may_read_as_numbers(tmp_path):
+    comp = make_csv(tmp_path / "c")
+    _rewrite(comp.root / "train_labels.csv", lambda ls: ["image,target,extra"] + [
+        f"train/{i},{'1.0' if y == '1' else '0.0'},{k}" for k, (i, y) in enumerate(r.split(",") for r in ls[1:])])
+    (comp.root / "sample_submission.csv").rename(comp.root / "old_sample.csv")  # nothing to take the names from
+    ds = discover(comp.root)
+    assert ds.id_col == "image" and ds.target_col == "target" and ds.classes == ("0", "1")
+    assert {comp.photo[i.removeprefix("train/")]: int(y) for i, y in zip(ds.train_ids, ds.y)} == {
+        f"train/{c}.{i}.jpg": int(c == "dog") for c in ("cat", "dog") for i in range(1, N_PER_CLASS + 1)}
+    assert ds.submission_header == ("id", "label") and not ds.has_sample_submission
+    flipped = discover(comp.root, positive="0")  # --positive names the 0 value: labels flip
+    np.testing.assert_array_equal(flipped.y, 1 - ds.y)
+    assert flipped.classes == ("1", "0")
+
+
+def test_labels_given_by_path_and_both_default_files_refused(tmp_path, monkeypatch):
+    comp = make_csv(tmp_path / "c")
+    elsewhere = tmp_path / "my_labels.csv"
+    (comp.root / "train_labels.csv").rename(elsewhere)
+    with pytest.raises(KitError, match="has only class 'part2'.*pass --labels FILE"):  # no labels: folders
+        discover(comp.root)
+    ds = discover(comp.root, labels=elsewhere)
+    assert ds.layout == "csv" and ds.labels_file == str(elsewhere.resolve()) and ds.n_train == 2 * N_PER_CLASS
+    shutil.copy(elsewhere, comp.root / "train.csv")
+    shutil.copy(elsewhere, comp.root / "train_labels.csv")
+    with pytest.raises(KitError, match="holds both train.csv and train_labels.csv; pass --labels FILE"):
+        discover(comp.root)
+    assert discover(comp.root, labels="train.csv").labels_file == str((comp.root / "train.csv").resolve())
+
+
+def test_an_experiment_json_without_the_new_keys_still_reads_its_data(tmp_path):
+    from kaggle_kit.artifacts import EXPERIMENT_FORMAT, load_experiment, new_manifest, write_json_atomic
+    from kaggle_kit.data import discover_remembered
+
+    comp = make_redux(tmp_path / "r")
+    exp_dir = tmp_path / "experiments" / "old"
+    write_json_atomic(exp_dir / "experiment.json", new_manifest(EXPERIMENT_FORMAT, data_dir=str(comp.root),
+                                                                positive="dog"))
+    remembered = load_experiment(exp_dir)
+    assert "metric" not in remembered and "layout" not in remembered
+    ds = discover_remembered(remembered)
+    assert ds.layout == "kaggle" and ds.n_train == 2 * N_PER_CLASS
