@@ -4,10 +4,20 @@ Core (pure numpy, every setting a keyword argument): ``P`` is always (n_rows, n_
 positive class, ``y`` (n_rows,) 0/1 labels, ``folds`` (n_rows,) the fold index of each row.
 
 - blending methods: ``selection`` (greedy ensemble selection with replacement, Caruana et al. 2004, as in
-  AutoGluon), ``stack`` (logistic regression on clipped logits) and ``mean`` (the baseline);
+  AutoGluon), ``stack`` (logistic regression on clipped logits), ``mean`` (the baseline), ``single`` (the
+  model best on the fitting rows) and, for AUC only, ``rank`` (the mean of each model's normalised ranks);
 - calibration of the blend: ``temperature`` (one T > 0 on the logit) or ``platt`` (slope and intercept on the
   logit), kept only if it lowers the cross-fitted log loss;
 - the clip level c minimising the log loss of clip(p, c, 1 - c).
+
+The competition's metric (:mod:`kaggle_kit.metrics`) decides what is scored and which steps run:
+
+- ``logloss``: methods chosen by log loss; calibration; clip. The ladder: best single model -> blend ->
+  calibrated -> clipped;
+- ``accuracy``: methods chosen by accuracy (ties by log loss); calibration (by log loss: the 0/1 labels are
+  the calibrated probabilities thresholded at 0.5); no clip. Ladder: best single model -> blend -> calibrated;
+- ``auc``: selection and the single model fitted for AUC, methods chosen by AUC, ``rank`` among them; no
+  calibration and no clip (a monotone map cannot change an AUC). Ladder: best single model -> blend.
 
 Every reported score is cross-fitted: for each fold of the experiment's plan the blender, the calibrator and
 the clip are fitted on the other folds' rows and scored on the held-out fold, so a gain is never the
@@ -16,7 +26,8 @@ in-sample one. The final blender and calibrator, used for the test predictions, 
 Edge: :func:`load_cv_inputs` reads the fold plan and the cv models through :mod:`kaggle_kit.store`;
 :func:`run_blend` (``kaggle-kit blend``) writes the blend through it: the cross-fitted OOF predictions
 float32 (n_train,) after and before calibration (NaN on unreadable rows; the report draws both), the
-calibrated test predictions float32 (n_test,), not yet clipped, and the methods, weights, ladder and clip.
+calibrated test predictions float32 (n_test,), not yet clipped, and the metric, methods, weights, ladder
+(scored in the metric) and clip (none unless log loss).
 """
 
 from __future__ import annotations
@@ -30,20 +41,31 @@ import numpy as np
 from scipy.special import expit, logit
 
 from kaggle_kit.artifacts import KitError, experiment_lock
-from kaggle_kit.metrics import log_loss
+from kaggle_kit.metrics import (
+    DEFAULT_METRIC,
+    HIGHER_IS_BETTER,
+    NAMES,
+    check_metric,
+    crossfit_score,
+    from_loss,
+    log_loss,
+    loss,
+)
 from kaggle_kit.store import (
     BlendRecord,
     CvResult,
     FoldPlan,
     LadderStep,
     cv_root,
+    experiment_metric,
     load_cv_results,
     load_plan,
+    remember_metric,
     require_experiment,
     write_blend,
 )
 
-METHODS = ("selection", "stack", "mean", "single")
+METHODS = ("selection", "stack", "mean", "single", "rank")
 CALIBRATIONS = ("none", "temperature", "platt")
 LOGIT_EPS = 1e-6  # probabilities are clipped to [1e-6, 1 - 1e-6] before taking logits (|logit| <= 13.8)
 CLIP_BOUNDS = (1e-4, 0.05)
@@ -52,7 +74,27 @@ DEFAULT_ROUNDS = 25
 # subtle: when two methods (or calibrations) score the same, the simpler one wins: ties between a one-model
 # selection and the mean are common with few models. 'single' (the model best on the fitting rows alone) is
 # the honest fallback: picked whenever no blend beats it out of fold, as when one backbone dominates.
-_METHOD_PREFERENCE = ("single", "mean", "selection", "stack")
+_METHOD_PREFERENCE = ("single", "mean", "rank", "selection", "stack")
+
+
+def methods_for(metric: str) -> tuple[str, ...]:
+    """The blending methods tried for ``metric``: ``rank`` only for AUC (its output is a rank, not a probability)."""
+    check_metric(metric)
+    return METHODS if metric == "auc" else tuple(m for m in METHODS if m != "rank")
+
+
+def fit_metric(metric: str) -> str:
+    """The metric a blender is fitted for: AUC for AUC; log loss otherwise (accuracy thresholds calibrated
+    probabilities, and log loss is the smooth, proper score that makes them)."""
+    return "auc" if check_metric(metric) == "auc" else "logloss"
+
+
+def normalised_ranks(P: np.ndarray) -> np.ndarray:
+    """Each column of (n, m) replaced by its ranks (ties averaged) scaled into (0, 1): (rank - 0.5) / n."""
+    from scipy.stats import rankdata
+
+    P = np.asarray(P, dtype=np.float64)
+    return (rankdata(P, axis=0) - 0.5) / P.shape[0]
 
 
 # ------------------------------------------------------------------------------------------------ the core
@@ -61,12 +103,13 @@ def logits(p: np.ndarray) -> np.ndarray:
     return logit(np.clip(np.asarray(p, dtype=np.float64), LOGIT_EPS, 1.0 - LOGIT_EPS))
 
 
-def select_ensemble(P: np.ndarray, y: np.ndarray, *, rounds: int = DEFAULT_ROUNDS) -> np.ndarray:
+def select_ensemble(P: np.ndarray, y: np.ndarray, *, rounds: int = DEFAULT_ROUNDS,
+                    metric: str = "logloss") -> np.ndarray:
     """Greedy ensemble selection with replacement; return the (n_models,) weights (>= 0, summing to 1).
 
     Start from an empty ensemble; in each of ``rounds`` rounds add the model (again, if it is already in)
-    whose addition gives the lowest log loss of the running average of probabilities. Ties go to the earlier
-    model; a candidate whose score is NaN or inf never wins.
+    whose addition gives the best ``metric`` score (log loss or AUC) of the running average of probabilities.
+    Ties go to the earlier model; a candidate whose score is NaN or inf never wins.
     """
     P = np.asarray(P, dtype=np.float64)
     if P.ndim != 2 or P.shape[1] == 0:
@@ -76,8 +119,8 @@ def select_ensemble(P: np.ndarray, y: np.ndarray, *, rounds: int = DEFAULT_ROUND
     counts = np.zeros(P.shape[1], dtype=np.int64)
     total = np.zeros(P.shape[0])
     for r in range(rounds):
-        scores = log_loss(y, (total[:, None] + P) / (r + 1))
-        # subtle: argmin would happily return a NaN position (NaN compares as the minimum), so map NaN to inf.
+        # subtle: argmin would happily return a NaN position (NaN compares as the minimum): loss() maps NaN to inf.
+        scores = np.asarray(loss(metric, y, (total[:, None] + P) / (r + 1)))
         scores = np.where(np.isfinite(scores), scores, np.inf)
         if not np.isfinite(scores).any():
             raise ValueError("every candidate ensemble scores NaN or inf; the predictions must be finite in [0, 1]")
@@ -92,7 +135,9 @@ class Blender:
     """A fitted blend: ``predict`` maps (n, n_models) probabilities to (n,).
 
     ``selection``, ``mean`` and ``single`` (one weight 1) average probabilities with ``weights`` (>= 0, sum 1);
-    ``stack`` is sigmoid(logits(P) @ weights + intercept), whose weights may have any sign.
+    ``stack`` is sigmoid(logits(P) @ weights + intercept), whose weights may have any sign; ``rank`` averages
+    the columns' normalised ranks within the rows predicted (for AUC: the result orders rows, it is no
+    probability).
     """
 
     method: str
@@ -105,25 +150,27 @@ class Blender:
         used = self.weights != 0
         if self.method == "stack":
             return expit(logits(P[:, used]) @ self.weights[used] + self.intercept)
+        if self.method == "rank":
+            return normalised_ranks(P[:, used]) @ self.weights[used]
         return P[:, used] @ self.weights[used]
 
 
 def fit_blender(P: np.ndarray, y: np.ndarray, *, method: str, rounds: int = DEFAULT_ROUNDS,
-                stack_c: float = 1.0) -> Blender:
+                stack_c: float = 1.0, metric: str = "logloss") -> Blender:
     """Fit a blender of ``method`` on finite (n, n_models) probabilities ``P`` and (n,) labels ``y``.
 
     ``rounds`` is the number of greedy selection rounds; ``stack_c`` the inverse L2 strength of the stacking
-    logistic regression.
+    logistic regression; ``metric`` what ``selection`` and ``single`` optimise (log loss or AUC, see
+    :func:`fit_metric`).
     """
     P = np.asarray(P, dtype=np.float64)
-    if method == "mean":
-        return Blender("mean", np.full(P.shape[1], 1.0 / P.shape[1]))
+    if method in ("mean", "rank"):
+        return Blender(method, np.full(P.shape[1], 1.0 / P.shape[1]))
     if method == "selection":
-        return Blender("selection", select_ensemble(P, y, rounds=rounds))
+        return Blender("selection", select_ensemble(P, y, rounds=rounds, metric=fit_metric(metric)))
     if method == "single":
-        scores = log_loss(np.asarray(y), P)  # (n_models,)
         weights = np.zeros(P.shape[1])
-        weights[int(np.argmin(np.where(np.isfinite(scores), scores, np.inf)))] = 1.0
+        weights[int(np.argmin(loss(fit_metric(metric), np.asarray(y), P)))] = 1.0  # (n_models,) losses
         return Blender("single", weights)
     if method == "stack":
         from sklearn.linear_model import LogisticRegression
@@ -239,14 +286,16 @@ def best_clip(p: np.ndarray, y: np.ndarray, *, low: float = CLIP_BOUNDS[0],
 class BlendResult:
     """Everything the blend stage learned; arrays are over all n rows of the input (NaN on unusable rows).
 
-    ``oof`` (n,): cross-fitted blended + calibrated predictions (not clipped); ``oof_uncalibrated`` (n,) the
-    same before calibration (for each held-out fold, the blender fitted on the other folds). ``ladder``:
-    (step, cross-fitted log loss) for best single model -> blend -> calibrated -> clipped; in the cross-fitted
-    best single model each held-out fold gets the model best on the other folds, and in the clipped step the
-    clip chosen on the other folds. ``best_model`` is the column with the lowest log loss on every row.
-    ``clip`` is chosen on ``oof``; ``clip_logloss`` is the log loss of ``oof`` clipped there. ``method_scores``
-    and ``calibration_scores`` are the cross-fitted log losses that chose ``blender.method`` and
-    ``calibrator.kind``.
+    ``metric``: what every score here is (see :mod:`kaggle_kit.metrics`). ``oof`` (n,): cross-fitted blended
+    + calibrated predictions (not clipped); ``oof_uncalibrated`` (n,) the same before calibration (for each
+    held-out fold, the blender fitted on the other folds; equal to ``oof`` for AUC). ``ladder``: (step,
+    cross-fitted score) for best single model -> blend -> calibrated -> clipped (calibrated for log loss and
+    accuracy, clipped for log loss only); in the cross-fitted best single model each held-out fold gets the
+    model best on the other folds, and in the clipped step the clip chosen on the other folds. ``best_model``
+    is the column best on every row. ``clip`` (log loss only, else None) is chosen on ``oof``;
+    ``clip_logloss`` is the log loss of ``oof`` clipped there. ``method_scores`` are the cross-fitted scores
+    that chose ``blender.method``; ``calibration_scores`` the cross-fitted log losses that chose
+    ``calibrator.kind`` (empty for AUC).
     """
 
     blender: Blender
@@ -255,11 +304,12 @@ class BlendResult:
     oof_uncalibrated: np.ndarray
     ladder: list[tuple[str, float]]
     best_model: int
-    clip: float
-    clip_logloss: float
+    clip: float | None
+    clip_logloss: float | None
     method_scores: dict[str, float]
     calibration_scores: dict[str, float]
     n_used: int
+    metric: str = DEFAULT_METRIC
 
 
 def _check_shapes(P: np.ndarray, y: np.ndarray, folds: np.ndarray) -> None:
@@ -282,19 +332,20 @@ def _check_usable(y: np.ndarray, folds: np.ndarray) -> None:
 
 
 def crossfit_blend(P: np.ndarray, y: np.ndarray, folds: np.ndarray, *, method: str | None = None,
-                   rounds: int = DEFAULT_ROUNDS) -> BlendResult:
+                   rounds: int = DEFAULT_ROUNDS, metric: str = DEFAULT_METRIC) -> BlendResult:
     """Blend, calibrate and choose a clip with cross-fitted scores; fit the final blender on every row.
 
     ``P`` (n, n_models) OOF probabilities, ``y`` (n,) 0/1, ``folds`` (n,) fold index per row; rows with a
     non-finite value in ``P`` or fold -1 (unreadable images) are left out and get NaN in ``oof``. ``method``
-    None picks the method with the
-    lowest cross-fitted log loss. Within each held-out fold, everything (blender, calibrator, clip) is fitted
-    on the other folds only: on those rows the calibrator sees the blender's in-sample predictions, which is
-    what the final fit on every row does too.
+    None picks the method with the best cross-fitted ``metric`` score among :func:`methods_for` ``metric``.
+    Within each held-out fold, everything (blender, calibrator, clip) is fitted on the other folds only: on
+    those rows the calibrator sees the blender's in-sample predictions, which is what the final fit on every
+    row does too. Which of the calibration and clip steps run depends on ``metric`` (module docstring).
 
-    subtle: choosing the best of three methods (and of three calibrations) by their cross-fitted scores makes
+    subtle: choosing the best of several methods (and of three calibrations) by their cross-fitted scores makes
     the chosen score slightly optimistic; each candidate's own score is honest.
     """
+    metric = check_metric(metric)
     P = np.asarray(P, dtype=np.float64)
     y = np.asarray(y)
     folds = np.asarray(folds)
@@ -302,19 +353,42 @@ def crossfit_blend(P: np.ndarray, y: np.ndarray, folds: np.ndarray, *, method: s
     valid = np.isfinite(P).all(axis=1) & (folds >= 0)
     Pv, yv, fv = P[valid], y[valid], folds[valid]
     _check_usable(yv, fv)
-    if method is not None and method not in METHODS:
-        raise ValueError(f"unknown blend method {method!r}; choose one of: {', '.join(METHODS)}")
+    methods = methods_for(metric)
+    if method is not None and method not in methods:
+        raise ValueError(f"unknown blend method {method!r} for the metric {metric}; choose one of: "
+                         f"{', '.join(methods)}")
     splits = [(fv != f, fv == f) for f in np.unique(fv)]
+
+    def fitted(m: str, rows: np.ndarray) -> Blender:
+        return fit_blender(Pv[rows], yv[rows], method=m, rounds=rounds, metric=metric)
 
     fold_blenders: dict[str, list[Blender]] = {}
     blended: dict[str, np.ndarray] = {}
-    for m in METHODS:
-        fold_blenders[m] = [fit_blender(Pv[train], yv[train], method=m, rounds=rounds) for train, _ in splits]
+    for m in methods:
+        fold_blenders[m] = [fitted(m, train) for train, _ in splits]
         blended[m] = np.empty(len(yv))
         for (train, held), b in zip(splits, fold_blenders[m]):
             blended[m][held] = b.predict(Pv[held])
-    method_scores = {m: log_loss(yv, blended[m]) for m in METHODS}
-    chosen = method or min(_METHOD_PREFERENCE, key=lambda m: (method_scores[m], _METHOD_PREFERENCE.index(m)))
+    method_losses = {m: _crossfit_loss(metric, yv, blended[m], fv) for m in methods}
+    # subtle: accuracy ties are common (a few rows decide it), so they go to the lower log loss first.
+    tie = {m: log_loss(yv, blended[m]) if metric == "accuracy" else 0.0 for m in methods}
+    chosen = method or min((m for m in _METHOD_PREFERENCE if m in methods),
+                           key=lambda m: (method_losses[m], tie[m], _METHOD_PREFERENCE.index(m)))
+    method_scores = {m: _score(metric, v) for m, v in method_losses.items()}
+    ladder = [("best single model", method_scores["single"]),  # each held-out fold: the model best on the others
+              ("blend", method_scores[chosen])]
+
+    blender = fit_blender(Pv, yv, method=chosen, rounds=rounds, metric=metric)
+    best_model = int(np.argmin(loss(fit_metric(metric), yv, Pv)))
+    oof = np.full(len(y), np.nan)
+    oof_uncalibrated = np.full(len(y), np.nan)
+    oof_uncalibrated[valid] = blended[chosen]
+    if metric == "auc":  # a monotone calibration or a clip cannot change an AUC: neither is fitted
+        oof[valid] = blended[chosen]
+        return BlendResult(blender=blender, calibrator=Calibrator("none"), oof=oof,
+                           oof_uncalibrated=oof_uncalibrated, ladder=ladder, best_model=best_model, clip=None,
+                           clip_logloss=None, method_scores=method_scores, calibration_scores={},
+                           n_used=int(valid.sum()), metric=metric)
 
     in_sample = [b.predict(Pv[train]) for (train, _), b in zip(splits, fold_blenders[chosen])]
     fold_calibrators: dict[str, list[Calibrator]] = {}
@@ -333,30 +407,37 @@ def crossfit_blend(P: np.ndarray, y: np.ndarray, folds: np.ndarray, *, method: s
         calibration_scores[kind] = log_loss(yv, calibrated[kind])
     # subtle: 'none' comes first and wins ties, so a calibration is kept only if it strictly lowers the loss.
     kind = min(CALIBRATIONS, key=lambda k: (calibration_scores[k], CALIBRATIONS.index(k)))
+    calibrator = fit_calibrator(blender.predict(Pv), yv, kind=kind)
+    oof[valid] = calibrated[kind]
+    ladder.append(("calibrated", _score(metric, _crossfit_loss(metric, yv, calibrated[kind], fv))))
+    if metric != "logloss":  # accuracy: the labels are 0/1, a clip changes none of them
+        return BlendResult(blender=blender, calibrator=calibrator, oof=oof, oof_uncalibrated=oof_uncalibrated,
+                           ladder=ladder, best_model=best_model, clip=None, clip_logloss=None,
+                           method_scores=method_scores, calibration_scores=calibration_scores,
+                           n_used=int(valid.sum()), metric=metric)
 
     clipped = np.empty(len(yv))
     for (train, held), b_train, cal in zip(splits, in_sample, fold_calibrators[kind]):
         c, _ = best_clip(cal.predict(b_train), yv[train])
         clipped[held] = clip_probabilities(calibrated[kind][held], c)
-
-    blender = fit_blender(Pv, yv, method=chosen, rounds=rounds)
-    calibrator = fit_calibrator(blender.predict(Pv), yv, kind=kind)
     clip, clip_loss = best_clip(calibrated[kind], yv)
-    best_model = int(np.argmin(log_loss(yv, Pv)))
-    oof = np.full(len(y), np.nan)
-    oof[valid] = calibrated[kind]
-    oof_uncalibrated = np.full(len(y), np.nan)
-    oof_uncalibrated[valid] = blended[chosen]
-    ladder = [
-        ("best single model", method_scores["single"]),  # each held-out fold: the model best on the others
-        ("blend", method_scores[chosen]),
-        ("calibrated", calibration_scores[kind]),
-        ("clipped", log_loss(yv, clipped)),
-    ]
+    ladder.append(("clipped", log_loss(yv, clipped)))
     return BlendResult(blender=blender, calibrator=calibrator, oof=oof, oof_uncalibrated=oof_uncalibrated,
                        ladder=ladder, best_model=best_model,
                        clip=clip, clip_logloss=clip_loss, method_scores=method_scores,
-                       calibration_scores=calibration_scores, n_used=int(valid.sum()))
+                       calibration_scores=calibration_scores, n_used=int(valid.sum()), metric=metric)
+
+
+def _crossfit_loss(metric: str, y: np.ndarray, p: np.ndarray, folds: np.ndarray) -> float:
+    """:func:`kaggle_kit.metrics.crossfit_score` turned so that lower is better (NaN -> inf)."""
+    value = crossfit_score(metric, y, p, folds)
+    value = -value if HIGHER_IS_BETTER[metric] else value
+    return value if math.isfinite(value) else math.inf
+
+
+def _score(metric: str, value: float) -> float:
+    """A score from its :func:`kaggle_kit.metrics.loss` (inf, an unusable candidate, stays inf)."""
+    return float(from_loss(metric, value))
 
 
 # ------------------------------------------------------------------------------------------------- the edge
@@ -421,54 +502,71 @@ class BlendRun:
         return self.blend.path
 
     def lines(self) -> list[str]:
-        """What ``kaggle-kit blend`` prints: methods, weights, the cross-fitted ladder, the clip; the folder last."""
+        """What ``kaggle-kit blend`` prints: methods, weights, the cross-fitted ladder in the blend's metric, the
+        clip (or why there is none); the folder last."""
         b = self.blend
+        name = NAMES[b.metric]
         scores = ", ".join(f"{k} {'-' if v is None else f'{v:.5f}'}" for k, v in b.method_scores.items())
         out = [f"{len(b.models)} models, {b.n_scored} of {b.n_train} training rows, {b.n_folds} folds; "
-               f"cross-fitted OOF log loss by method: {scores} -> {b.method}",
+               f"cross-fitted OOF {name} by method: {scores} -> {b.method}",
                "weights: " + ", ".join(f"{k} {v:.4g}" for k, v in b.weights.items() if v != 0),
-               "OOF log loss, cross-fitted:"]
-        out += [f"  {s.step:<18} {s.oof_logloss:.5f}  {s.detail}" for s in b.ladder]
-        out.append(f"chosen clip {b.clip:.4g} (OOF log loss {b.clip_logloss:.5f}), applied by 'kaggle-kit submit'")
+               f"OOF {name}, cross-fitted:"]
+        out += [f"  {s.step:<18} {s.score:.5f}  {s.detail}" for s in b.ladder]
+        if b.clip is not None:
+            out.append(f"chosen clip {b.clip:.4g} (OOF log loss {b.clip_logloss:.5f}), applied by 'kaggle-kit submit'")
+        elif b.metric == "auc":
+            out.append("AUC: no calibration and no clip (neither can change an AUC)")
         return [*out, str(b.path)]
 
     def ladder_line(self) -> str:
-        """'OOF log loss (5-fold, cross-fitted): best single model 0.1 -> blend 0.09 -> ...' in one line."""
-        steps = " -> ".join(f"{s.step} {s.oof_logloss:.5f}" for s in self.blend.ladder)
-        return f"OOF log loss ({self.blend.n_folds}-fold, cross-fitted): {steps}"
+        """'OOF log loss (5-fold, cross-fitted): best single model 0.1 -> blend 0.09 -> ...' in one line, in the
+        blend's metric."""
+        steps = " -> ".join(f"{s.step} {s.score:.5f}" for s in self.blend.ladder)
+        return f"OOF {NAMES[self.blend.metric]} ({self.blend.n_folds}-fold, cross-fitted): {steps}"
 
 
-def run_blend(exp_dir: Path, *, method: str | None = None, rounds: int = DEFAULT_ROUNDS,
+def run_blend(exp_dir: Path, *, method: str | None = None, rounds: int = DEFAULT_ROUNDS, metric: str | None = None,
               warn: Callable[[str], None] = print) -> BlendRun:
-    """``kaggle-kit blend``: blend the experiment's cv models and write ``<exp>/blend/``; holds the lock.
+    """``kaggle-kit blend``: blend the experiment's cv models for a metric and write ``<exp>/blend/``; holds the
+    lock.
 
-    ``method`` None picks the method with the lowest cross-fitted log loss (see :func:`crossfit_blend`).
+    ``metric`` None is the experiment's (else log loss); one given becomes the experiment's. ``method`` None
+    picks the method with the best cross-fitted score among :func:`methods_for` the metric (see
+    :func:`crossfit_blend`).
     """
     if method is not None and method not in METHODS:
         raise KitError(f"unknown blend method {method!r}; choose one of: {', '.join(METHODS)}", code=2)
     require_experiment(exp_dir)
+    chosen = experiment_metric(exp_dir, metric)
+    if method is not None and method not in methods_for(chosen):
+        raise KitError(f"--method {method} is not used for the metric {chosen}; choose one of: "
+                       f"{', '.join(methods_for(chosen))}", code=2)
     with experiment_lock(exp_dir, command="blend"):
         inputs = load_cv_inputs(exp_dir, warn=warn)
         folds = inputs.folds
         try:
-            result = crossfit_blend(inputs.oof, folds.y, folds.plan[0], method=method, rounds=rounds)
+            result = crossfit_blend(inputs.oof, folds.y, folds.plan[0], method=method, rounds=rounds, metric=chosen)
         except ValueError as exc:
             raise KitError(f"cannot blend the cv results in {cv_root(exp_dir)}: {exc}") from None
         test = result.calibrator.predict(result.blender.predict(inputs.test))
         # subtle: a test image nobody could decode keeps the training prior the cv models gave it; the blender
-        # and the calibrator were fitted on the models' scores of real images and would move it.
+        # and the calibrator were fitted on the models' scores of real images and would move it. A rank blend
+        # already puts it where the prior falls among each model's predictions.
         prior_rows = inputs.prior_rows if inputs.prior_rows is not None else np.zeros(len(test), dtype=bool)
-        test[prior_rows] = inputs.test[prior_rows].mean(axis=1)
+        if result.blender.method != "rank":
+            test[prior_rows] = inputs.test[prior_rows].mean(axis=1)
         details = _ladder_details(result, inputs.models)
         record = write_blend(
             exp_dir, plan=folds, inputs=inputs.results, oof=result.oof, oof_uncalibrated=result.oof_uncalibrated,
-            test=test, method=result.blender.method, method_scores=result.method_scores,
+            test=test, metric=chosen, method=result.blender.method, method_scores=result.method_scores,
             weights=dict(zip(inputs.models, result.blender.weights)),
             intercept=result.blender.intercept if result.blender.method == "stack" else None, rounds=rounds,
             calibration=result.calibrator.kind, calibration_params=result.calibrator.params,
             calibration_scores=result.calibration_scores,
-            ladder=[LadderStep(step, loss, details[step]) for step, loss in result.ladder],
+            ladder=[LadderStep(step, score, details[step]) for step, score in result.ladder],
             clip=result.clip, clip_logloss=result.clip_logloss, clip_bounds=CLIP_BOUNDS,
             n_scored=result.n_used, n_test_prior=int(prior_rows.sum()),
         )
+        if metric is not None:
+            remember_metric(exp_dir, chosen)
     return BlendRun(record)

@@ -3,8 +3,8 @@
 Each command calls one stage function (``run_features``, ``run_cv``, ``run_blend``, ``make_submission``,
 ``write_report``, ``run_demo``), which takes the experiment folder and keyword settings, holds the
 experiment's lock itself and returns a result that knows its own lines of output. The choices of an option
-(``--tta``, ``--decoder``, ``--engine``, ``--head``, ``--method``, ``--metric``) are the tuples defined by the
-module that uses them.
+(``--tta``, ``--decoder``, ``--engine``, ``--head``, ``--method``, ``--metric``, ``--layout``) are the tuples
+defined by the module that uses them.
 
 Every user error ends with one line on stderr and a non-zero exit code (2 for bad input, 3 for a busy
 experiment, 130 for Ctrl-C), never a traceback. Commands are listed in ``--help`` in the order a user runs them.
@@ -23,11 +23,12 @@ import typer
 from kaggle_kit.artifacts import KitError
 from kaggle_kit.blend import METHODS
 from kaggle_kit.cv import HEAD_CHOICES
+from kaggle_kit.data import LAYOUTS
 from kaggle_kit.decoders import DECODERS
 from kaggle_kit.features import ENGINES, TTA_MODES
 from kaggle_kit.kaggle_api import DEFAULT_COMPETITION
+from kaggle_kit.metrics import METRICS
 from kaggle_kit.store import experiment_dir
-from kaggle_kit.submit import METRICS
 
 app = typer.Typer(
     help="Turn a folder of competition images into a validated Kaggle submission: "
@@ -49,6 +50,7 @@ Engine = _choices("Engine", ENGINES)
 Head = _choices("Head", HEAD_CHOICES)
 BlendMethod = _choices("BlendMethod", METHODS)
 Metric = _choices("Metric", METRICS)
+Layout = _choices("Layout", LAYOUTS)
 
 ExpOption = typer.Option("default", "--exp", help="Experiment name: results go to experiments/<exp>/.")
 DataOption = typer.Option(
@@ -59,6 +61,10 @@ CompetitionOption = typer.Option(
     DEFAULT_COMPETITION, "--competition", help="Competition slug: the part after /c/ in its address on kaggle.com.",
 )
 QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+MetricOption = typer.Option(
+    None, "--metric", help="The competition's metric: logloss, auc or accuracy (default: the experiment's, else "
+    "logloss). Remembered by the experiment.",
+)
 
 
 def _err(message: str) -> None:
@@ -123,7 +129,16 @@ def features(
     ),
     image_size: Optional[int] = typer.Option(None, "--image-size", min=8, help="Override the backbone's input size."),
     tta: Tta = typer.Option(Tta("none"), "--tta", help="'flip' also extracts horizontally flipped images."),
-    positive: Optional[str] = typer.Option(None, "--positive", help="Class whose label is 1 (default: dog)."),
+    positive: Optional[str] = typer.Option(
+        None, "--positive", help="Class whose label is 1 (default: dog; 1 for a 0/1 target)."),
+    layout: Optional[Layout] = typer.Option(
+        None, "--layout", help="How the data folder is laid out (default: detected; see 'Competitions it reads')."),
+    labels: Optional[Path] = typer.Option(
+        None, "--labels", dir_okay=False, help="Labels CSV of the csv layout (default: train.csv or train_labels.csv)."),
+    id_col: Optional[str] = typer.Option(None, "--id-col", help="Id column of the labels CSV (default: inferred)."),
+    target_col: Optional[str] = typer.Option(
+        None, "--target-col", help="Binary target column of the labels CSV (default: inferred)."),
+    metric: Optional[Metric] = MetricOption,
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     workers: Optional[int] = typer.Option(
         None, "--workers", min=1,
@@ -158,7 +173,9 @@ def features(
     from kaggle_kit.features import run_features
 
     result = run_features(experiment_dir(exp), backbone=backbone, data=data, weights=weights,
-                          image_size=image_size, tta=tta.value, positive=positive, batch_size=batch_size,
+                          image_size=image_size, tta=tta.value, positive=positive,
+                          layout=layout.value if layout else None, labels=labels, id_col=id_col,
+                          target_col=target_col, metric=metric.value if metric else None, batch_size=batch_size,
                           workers=workers, decoder=decoder.value, shard_size=shard_size, engine=engine.value,
                           address=address, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
                           name=name, force=force, warn=_err, progress=not quiet)
@@ -202,13 +219,16 @@ def cv(
 def blend(
     exp: str = ExpOption,
     method: Optional[BlendMethod] = typer.Option(
-        None, "--method", help="Blending method (default: the one with the lowest cross-fitted OOF log loss).",
+        None, "--method", help="Blending method (default: the one with the best cross-fitted OOF score); 'rank' "
+        "(rank averaging) is for --metric auc.",
     ),
+    metric: Optional[Metric] = MetricOption,
 ):
     """Blend the cv models' out-of-fold predictions, calibrate, choose a clip; print the cross-fitted ladder."""
     from kaggle_kit.blend import run_blend
 
-    _echo(run_blend(experiment_dir(exp), method=method.value if method else None, warn=_err).lines())
+    _echo(run_blend(experiment_dir(exp), method=method.value if method else None,
+                    metric=metric.value if metric else None, warn=_err).lines())
 
 
 @app.command()
@@ -217,8 +237,10 @@ def submit(
     exp: str = ExpOption,
     clip: str = typer.Option("auto", "--clip", help="'auto' (the blend's chosen clip) or c: labels clipped to c..1-c."),
     name: Optional[str] = typer.Option(None, "--name", help="File name in submissions/ (default: <exp>-<time>.csv)."),
-    metric: Metric = typer.Option(Metric("logloss"), "--metric",
-                                  help="'accuracy' writes hard 0/1 labels (2013 contest)."),
+    metric: Optional[Metric] = typer.Option(
+        None, "--metric", help="Default: the blend's. 'accuracy' writes hard 0/1 labels (the 2013 contest); 'auc' "
+        "the blend's scores unclipped.",
+    ),
     upload: bool = typer.Option(False, "--upload", help="Also submit the file to Kaggle (pip install kaggle)."),
     message: Optional[str] = typer.Option(None, "--message", "-m", help="Submission description (with --upload)."),
     competition: str = CompetitionOption,
@@ -226,8 +248,11 @@ def submit(
     """Write a validated submission CSV from the blend (never overwriting one); print its path last."""
     from kaggle_kit.submit import make_submission
 
-    _echo(make_submission(experiment_dir(exp), clip=clip, name=name, metric=metric.value, upload=upload,
-                          message=message, competition=competition).lines())
+    result = make_submission(experiment_dir(exp), clip=clip, name=name, metric=metric.value if metric else None,
+                             upload=upload, message=message, competition=competition)
+    for warning in result.warnings():
+        _err(warning)
+    _echo(result.lines())
 
 
 @app.command()

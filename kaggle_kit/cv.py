@@ -31,7 +31,7 @@ from kaggle_kit.artifacts import KitError, experiment_lock, sha256_json
 from kaggle_kit.data import Dataset
 from kaggle_kit.folds import ensure_plan
 from kaggle_kit.heads import HEADS
-from kaggle_kit.metrics import log_loss
+from kaggle_kit.metrics import METRICS, NAMES, crossfit_score, score
 from kaggle_kit.store import (
     CONCAT_MODEL,
     CV_FORMAT,
@@ -43,11 +43,13 @@ from kaggle_kit.store import (
     cv_command,
     cv_root,
     experiment_data,
+    experiment_metric,
     feature_set_names,
     features_dir,
     features_root,
     load_features,
     model_name,
+    oof_key,
     stale_cv_models,
     write_cv_result,
 )
@@ -65,25 +67,32 @@ TTA_PREDICT = True
 
 # ------------------------------------------------------------------------------------------------ the core
 def score_oof(y: np.ndarray, oof: np.ndarray, plan: np.ndarray, usable: np.ndarray) -> dict[str, Any]:
-    """Scores of out-of-fold predictions ``oof`` (repeats, n) against labels ``y`` (n,).
+    """Scores of out-of-fold predictions ``oof`` (repeats, n) against labels ``y`` (n,), in every metric.
 
-    ``plan`` (repeats, n) gives each row's fold and ``usable`` (n,) the rows that count. Log losses are
-    Kaggle's (clipped at 1e-15); accuracy thresholds at 0.5. Per-fold lists run repeat by repeat.
+    ``plan`` (repeats, n) gives each row's fold and ``usable`` (n,) the rows that count. For each metric of
+    :data:`kaggle_kit.metrics.METRICS`: ``oof_<metric>`` the cross-fitted score of the usable rows
+    (:func:`kaggle_kit.metrics.crossfit_score`: for AUC the mean of the folds' AUCs; the mean over repeats) and
+    ``fold_<metric>`` one score per fold, repeat by repeat. Log losses are Kaggle's (clipped at 1e-15);
+    accuracy thresholds at 0.5; AUC is scikit-learn's (None where a fold holds one class only).
     """
     rows = np.flatnonzero(usable)
     k = int(plan.max()) + 1
-    fold_logloss, fold_accuracy = [], []
-    for r in range(len(oof)):
-        for f in range(k):
-            held = rows[plan[r, rows] == f]
-            fold_logloss.append(round(log_loss(y[held], oof[r, held]), 6))
-            fold_accuracy.append(round(float(np.mean((oof[r, held] > 0.5) == y[held])), 6))
-    return {
-        "oof_logloss": round(float(np.mean([log_loss(y[rows], o[rows]) for o in oof])), 6),
-        "oof_accuracy": round(float(np.mean([np.mean((o[rows] > 0.5) == y[rows]) for o in oof])), 6),
-        "fold_logloss": fold_logloss,
-        "fold_accuracy": fold_accuracy,
-    }
+    out: dict[str, Any] = {}
+    for metric in METRICS:
+        folds = []
+        for r in range(len(oof)):
+            for f in range(k):
+                held = rows[plan[r, rows] == f]
+                folds.append(_rounded(score(metric, y[held], oof[r, held])))
+        out[oof_key(metric)] = _rounded(np.mean([crossfit_score(metric, y[rows], o[rows], p[rows])
+                                                 for o, p in zip(oof, plan)]))
+        out[f"fold_{metric}"] = folds
+    return out
+
+
+def _rounded(value: float) -> float | None:
+    """A score for JSON: 6 decimals, None when it is undefined (NaN)."""
+    return round(float(value), 6) if np.isfinite(value) else None
 
 
 @dataclass(frozen=True)
@@ -236,23 +245,28 @@ def run_model(exp_dir: Path, spec: ModelSpec, sets: dict[str, FeatureSet], plan:
 @dataclass(frozen=True)
 class CvRun:
     """What ``run_cv`` did: the plan and what became of it ('kept', 'new' or 'replaced'), each model's result,
-    and the models left stale on disk (made on another plan and not recomputed by this run)."""
+    the models left stale on disk (made on another plan and not recomputed by this run), and the experiment's
+    metric (the table's first score column)."""
 
     exp_dir: Path
     plan: FoldPlan
     plan_status: str
     results: list[CvResult]
     stale: list[str]
+    metric: str = "logloss"
 
     def lines(self) -> list[str]:
-        """What ``kaggle-kit cv`` prints: the plan, a table of the models, and the cv folder last."""
+        """What ``kaggle-kit cv`` prints: the plan, a table of the models' OOF scores in every metric (the
+        experiment's first; '-' where undefined), and the cv folder last."""
         status = {"kept": "", "new": " (new)",
                   "replaced": " (new: cv results made on the previous plan are stale)"}[self.plan_status]
+        columns = [self.metric] + [m for m in METRICS if m != self.metric]
         out = [f"fold plan: {self.plan.describe()}{status}",
-               f"{'model':<32}{'OOF log loss':>13}{'accuracy':>10}{'seconds':>10}"]
+               f"{'model':<32}" + "".join(f"{'OOF ' + NAMES[m]:>14}" for m in columns) + f"{'seconds':>10}"]
         for r in self.results:
             took = "cached" if r.cached else f"{r.seconds:.1f}"
-            out.append(f"{r.model:<32}{r.oof_logloss:>13.5f}{r.oof_accuracy:>10.2%}{took:>10}")
+            cells = "".join(f"{'-' if r.score(m) is None else format(r.score(m), '.5f'):>14}" for m in columns)
+            out.append(f"{r.model:<32}{cells}{took:>10}")
         if any(r.cached for r in self.results):
             out.append("cached: inputs unchanged since the last run; --force recomputes")
         return [*out, str(cv_root(self.exp_dir))]
@@ -282,11 +296,13 @@ def run_cv(
     (see :func:`model_specs`) on the experiment's fold plan, made or replaced as asked (see
     :func:`kaggle_kit.folds.ensure_plan`); write each model's result unless it is cached.
 
-    ``data_dir``/``positive`` default to the experiment's. Holds the experiment's lock.
+    ``data_dir``/``positive`` default to the experiment's, and the folder is read as the experiment remembers
+    (its layout, labels file and columns: :func:`kaggle_kit.store.experiment_data`). Every model is scored in
+    every metric; the table shows the experiment's first. Holds the experiment's lock.
     """
     from tqdm import tqdm
 
-    from kaggle_kit.data import discover
+    from kaggle_kit.data import discover_remembered
 
     available = feature_set_names(exp_dir)  # refuses before the lock creates anything
     chosen = list(dict.fromkeys(feature_sets)) if feature_sets else available
@@ -295,9 +311,10 @@ def run_cv(
             raise KitError(f"no cached feature set {name!r} in {features_root(exp_dir)} (cached: "
                            f"{', '.join(available)}); run 'kaggle-kit features --backbone {name}' first", code=2)
     specs = model_specs(chosen, heads)
-    data_dir, positive = experiment_data(exp_dir, data=data_dir, positive=positive)
+    settings = experiment_data(exp_dir, data=data_dir, positive=positive)
+    metric = experiment_metric(exp_dir)
     with experiment_lock(exp_dir, command="cv"):
-        dataset = discover(data_dir, positive=positive)
+        dataset = discover_remembered(settings)
         image_list_hash = dataset.image_list_hash()
         sets = {name: load_features(features_dir(exp_dir, name), image_list_hash=image_list_hash) for name in chosen}
         plan, plan_status = ensure_plan(exp_dir, y=dataset.y, train_ids=dataset.train_ids,
@@ -313,4 +330,4 @@ def run_cv(
                 results.append(result)
         done = {r.model for r in results}
         stale = [m for m in stale_cv_models(exp_dir, plan) if m not in done]
-    return CvRun(exp_dir=exp_dir, plan=plan, plan_status=plan_status, results=results, stale=stale)
+    return CvRun(exp_dir=exp_dir, plan=plan, plan_status=plan_status, results=results, stale=stale, metric=metric)

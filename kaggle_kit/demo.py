@@ -14,7 +14,8 @@ The stages are the ones behind the ``kaggle-kit`` commands (:func:`kaggle_kit.fe
 :func:`kaggle_kit.cv.run_cv`, :func:`kaggle_kit.blend.run_blend`, :func:`kaggle_kit.submit.make_submission`),
 caches included; before each, the demo prints the command line that does the same. A competition
 folder holding ``test_labels.csv`` (``id,label``, label 1 = the positive class) is an answer key: the demo
-then also scores the submission against it, which Kaggle's real test set never allows.
+then also scores the submission against it (log loss, accuracy and AUC; any two-column header such as
+``id,has_cactus``), which Kaggle's real test set never allows.
 
 Cache layout (``~/.cache/kaggle-kit/`` unless ``--cache DIR``)::
 
@@ -24,7 +25,6 @@ Cache layout (``~/.cache/kaggle-kit/`` unless ``--cache DIR``)::
 
 from __future__ import annotations
 
-import csv
 import http.client
 import shlex
 import shutil
@@ -326,25 +326,34 @@ def prepare_demo_data(cache: Path, *, seed: int = 0, n_per_class: int = 120, n_t
 # ---------------------------------------------------------------------------------------------- scoring
 @dataclass(frozen=True)
 class Score:
-    """A submission scored against an answer key: ``n`` rows, Kaggle's log loss, accuracy at 0.5."""
+    """A submission scored against an answer key: ``n`` rows, Kaggle's log loss, accuracy at 0.5, and
+    scikit-learn's AUC."""
 
     n: int
     logloss: float
     accuracy: float
+    auc: float
 
 
 def _read_id_label(path: Path) -> dict[str, str]:
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None or [h.strip().lower() for h in header[:2]] != ["id", "label"]:
-            raise KitError(f"{path}: the header must be 'id,label' (found {header!r})", code=2)
-        return {row[0].strip(): row[1].strip() for row in reader if row and row[0].strip()}
+    """id -> label of a two-column CSV (the id, then the label or prediction, whatever the header names them:
+    ``id,label``, ``id,has_cactus``, ``image_name,target``)."""
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except ValueError as exc:
+        raise KitError(f"{path} is not a readable CSV file ({' '.join(str(exc).split())})", code=2) from None
+    if frame.shape[1] != 2:
+        raise KitError(f"{path}: expected two columns, the id and the label (found header "
+                       f"{','.join(map(str, frame.columns))!r})", code=2)
+    ids, labels = (frame[c].str.strip().tolist() for c in frame.columns)
+    return {i: v for i, v in zip(ids, labels) if i}
 
 
 def score_submission(submission: Path, answer_key: Path) -> Score:
-    """Score a submission CSV against an answer key CSV (both ``id,label``; the key's labels 0/1)."""
-    from kaggle_kit.metrics import log_loss
+    """Score a submission CSV against an answer key CSV (two columns each: id and label; the key's labels 0/1)."""
+    from kaggle_kit.metrics import accuracy, auc, log_loss
 
     predicted, truth = _read_id_label(submission), _read_id_label(answer_key)
     if set(predicted) != set(truth):
@@ -358,7 +367,7 @@ def score_submission(submission: Path, answer_key: Path) -> Score:
         raise KitError(f"cannot score {submission} against {answer_key}: {exc}", code=2) from None
     if not np.isin(y, (0, 1)).all():
         raise KitError(f"{answer_key}: labels must be 0 or 1", code=2)
-    return Score(n=len(ids), logloss=float(log_loss(y, p)), accuracy=float(np.mean((p >= 0.5) == (y == 1))))
+    return Score(n=len(ids), logloss=float(log_loss(y, p)), accuracy=float(accuracy(y, p)), auc=float(auc(y, p)))
 
 
 # --------------------------------------------------------------------------------------------- the run
@@ -434,7 +443,7 @@ def run_demo(*, data: Path | None, exp: str, backbones: Sequence[str], folds: in
     if key.is_file():
         score = score_submission(submission.path, key)
         echo(f"scored against the answer key {key}: log loss {score.logloss:.5f}, "
-             f"accuracy {100 * score.accuracy:.2f} % on {score.n} test images")
+             f"accuracy {100 * score.accuracy:.2f} %, AUC {score.auc:.5f} on {score.n} test images")
     if smoke:
         echo("SMOKE RUN finished: synthetic images, so these scores only show that every stage works")
     echo(str(submission.path))

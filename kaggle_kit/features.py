@@ -41,12 +41,13 @@ from kaggle_kit.store import (
     cached_feature_set,
     default_feature_set_name,
     experiment_data,
+    experiment_metric,
     feature_array_path,
     features_dir,
     finish_feature_set,
     load_shard,
     partial_dir,
-    save_experiment,
+    remember_data,
     save_feature_set,
     shard_path,
 )
@@ -259,6 +260,11 @@ def run_features(
     image_size: int | None = None,
     tta: str = "none",
     positive: str | None = None,
+    layout: str | None = None,
+    labels: Path | str | None = None,
+    id_col: str | None = None,
+    target_col: str | None = None,
+    metric: str | None = None,
     batch_size: int = 32,
     workers: int | None = None,
     decoder: str = "opencv",
@@ -274,18 +280,20 @@ def run_features(
 ) -> FeatureResult:
     """``kaggle-kit features``: extract (or reuse) one backbone's features for the experiment in ``exp_dir``.
 
-    ``data``/``positive`` default to the experiment's (else ./data and 'dog'), which then remembers them;
-    ``weights`` is 'imagenet', 'none' (random: warned about) or a file; ``image_size`` defaults to the
-    backbone's own and ``name`` to ``<backbone>[_<size>]``; ``decoder`` is one of decoders.DECODERS (a
-    missing DALI or GPU is refused before any model is built). ``engine`` is one of :data:`ENGINES`: with
-    'local', ``workers`` is the number of decoder threads; with 'ray' it is the number of Ray workers, each
-    with ``cpus_per_worker`` CPUs (also its decoder threads; default 1) and ``gpus_per_worker`` GPUs (default
-    0), on the cluster at ``address`` (see ray_engine.RaySettings). Everything is checked before the
-    experiment's lock is taken, so a refused run leaves nothing behind; ``warn`` gets the data folder's and
-    the decoder's warnings.
+    ``data`` and how to read it (``positive``, ``layout``, ``labels``, ``id_col``, ``target_col``: see
+    :func:`kaggle_kit.data.discover`) default to the experiment's (see :func:`kaggle_kit.store.experiment_data`;
+    else ./data, its layout detected), ``metric`` to the experiment's (else log loss); the experiment then
+    remembers them all. ``weights`` is 'imagenet', 'none' (random: warned about) or a file; ``image_size``
+    defaults to the backbone's own and ``name`` to ``<backbone>[_<size>]``; ``decoder`` is one of
+    decoders.DECODERS (a missing DALI or GPU is refused before any model is built). ``engine`` is one of
+    :data:`ENGINES`: with 'local', ``workers`` is the number of decoder threads; with 'ray' it is the number of
+    Ray workers, each with ``cpus_per_worker`` CPUs (also its decoder threads; default 1) and
+    ``gpus_per_worker`` GPUs (default 0), on the cluster at ``address`` (see ray_engine.RaySettings).
+    Everything is checked before the experiment's lock is taken, so a refused run leaves nothing behind;
+    ``warn`` gets the data folder's and the decoder's warnings.
     """
     from kaggle_kit.backbones import get_backbone, resolve_weights
-    from kaggle_kit.data import discover
+    from kaggle_kit.data import discover_remembered
 
     if tta not in TTA_MODES:
         raise KitError(f"--tta {tta!r} is not one of: {', '.join(TTA_MODES)}", code=2)
@@ -301,8 +309,10 @@ def run_features(
     elif address is not None or cpus_per_worker is not None or gpus_per_worker is not None:
         raise KitError("--address, --cpus-per-worker and --gpus-per-worker apply to --engine ray only", code=2)
     spec = get_backbone(backbone)
-    data_dir, positive = experiment_data(exp_dir, data=data, positive=positive)
-    dataset = discover(data_dir, positive=positive)
+    metric = experiment_metric(exp_dir, metric)
+    dataset = discover_remembered(experiment_data(
+        exp_dir, data=data, positive=positive, layout=layout, labels=None if labels is None else str(labels),
+        id_col=id_col, target_col=target_col))
     choice = resolve_weights(spec, weights)
     size = image_size or spec.input_size
     out_name = check_name("feature set", name) if name else default_feature_set_name(
@@ -316,6 +326,6 @@ def run_features(
         if choice.kind == "none":
             warn("WARNING: --weights none: random weights, these features are NOT pretrained and will score poorly "
                  "(use them for plumbing tests only)")
-        save_experiment(exp_dir, data_dir=dataset.root, positive=positive)
+        remember_data(exp_dir, dataset, metric=metric)
         return extract_features(dataset, features_dir(exp_dir, out_name), settings, force=force, warn=warn,
                                 progress=progress)

@@ -29,8 +29,8 @@ _JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xC
 def decode_image(path: Path | str, size: int) -> np.ndarray | None:
     """Read one image file and return RGB uint8 (size, size, 3), or None if it cannot be decoded.
 
-    Grayscale, alpha, 16-bit and CMYK inputs all come out as 8-bit RGB (``IMREAD_COLOR`` converts them).
-    The file's bytes decide the format, not its name: a PNG called ``.jpg`` reads fine.
+    Grayscale, alpha, 16-bit, floating-point (TIFF) and CMYK inputs all come out as 8-bit RGB (see
+    :func:`to_rgb8`). The file's bytes decide the format, not its name: a PNG called ``.jpg`` reads fine.
     """
     import cv2
 
@@ -41,14 +41,51 @@ def decode_image(path: Path | str, size: int) -> np.ndarray | None:
     if not passes_precheck(data):
         return None
     dims = _header_size(data)
-    flags = _reduced_flag(dims, size) if dims else cv2.IMREAD_COLOR
+    if _is_jpeg(data):
+        # JPEG is 8-bit: IMREAD_COLOR converts grayscale and CMYK, honours EXIF orientation and can decode at
+        # reduced scale.
+        flags = _reduced_flag(dims, size) if dims else cv2.IMREAD_COLOR
+    else:
+        # subtle: IMREAD_COLOR would shift 16-bit samples right by 8 bits and refuse 32-bit float TIFFs; keep the
+        # depth and the channels (alpha is dropped by ANYCOLOR) and convert them in to_rgb8.
+        flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
     try:
         img = cv2.imdecode(data, flags)
     except cv2.error:  # e.g. a header claiming more pixels than OpenCV accepts (a decompression bomb)
         return None
-    if img is None or img.ndim != 3 or img.shape[0] == 0 or img.shape[1] == 0:
+    if img is None or img.ndim not in (2, 3) or img.shape[0] == 0 or img.shape[1] == 0:
         return None
-    return resize_rgb(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), size)
+    rgb = to_rgb8(img)
+    return None if rgb is None else resize_rgb(rgb, size)
+
+
+def to_rgb8(img: np.ndarray) -> np.ndarray | None:
+    """An image as OpenCV decodes it (BGR, BGRA, or grayscale (h, w) / (h, w, 1); uint8, uint16 or float) ->
+    RGB uint8 (h, w, 3); None for a depth or channel count that has no such meaning.
+
+    Depth: uint16 is scaled by 255 / 65535 (0 -> 0, 65535 -> 255, rounded), so a 16-bit image looks like its
+    8-bit version; floating point is taken as [0, 1] (clipped; NaN -> 0), as TIFF and OpenEXR store it. Alpha
+    is dropped, grayscale repeated into three channels.
+    """
+    import cv2
+
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    channels = 1 if img.ndim == 2 else img.shape[2]
+    if channels not in (1, 3, 4):
+        return None
+    if img.dtype == np.uint16:
+        img = cv2.convertScaleAbs(img, alpha=255.0 / 65535.0)  # rounds and saturates to uint8
+    elif img.dtype in (np.float32, np.float64):
+        img = np.rint(np.clip(np.nan_to_num(img, nan=0.0), 0.0, 1.0) * 255.0).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        return None
+    code = {1: cv2.COLOR_GRAY2RGB, 3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGB}[channels]
+    return cv2.cvtColor(img, code)
+
+
+def _is_jpeg(data: np.ndarray) -> bool:
+    return data.size >= 3 and data[0] == 0xFF and data[1] == 0xD8 and data[2] == 0xFF
 
 
 def passes_precheck(data: np.ndarray) -> bool:

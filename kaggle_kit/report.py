@@ -8,13 +8,17 @@ probabilities of the positive class (NaN on rows without a prediction, which eve
 - :func:`reliability_bins`: the reliability diagram's points (``sklearn.calibration.calibration_curve``) and
   the number of predictions in each bin;
 - :func:`clip_curve`: log loss of clip(p, c, 1 - c) over log-spaced clip levels c;
-- :func:`top_mistakes`: the rows whose predictions cost the most log loss.
+- :func:`top_mistakes`: the rows whose predictions cost the most log loss;
+- :func:`plot_roc`: ROC curves (for AUC competitions).
 
 Edge: :func:`write_report` (``kaggle-kit report``) reads ``experiments/<exp>/`` through the loaders of
 :mod:`kaggle_kit.store` (the blend's OOF predictions before and after calibration included) and writes
 ``experiments/<exp>/report.html`` (images embedded as base64 data URIs, inline CSS, no script, no
 external resource) and the same plots as PNG files in ``experiments/<exp>/report/``. An experiment without a
-blend still gets a report: it says what is missing and shows what it can, from the best single model.
+blend still gets a report: it says what is missing and shows what it can, from the best single model. The
+page is about the competition's metric (the blend's, else the experiment's): it orders the model table, scores
+the ladder and picks the plots; the Redux leaderboard estimate appears only for log loss on a competition in
+the Redux layout.
 """
 
 from __future__ import annotations
@@ -32,12 +36,13 @@ import numpy as np
 
 from kaggle_kit import __version__
 from kaggle_kit.artifacts import KitError, experiment_lock
-from kaggle_kit.metrics import KAGGLE_EPS, log_loss
+from kaggle_kit.metrics import DEFAULT_METRIC, HIGHER_IS_BETTER, KAGGLE_EPS, METRICS, NAMES, log_loss
 from kaggle_kit.store import (
     BlendRecord,
     CvResult,
     LadderStep,
     command,
+    experiment_metric,
     has_blend,
     load_blend,
     load_experiment,
@@ -169,13 +174,13 @@ def _finite_rows(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # ------------------------------------------------------------------------------------------------- the edge
 @dataclass(frozen=True)
 class ModelRow:
-    """One cv model for the table: its manifest's scores and seconds, its blend weight (None: not blended)."""
+    """One cv model for the table: its manifest's OOF scores by metric (None: not recorded or undefined),
+    seconds, and its blend weight (None: not blended)."""
 
     model: str
     head: str
     features: str
-    oof_logloss: float | None
-    oof_accuracy: float | None
+    scores: dict[str, float | None]
     seconds: float | None
     weight: float | None
 
@@ -217,7 +222,7 @@ def _optional_float(value: Any) -> float | None:
 
 def _model_rows(results: dict[str, CvResult], weights: dict[str, float] | None) -> list[ModelRow]:
     return [ModelRow(model=model, head=r.head, features=", ".join(r.features),
-                     oof_logloss=_optional_float(r.oof_logloss), oof_accuracy=_optional_float(r.oof_accuracy),
+                     scores={metric: _optional_float(r.score(metric)) for metric in METRICS},
                      seconds=_optional_float(r.seconds),
                      weight=None if weights is None or model not in weights else float(weights[model]))
             for model, r in results.items()]
@@ -233,18 +238,21 @@ def _usable_blend(exp_dir: Path) -> tuple[BlendRecord | None, str | None]:
         return None, f"the blend cannot be used: {exc}"
 
 
-def _find_images(exp_dir: Path,
-                 train_ids: tuple[str, ...]) -> tuple[dict[str, Path], tuple[str, str] | None, str | None]:
-    """Map training ids to image files through the experiment's data folder; (map, classes, note or None)."""
-    from kaggle_kit.data import discover
+def _find_images(exp_dir: Path, train_ids: tuple[str, ...]
+                 ) -> tuple[dict[str, Path], tuple[str, str] | None, str | None, str | None]:
+    """Map training ids to image files through the experiment's data folder; (map, classes, layout, note or
+    None). The layout is the folder's (else the experiment's), None when neither is known."""
+    from kaggle_kit.data import discover_remembered
 
+    layout = None
     try:
         remembered = load_experiment(exp_dir)
         if remembered is None:
-            return {}, None, f"no thumbnails: the experiment {exp_dir} does not remember its data folder"
-        dataset = discover(remembered.data_dir, positive=remembered.positive)
+            return {}, None, None, f"no thumbnails: the experiment {exp_dir} does not remember its data folder"
+        layout = remembered.layout
+        dataset = discover_remembered(remembered)
     except KitError as exc:
-        return {}, None, f"no thumbnails: {exc}"
+        return {}, None, layout, f"no thumbnails: {exc}"
     files = dict(zip(dataset.train_ids, dataset.train_paths()))
     note = None
     if dataset.train_ids != train_ids:
@@ -252,7 +260,15 @@ def _find_images(exp_dir: Path,
         note = (f"the training ids in {dataset.root} do not match the fold plan's ({dataset.n_train} images vs "
                 f"{len(train_ids)} rows, {found} of the plan's ids found): thumbnails are looked up by id, and the "
                 "photos may have changed since 'kaggle-kit cv'")
-    return files, dataset.classes, note
+    return files, dataset.classes, dataset.layout, note
+
+
+def _experiment_metric(exp_dir: Path) -> str:
+    """The metric the experiment remembers (log loss when it remembers none or cannot be read)."""
+    try:
+        return experiment_metric(exp_dir)
+    except KitError:
+        return DEFAULT_METRIC
 
 
 def thumbnail(path: Path, *, size: int = THUMBNAIL_PX, quality: int = 85) -> bytes | None:
@@ -320,6 +336,23 @@ def plot_clip_curve(levels: np.ndarray, losses: np.ndarray, *, unclipped: float,
     return _png(fig)
 
 
+def plot_roc(curves: list[tuple[str, np.ndarray, np.ndarray]], *, title: str) -> bytes:
+    """PNG of ROC curves, one per (label, y (n,), scores (n,)) (rows whose score is NaN left out), AUC in the
+    legend (``sklearn.metrics.roc_curve`` and ``roc_auc_score``)."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fig = _figure(6.4, 6.4)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", label="chance (AUC 0.5)")
+    for label, y, p in curves:
+        y, p = _finite_rows(y, p)
+        fpr, tpr, _ = roc_curve(y, p)
+        ax.plot(fpr, tpr, label=f"{label} (pooled AUC {roc_auc_score(y, p):.5f})")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1))
+    ax.legend(loc="lower right")
+    return _png(fig)
+
+
 # ---------------------------------------------------------------------------------------------------- HTML
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto; max-width: 70em;
@@ -353,27 +386,29 @@ def _data_uri(mime: str, data: bytes) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def _models_table(rows: list[ModelRow], best: str, method: str | None) -> str:
+def _models_table(rows: list[ModelRow], best: str, method: str | None, metric: str) -> str:
     weight_head = "blend weight" if method != "stack" else "blend coefficient (stack, on logits)"
-    out = ['<table id="models"><thead><tr><th>model</th><th>head</th><th>features</th><th>OOF log loss</th>'
-           f'<th>OOF accuracy</th><th>seconds</th><th>{_e(weight_head)}</th></tr></thead><tbody>']
+    order = [metric] + [m for m in METRICS if m != metric]  # the competition's metric first
+    score_heads = "".join(f"<th>OOF {_e(NAMES[m])}</th>" for m in order)
+    out = [f'<table id="models"><thead><tr><th>model</th><th>head</th><th>features</th>{score_heads}'
+           f'<th>seconds</th><th>{_e(weight_head)}</th></tr></thead><tbody>']
     for r in rows:
         weight = "-" if r.weight is None else format(r.weight, ".4f")
+        cells = "".join(f'<td class="num">{_fmt(r.scores.get(m), ".5f")}</td>' for m in order)
         out.append(
             f'<tr data-model="{_e(r.model)}"{" class=best" if r.model == best else ""}><td>{_e(r.model)}</td>'
-            f"<td>{_e(r.head)}</td><td>{_e(r.features)}</td>"
-            f'<td class="num">{_fmt(r.oof_logloss, ".5f")}</td><td class="num">{_fmt(r.oof_accuracy, ".4f")}</td>'
+            f"<td>{_e(r.head)}</td><td>{_e(r.features)}</td>{cells}"
             f'<td class="num">{_fmt(r.seconds, ".2f")}</td><td class="num">{weight}</td></tr>'
         )
     out.append("</tbody></table>")
     return "".join(out)
 
 
-def _ladder_table(ladder: tuple[LadderStep, ...]) -> str:
-    out = ['<table id="ladder"><thead><tr><th>step</th><th>OOF log loss (cross-fitted)</th><th>detail</th></tr>'
-           "</thead><tbody>"]
+def _ladder_table(ladder: tuple[LadderStep, ...], *, metric: str) -> str:
+    out = [f'<table id="ladder"><thead><tr><th>step</th><th>OOF {_e(NAMES[metric])} (cross-fitted)</th>'
+           "<th>detail</th></tr></thead><tbody>"]
     for s in ladder:
-        out.append(f'<tr><td>{_e(s.step)}</td><td class="num">{s.oof_logloss:.5f}</td>'
+        out.append(f'<tr><td>{_e(s.step)}</td><td class="num">{s.score:.5f}</td>'
                    f'<td>{_e(s.detail)}</td></tr>')
     out.append("</tbody></table>")
     return "".join(out)
@@ -400,15 +435,16 @@ def _gallery_html(g: Gallery) -> str:
 
 
 def render_html(*, exp_name: str, header: str, notes: list[str], estimate: str, models_table: str,
-                ladder: str, figures: list[str], gallery: str) -> str:
+                ladder: str, figures: list[str], gallery: str, estimate_title: str = "Leaderboard estimate",
+                figures_title: str = "Calibration and clipping") -> str:
     """The report page from its parts: ``header``, ``notes`` and ``estimate`` are plain text, the rest HTML."""
     note_html = "".join(f'<p class="note">{_e(n)}</p>' for n in notes)
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>kaggle-kit report: {_e(exp_name)}</title><style>{_CSS}</style></head><body>"
         f"<h1>kaggle-kit report: experiment {_e(exp_name)}</h1><p class=\"meta\">{_e(header)}</p>{note_html}"
-        f"<h2>Leaderboard estimate</h2><p class=\"estimate\" id=\"estimate\">{_e(estimate)}</p>"
-        f"<h2>Models</h2>{models_table}<h2>Ladder</h2>{ladder}<h2>Calibration and clipping</h2>{''.join(figures)}"
+        f"<h2>{_e(estimate_title)}</h2><p class=\"estimate\" id=\"estimate\">{_e(estimate)}</p>"
+        f"<h2>Models</h2>{models_table}<h2>Ladder</h2>{ladder}<h2>{_e(figures_title)}</h2>{''.join(figures)}"
         f"<h2>The most costly OOF mistakes</h2>{gallery}</body></html>\n"
     )
 
@@ -418,7 +454,10 @@ def write_report(exp_dir: Path, *, progress: bool = True, warn: Callable[[str], 
     results and blend; holds the experiment's lock.
 
     Needs the fold plan and at least one finished cv model; the blend, the data folder and the photos are
-    optional, and the page says which of them are missing and why.
+    optional, and the page says which of them are missing and why. The metric is the blend's (else the
+    experiment's): it orders the model table and scores the ladder; log loss gets the reliability diagram and
+    the clip curve, accuracy the reliability diagram, AUC the ROC curve. The Redux leaderboard estimate is given
+    only for log loss on a competition in the Redux (``kaggle``) layout.
     """
     require_experiment(exp_dir)
     with experiment_lock(exp_dir, command="report"):
@@ -436,57 +475,81 @@ def _write_report(exp_dir: Path, *, progress: bool, warn: Callable[[str], None])
     folds = inputs.folds
     y = folds.y
     blend, missing = _usable_blend(exp_dir)
+    metric = blend.metric if blend is not None else _experiment_metric(exp_dir)
+    name = NAMES[metric]
     notes = [missing] if missing else []
     rows = _model_rows(inputs.results, blend.weights if blend else None)
-    # subtle: the best single model is the one the table ranks first, by its manifest's score; a model without
-    # a finite score sorts last rather than failing the report.
-    rows.sort(key=lambda r: (r.oof_logloss is None, r.oof_logloss or 0.0, r.model))
+    # subtle: the best single model is the one the table ranks first, by its manifest's score in the metric; a
+    # model without a finite score sorts last rather than failing the report.
+    sign = -1.0 if HIGHER_IS_BETTER[metric] else 1.0
+    rows.sort(key=lambda r: (r.scores[metric] is None, sign * (r.scores[metric] or 0.0), r.model))
     best = rows[0].model
     best_p = inputs.oof[:, inputs.models.index(best)]
+    files, classes, layout, image_note = _find_images(exp_dir, folds.train_ids)
+    if blend is not None:
+        final, final_name = np.asarray(blend.oof, dtype=np.float64), "the blend"
+    else:
+        final, final_name = best_p, f"the best single model, {best}"
+    figures: list[str] = []
+    pngs: dict[str, bytes] = {}
     bar.update()
 
     bar.set_postfix_str("reliability")
-    if blend is not None:
-        before = np.asarray(blend.oof_uncalibrated, dtype=np.float64)
-        final, final_name = np.asarray(blend.oof, dtype=np.float64), "the calibrated blend"
-        curves = [(f"blend, before calibration ({log_loss(*_finite_rows(y, before)):.5f})",
-                   reliability_bins(y, before)),
-                  (f"calibrated: {blend.calibration} ({log_loss(*_finite_rows(y, final)):.5f})",
-                   reliability_bins(y, final))]
-        rel_title = "Reliability of the blend's OOF predictions"
-        after = ("no calibration lowered the cross-fitted log loss, so the two curves coincide"
-                 if blend.calibration == "none" else f"after {blend.calibration} calibration")
-        rel_caption = ("Cross-fitted OOF predictions of the blend before calibration (for each fold, the "
-                       f"{blend.method} blender fitted on the other folds, as 'kaggle-kit blend' scores it); "
-                       f"{after}. Log losses in the legend. Below: rows per bin.")
-    else:
-        final, final_name = best_p, f"the best single model, {best}"
-        curves = [(f"{best} ({log_loss(*_finite_rows(y, best_p)):.5f})", reliability_bins(y, best_p))]
-        rel_title = f"Reliability of {best}'s OOF predictions"
-        rel_caption = (f"OOF predictions of the best single model, {best} (averaged over repeats). No calibrated "
-                       "curve: that comes with the blend. Below: rows per bin.")
-    reliability_png = plot_reliability(curves, title=rel_title)
+    if metric in ("logloss", "accuracy"):
+        if blend is not None:
+            before = np.asarray(blend.oof_uncalibrated, dtype=np.float64)
+            final_name = "the calibrated blend"
+            curves = [(f"blend, before calibration ({log_loss(*_finite_rows(y, before)):.5f})",
+                       reliability_bins(y, before)),
+                      (f"calibrated: {blend.calibration} ({log_loss(*_finite_rows(y, final)):.5f})",
+                       reliability_bins(y, final))]
+            rel_title = "Reliability of the blend's OOF predictions"
+            after = ("no calibration lowered the cross-fitted log loss, so the two curves coincide"
+                     if blend.calibration == "none" else f"after {blend.calibration} calibration")
+            rel_caption = ("Cross-fitted OOF predictions of the blend before calibration (for each fold, the "
+                           f"{blend.method} blender fitted on the other folds, as 'kaggle-kit blend' scores it); "
+                           f"{after}. Log losses in the legend. Below: rows per bin.")
+        else:
+            curves = [(f"{best} ({log_loss(*_finite_rows(y, best_p)):.5f})", reliability_bins(y, best_p))]
+            rel_title = f"Reliability of {best}'s OOF predictions"
+            rel_caption = (f"OOF predictions of the best single model, {best} (averaged over repeats). No calibrated "
+                           "curve: that comes with the blend. Below: rows per bin.")
+        pngs["reliability"] = plot_reliability(curves, title=rel_title)
+        figures.append(_figure_html(pngs["reliability"], rel_title, rel_caption))
     bar.update()
 
-    bar.set_postfix_str("clip curve")
-    levels, losses = clip_curve(y, final)
-    fy, fp = _finite_rows(y, final)
-    if blend is not None:
-        chosen, chosen_loss = blend.clip, blend.clip_logloss
-        chosen_label = "chosen by 'kaggle-kit blend'"
-    else:
-        chosen, chosen_loss = best_clip(fp, fy)
-        chosen_label = f"best in {CLIP_BOUNDS[0]:g}..{CLIP_BOUNDS[1]:g}, in-sample"
-    unclipped = log_loss(fy, fp)
-    clip_png = plot_clip_curve(levels, losses, unclipped=unclipped, chosen=chosen, chosen_loss=chosen_loss,
-                               chosen_label=chosen_label, title=f"OOF log loss against the clip level: {final_name}")
-    clip_caption = (f"Log loss of clip(p, c, 1 - c) on the OOF predictions of {final_name}, c log-spaced from "
-                    f"{CLIP_RANGE[0]:g} to {CLIP_RANGE[1]:g}; no clip scores {unclipped:.5f}. 'kaggle-kit submit' "
-                    "applies the blend's chosen clip.")
+    bar.set_postfix_str("clip curve" if metric == "logloss" else "ROC curve" if metric == "auc" else "")
+    if metric == "logloss":
+        levels, losses = clip_curve(y, final)
+        fy, fp = _finite_rows(y, final)
+        if blend is not None:
+            chosen, chosen_loss = blend.clip, blend.clip_logloss
+            chosen_label = "chosen by 'kaggle-kit blend'"
+        else:
+            chosen, chosen_loss = best_clip(fp, fy)
+            chosen_label = f"best in {CLIP_BOUNDS[0]:g}..{CLIP_BOUNDS[1]:g}, in-sample"
+        unclipped = log_loss(fy, fp)
+        pngs["clip_curve"] = plot_clip_curve(levels, losses, unclipped=unclipped, chosen=chosen,
+                                             chosen_loss=chosen_loss, chosen_label=chosen_label,
+                                             title=f"OOF log loss against the clip level: {final_name}")
+        clip_caption = (f"Log loss of clip(p, c, 1 - c) on the OOF predictions of {final_name}, c log-spaced from "
+                        f"{CLIP_RANGE[0]:g} to {CLIP_RANGE[1]:g}; no clip scores {unclipped:.5f}. 'kaggle-kit "
+                        "submit' applies the blend's chosen clip.")
+        figures.append(_figure_html(pngs["clip_curve"], "OOF log loss against the clip level", clip_caption))
+    elif metric == "auc":
+        curves = [(f"the best single model, {best}", y, best_p)]
+        if blend is not None:
+            curves.insert(0, (f"the blend ({blend.method}, cross-fitted)", y, final))
+        pngs["roc"] = plot_roc(curves, title="ROC curves of the OOF predictions")
+        figures.append(_figure_html(
+            pngs["roc"], "ROC curves of the OOF predictions",
+            "True against false positive rate of the OOF predictions as the threshold moves, every fold's rows "
+            "together; their pooled AUC (scikit-learn's roc_auc_score) in the legend. The ladder's cross-fitted "
+            "AUC is the mean of the AUCs within each fold, where one model scores every row as on a test set. Under "
+            "AUC only the order of the predictions counts: no calibration and no clip."))
     bar.update()
 
     bar.set_postfix_str("thumbnails")
-    files, classes, image_note = _find_images(exp_dir, folds.train_ids)
     if image_note:
         notes.append(image_note)
     rows_idx = top_mistakes(y, final)
@@ -504,30 +567,44 @@ def _write_report(exp_dir: Path, *, progress: bool, warn: Callable[[str], None])
 
     bar.set_postfix_str("writing the page")
     if blend is not None:
-        score, score_name = blend.ladder[-1].oof_logloss, "the clipped blend, cross-fitted"
-        ladder = _ladder_table(blend.ladder)
+        last = blend.ladder[-1]
+        score = last.score
+        score_name = f"the {'' if last.step == 'blend' else last.step + ' '}blend, cross-fitted"
+        ladder = _ladder_table(blend.ladder, metric=metric)
     else:
-        score, score_name = rows[0].oof_logloss, f"the best single model {best}, unclipped"
+        score = rows[0].scores[metric]
+        score_name = f"the best single model {best}{', unclipped' if metric == 'logloss' else ''}"
         ladder = f'<p class="note">No ladder: {_e(missing)}</p>'
-    estimate = (f"OOF log loss {score:.5f} ({score_name}) on the final Dogs vs. Cats Redux leaderboard: "
-                f"{leaderboard_sentence(score)}" if score is not None
-                else "No estimate: the best model's manifest has no OOF log loss.")
-    blend_text = (f"blend: {blend.method}, calibration {blend.calibration}, clip {blend.clip:.4g}" if blend
-                  else "no blend")
-    header = (f"{len(y):,} training rows, {folds.n_folds} folds x {folds.repeats} repeats, "
+    redux = metric == "logloss" and layout in ("kaggle", None)
+    if score is None:
+        estimate = f"No estimate: the best model's manifest has no OOF {name}."
+    elif redux:
+        estimate = (f"OOF log loss {score:.5f} ({score_name}) on the final Dogs vs. Cats Redux leaderboard: "
+                    f"{leaderboard_sentence(score)}")
+    else:
+        why = (f"the competition is scored by {name}" if metric != "logloss"
+               else f"the competition is not in the Redux layout (it is in the {layout} layout)")
+        estimate = (f"OOF {name} {score:.5f} ({score_name}). No leaderboard estimate: the published figures are "
+                    f"Dogs vs. Cats Redux log losses, and {why}.")
+    if blend is None:
+        blend_text = "no blend"
+    else:
+        blend_text = (f"blend: {blend.method}, calibration {blend.calibration}, "
+                      + (f"clip {blend.clip:.4g}" if blend.clip is not None else "no clip"))
+    header = (f"metric: {name}. {len(y):,} training rows, {folds.n_folds} folds x {folds.repeats} repeats, "
               f"{len(rows)} models, {blend_text}. kaggle-kit {__version__}, "
               f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.")
     page = render_html(
         exp_name=exp_dir.name, header=header, notes=notes, estimate=estimate,
-        models_table=_models_table(rows, best, blend.method if blend else None), ladder=ladder,
-        figures=[_figure_html(reliability_png, rel_title, rel_caption),
-                 _figure_html(clip_png, "OOF log loss against the clip level", clip_caption)],
-        gallery=_gallery_html(gallery),
+        models_table=_models_table(rows, best, blend.method if blend else None, metric), ladder=ladder,
+        figures=figures, gallery=_gallery_html(gallery),
+        estimate_title="Leaderboard estimate" if redux else f"Score ({name})",
+        figures_title={"logloss": "Calibration and clipping", "accuracy": "Calibration",
+                       "auc": "ROC curve"}[metric],
     )
     bar.update()
     bar.set_postfix_str("writing")
-    path, plots = write_report_files(exp_dir, page=page, plots={"reliability": reliability_png,
-                                                                "clip_curve": clip_png})
+    path, plots = write_report_files(exp_dir, page=page, plots=pngs)
     bar.update()
     bar.close()
     return ReportResult(path=path, plots=plots, notes=tuple(notes), has_blend=blend is not None,

@@ -8,7 +8,7 @@ or read these manifest keys themselves: they use the functions and the typed rec
 
 Layout::
 
-    experiments/<exp>/experiment.json     kaggle-kit/experiment/1: the data folder and the positive class
+    experiments/<exp>/experiment.json     kaggle-kit/experiment/1: the data folder, how to read it, the metric
     experiments/<exp>/lock                held while a command writes (artifacts.experiment_lock)
     experiments/<exp>/features/<name>/    kaggle-kit/features/1
         train.npy, test.npy               float32 (n_train, width), (n_test, width)
@@ -26,6 +26,8 @@ Layout::
         oof.npy                           float32 (n_train,): cross-fitted OOF of the calibrated blend
         oof_uncalibrated.npy              float32 (n_train,): the same before calibration
         test.npy                          float32 (n_test,): the calibrated blend's test predictions, unclipped
+        manifest.json                     its metric (absent in older blends: log loss), ladder scored as
+                                          oof_<metric>, clip null unless the metric is log loss
     experiments/<exp>/report.html         the report page, and its plots as PNG in report/
 
 Every stage folder holds a ``manifest.json``, written last: without it nothing there is finished. A writer
@@ -58,6 +60,8 @@ from kaggle_kit.artifacts import (
     write_bytes_atomic,
     write_json_atomic,
 )
+from kaggle_kit.data import DATA_OPTIONS, LAYOUTS
+from kaggle_kit.metrics import DEFAULT_METRIC, METRICS
 
 if TYPE_CHECKING:
     from kaggle_kit.data import Dataset
@@ -102,16 +106,48 @@ def _finished(root: Path) -> list[str]:
 # ---------------------------------------------------------------------------------------------- experiment
 EXPERIMENT_FORMAT = "kaggle-kit/experiment/1"
 _EXPERIMENT_KEYS = ("data_dir", "positive")
+# Optional settings besides the data folder and the positive class (experiment.json files written before they
+# existed simply lack them): how to read the folder (kaggle_kit.data.DATA_OPTIONS) and the competition's metric.
+EXPERIMENT_OPTIONAL = ("layout", "labels", "id_col", "target_col", "metric")
+# subtle: these say how one particular folder is read; a new --data, --layout or --labels starts from none of them.
+_READING = ("layout", "labels", "id_col", "target_col")
 DEFAULT_DATA = Path("data")
-DEFAULT_POSITIVE = "dog"
 
 
 @dataclass(frozen=True)
-class Experiment:
-    """What ``experiment.json`` remembers: the competition folder and the class whose label is 1."""
+class DataSettings:
+    """The data folder and how to read it: ``kaggle_kit.data.discover(data_dir, **options())``. None: decided
+    by ``discover`` (the layout detected, the columns inferred, the positive class 'dog' or the target's 1)."""
 
     data_dir: Path
+    positive: str | None = None
+    layout: str | None = None
+    labels: str | None = None
+    id_col: str | None = None
+    target_col: str | None = None
+
+    def options(self) -> dict[str, str | None]:
+        """``discover``'s keyword options (``kaggle_kit.data.DATA_OPTIONS``)."""
+        return {key: getattr(self, key) for key in DATA_OPTIONS}
+
+
+@dataclass(frozen=True)
+class Experiment(DataSettings):
+    """What ``experiment.json`` remembers: the competition folder, the class whose label is 1, how the folder
+    was read (``layout``, ``labels``, ``id_col``, ``target_col``; None in files written before they existed,
+    and where they do not apply) and the competition's metric (None: log loss)."""
+
     positive: str
+    metric: str | None = None
+
+
+def _experiment_problems(manifest: Mapping[str, Any]) -> list[str]:
+    problems = [f"{key} {manifest[key]!r} is not text" for key in (*_EXPERIMENT_KEYS, *EXPERIMENT_OPTIONAL)
+                if manifest.get(key) is not None and not isinstance(manifest[key], str)]
+    for key, choices in (("layout", LAYOUTS), ("metric", METRICS)):
+        if isinstance(manifest.get(key), str) and manifest[key] not in choices:
+            problems.append(f"{key} {manifest[key]!r} is not one of {', '.join(choices)}")
+    return problems
 
 
 def load_experiment(exp_dir: Path) -> Experiment | None:
@@ -119,23 +155,67 @@ def load_experiment(exp_dir: Path) -> Experiment | None:
     path = exp_dir / "experiment.json"
     if not path.exists():
         return None
-    manifest = _read(path, EXPERIMENT_FORMAT, _EXPERIMENT_KEYS, rerun=command(exp_dir, "features", "--data", "DIR"))
-    return Experiment(data_dir=Path(manifest["data_dir"]), positive=str(manifest["positive"]))
+    rerun = command(exp_dir, "features", "--data", "DIR")
+    manifest = _read(path, EXPERIMENT_FORMAT, _EXPERIMENT_KEYS, rerun=rerun)
+    problems = _experiment_problems(manifest)
+    if problems:
+        raise KitError(f"{path}: {'; '.join(problems)}; re-run '{rerun}'")
+    return Experiment(data_dir=Path(manifest["data_dir"]), positive=manifest["positive"],
+                      **{key: manifest.get(key) for key in EXPERIMENT_OPTIONAL})
 
 
-def save_experiment(exp_dir: Path, *, data_dir: Path, positive: str) -> None:
-    write_json_atomic(exp_dir / "experiment.json",
-                      new_manifest(EXPERIMENT_FORMAT, data_dir=str(data_dir), positive=positive))
+def save_experiment(exp_dir: Path, *, data_dir: Path, positive: str, layout: str | None = None,
+                    labels: str | None = None, id_col: str | None = None, target_col: str | None = None,
+                    metric: str | None = None) -> None:
+    """Write ``experiment.json``; settings given as None are not stored."""
+    optional = {"layout": layout, "labels": labels, "id_col": id_col, "target_col": target_col, "metric": metric}
+    write_json_atomic(exp_dir / "experiment.json", new_manifest(
+        EXPERIMENT_FORMAT, data_dir=str(data_dir), positive=positive,
+        **{key: value for key, value in optional.items() if value is not None}))
 
 
-def experiment_data(exp_dir: Path, *, data: Path | None = None, positive: str | None = None) -> tuple[Path, str]:
-    """The data folder and positive class to use: those given, else the experiment's, else ./data and 'dog'."""
+def remember_data(exp_dir: Path, dataset: Dataset, *, metric: str | None) -> None:
+    """Remember the data folder as ``dataset`` was read from it (and the metric) for the experiment's later
+    commands."""
+    save_experiment(exp_dir, data_dir=dataset.root, positive=dataset.positive, layout=dataset.layout,
+                    labels=dataset.labels_file, id_col=dataset.id_col, target_col=dataset.target_col, metric=metric)
+
+
+def remember_metric(exp_dir: Path, metric: str) -> None:
+    """Make ``metric`` the experiment's (when it remembers a data folder and another metric)."""
     remembered = load_experiment(exp_dir)
+    if remembered is not None and remembered.metric != metric:
+        save_experiment(exp_dir, data_dir=remembered.data_dir, positive=remembered.positive,
+                        **{**{key: getattr(remembered, key) for key in _READING}, "metric": metric})
+
+
+def experiment_data(exp_dir: Path, *, data: Path | None = None, positive: str | None = None,
+                    layout: str | None = None, labels: str | None = None, id_col: str | None = None,
+                    target_col: str | None = None) -> DataSettings:
+    """The data folder to read and how: the settings given win; the experiment's are kept for its own folder
+    (a new ``data``, ``layout`` or ``labels`` starts from none of the others that say how a folder is read);
+    without either, ./data with every setting left to ``discover``."""
+    remembered = load_experiment(exp_dir)
+    same = remembered is not None and (data is None or Path(data).expanduser().resolve() == remembered.data_dir)
+    relayout = layout is not None or labels is not None
+    given = {"positive": positive, "layout": layout, "labels": labels, "id_col": id_col, "target_col": target_col}
+    chosen = {}
+    for key, value in given.items():
+        keep = same and not (relayout and key in _READING)
+        chosen[key] = value if value is not None else (getattr(remembered, key) if keep else None)
     if data is None:
-        data = remembered.data_dir if remembered else DEFAULT_DATA
-    if positive is None:
-        positive = remembered.positive if remembered else DEFAULT_POSITIVE
-    return Path(data), positive
+        data = remembered.data_dir if remembered is not None else DEFAULT_DATA
+    return DataSettings(data_dir=Path(data), **chosen)
+
+
+def experiment_metric(exp_dir: Path, metric: str | None = None) -> str:
+    """The metric given, else the experiment's, else log loss; refuses one not in ``kaggle_kit.metrics.METRICS``."""
+    if metric is not None:
+        if metric not in METRICS:
+            raise KitError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}", code=2)
+        return metric
+    remembered = load_experiment(exp_dir)
+    return remembered.metric if remembered is not None and remembered.metric else DEFAULT_METRIC
 
 
 def require_experiment(exp_dir: Path) -> Path:
@@ -667,6 +747,12 @@ _CV_KEYS = ("model", "head", "features", "feature_keys", "plan_sha256", "key", "
 _SCORE_KEYS = ("oof_logloss", "oof_accuracy")
 
 
+def oof_key(metric: str) -> str:
+    """The key of a cross-fitted OOF score in ``metric``: ``oof_<metric>``, in a cv result's scores and in each
+    step of the blend's ladder."""
+    return f"oof_{metric}"
+
+
 def cv_root(exp_dir: Path) -> Path:
     """The folder of the experiment's models."""
     return exp_dir / "cv"
@@ -733,6 +819,12 @@ class CvResult:
     @property
     def oof_accuracy(self) -> float:
         return self.manifest["scores"]["oof_accuracy"]
+
+    def score(self, metric: str) -> float | None:
+        """The cross-fitted OOF score in ``metric`` (``oof_<metric>``), None when undefined or not recorded
+        (results made before the metric was scored)."""
+        value = self.manifest["scores"].get(oof_key(metric))
+        return None if value is None else float(value)
 
     @property
     def seconds(self) -> float:
@@ -866,6 +958,7 @@ _BLEND_KEYS = ("method", "method_scores", "models", "weights", "intercept", "rou
                "clip", "n_train", "n_test", "n_scored", "n_test_prior", "n_folds", "repeats", "plan_sha256",
                "inputs", "shapes")
 _BLEND_ARRAYS = ("oof", "oof_uncalibrated", "test")
+_OLD_BLEND_METRIC = "logloss"  # blends written before the manifest named its metric were made for log loss
 
 
 def blend_dir(exp_dir: Path) -> Path:
@@ -874,10 +967,11 @@ def blend_dir(exp_dir: Path) -> Path:
 
 @dataclass(frozen=True)
 class LadderStep:
-    """One rung of the blend's ladder: the step, its cross-fitted OOF log loss, and what it did."""
+    """One rung of the blend's ladder: the step, its cross-fitted OOF score in the blend's metric (kept in the
+    manifest as ``oof_<metric>``), and what it did."""
 
     step: str
-    oof_logloss: float
+    score: float
     detail: str
 
 
@@ -890,7 +984,7 @@ def _json_scores(scores: Mapping[str, float]) -> dict[str, float | None]:
 class BlendRecord:
     """A finished blend: ``oof`` and ``oof_uncalibrated`` float32 (n_train,) cross-fitted OOF predictions after
     and before calibration (NaN on rows left out), ``test`` float32 (n_test,) calibrated and unclipped in
-    ``test_ids`` order, and the manifest's settings and scores as attributes."""
+    ``test_ids`` order, and the manifest's settings and scores (in :attr:`metric`) as attributes."""
 
     path: Path
     manifest: dict[str, Any]
@@ -900,12 +994,17 @@ class BlendRecord:
     test_ids: tuple[str, ...]
 
     @property
+    def metric(self) -> str:
+        """The metric the blend was made for (log loss in blends made before the metric was a choice)."""
+        return self.manifest.get("metric", _OLD_BLEND_METRIC)
+
+    @property
     def method(self) -> str:
         return self.manifest["method"]
 
     @property
     def method_scores(self) -> dict[str, float | None]:
-        """Cross-fitted OOF log loss of each blending method (None: unusable)."""
+        """Cross-fitted OOF score (in :attr:`metric`) of each blending method (None: unusable)."""
         return self.manifest["method_scores"]
 
     @property
@@ -935,20 +1034,25 @@ class BlendRecord:
 
     @property
     def calibration_scores(self) -> dict[str, float | None]:
+        """Cross-fitted OOF log loss of each calibration (empty for AUC: none is fitted)."""
         return self.manifest["calibration"]["scores"]
 
     @property
     def ladder(self) -> tuple[LadderStep, ...]:
-        return tuple(LadderStep(s["step"], s["oof_logloss"], s["detail"]) for s in self.manifest["ladder"])
+        key = oof_key(self.metric)
+        return tuple(LadderStep(s["step"], s[key], s["detail"]) for s in self.manifest["ladder"])
 
     @property
-    def clip(self) -> float:
-        """The clip level chosen on the OOF predictions, applied by submit."""
-        return self.manifest["clip"]["chosen"]
+    def clip(self) -> float | None:
+        """The clip level chosen on the OOF predictions, applied by submit; None for a blend made for another
+        metric than log loss (no clip was chosen)."""
+        clip = self.manifest["clip"]
+        return None if clip is None else clip["chosen"]
 
     @property
-    def clip_logloss(self) -> float:
-        return self.manifest["clip"]["oof_logloss"]
+    def clip_logloss(self) -> float | None:
+        clip = self.manifest["clip"]
+        return None if clip is None else clip["oof_logloss"]
 
     @property
     def n_train(self) -> int:
@@ -972,15 +1076,18 @@ class BlendRecord:
 
 
 def write_blend(exp_dir: Path, *, plan: FoldPlan, inputs: Mapping[str, CvResult], oof: np.ndarray,
-                oof_uncalibrated: np.ndarray, test: np.ndarray, method: str, method_scores: Mapping[str, float],
-                weights: Mapping[str, float], intercept: float | None, rounds: int, calibration: str,
-                calibration_params: Mapping[str, float], calibration_scores: Mapping[str, float],
-                ladder: Sequence[LadderStep], clip: float, clip_logloss: float, clip_bounds: Sequence[float],
-                n_scored: int, n_test_prior: int) -> BlendRecord:
+                oof_uncalibrated: np.ndarray, test: np.ndarray, metric: str, method: str,
+                method_scores: Mapping[str, float], weights: Mapping[str, float], intercept: float | None,
+                rounds: int, calibration: str, calibration_params: Mapping[str, float],
+                calibration_scores: Mapping[str, float], ladder: Sequence[LadderStep], clip: float | None,
+                clip_logloss: float | None, clip_bounds: Sequence[float], n_scored: int,
+                n_test_prior: int) -> BlendRecord:
     """Write ``<exp>/blend/`` from the blend of the cv results ``inputs`` on ``plan``; return it as loaded.
 
-    ``oof``/``oof_uncalibrated`` (n_train,) and ``test`` (n_test,) probabilities; scores given as inf (an
-    unusable candidate) are written as null.
+    ``oof``/``oof_uncalibrated`` (n_train,) and ``test`` (n_test,) probabilities (for a 'rank' blend, scores in
+    [0, 1] that order the rows); ``method_scores`` and the ladder's scores are in ``metric`` (the ladder's kept
+    as ``oof_<metric>``); ``clip`` None (written as null) when no clip was chosen (metrics other than log
+    loss). Scores given as inf (an unusable candidate) are written as null.
     """
     arrays = {"oof": oof, "oof_uncalibrated": oof_uncalibrated, "test": test}
     arrays = {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
@@ -995,6 +1102,7 @@ def write_blend(exp_dir: Path, *, plan: FoldPlan, inputs: Mapping[str, CvResult]
         save_npy_atomic(out / f"{name}.npy", arr)
     manifest = new_manifest(
         BLEND_FORMAT,
+        metric=metric,
         method=method,
         method_scores=_json_scores(method_scores),
         models=list(inputs),
@@ -1003,8 +1111,8 @@ def write_blend(exp_dir: Path, *, plan: FoldPlan, inputs: Mapping[str, CvResult]
         rounds=rounds,
         calibration={"kind": calibration, "params": dict(calibration_params),
                      "scores": _json_scores(calibration_scores)},
-        ladder=[{"step": s.step, "oof_logloss": s.oof_logloss, "detail": s.detail} for s in ladder],
-        clip={"chosen": clip, "oof_logloss": clip_logloss, "bounds": list(clip_bounds)},
+        ladder=[{"step": s.step, oof_key(metric): s.score, "detail": s.detail} for s in ladder],
+        clip=None if clip is None else {"chosen": clip, "oof_logloss": clip_logloss, "bounds": list(clip_bounds)},
         n_train=plan.n_train,
         n_test=plan.n_test,
         n_scored=n_scored,
@@ -1025,6 +1133,11 @@ def load_blend(exp_dir: Path) -> BlendRecord:
     out = blend_dir(exp_dir)
     rerun = command(exp_dir, "blend")
     manifest = _read(out / MANIFEST, BLEND_FORMAT, _BLEND_KEYS, rerun=rerun)
+    metric = manifest.get("metric", _OLD_BLEND_METRIC)
+    if metric not in METRICS or not all(isinstance(s, dict) and oof_key(metric) in s
+                                           for s in manifest["ladder"]):
+        raise KitError(f"{out / MANIFEST} does not hold a ladder scored in a known metric (its metric: "
+                       f"{metric!r}); re-run '{rerun}'")
     plan = load_plan(exp_dir)
     if manifest["plan_sha256"] != plan.sha256:
         raise KitError(f"{out} was made on another fold plan; re-run '{rerun}'")

@@ -86,7 +86,8 @@ def test_image_list_hash_changes_when_a_file_is_touched(small_comp):
         (lambda c: __import__("shutil").rmtree(c / "train"), "no training folder"),
         (lambda c: __import__("shutil").rmtree(c / "test"), "no test folder"),
         (lambda c: [p.unlink() for p in (c / "train").glob("dog.*")], "only class 'cat'"),
-        (lambda c: (c / "sample_submission.csv").write_text("id,label\n1,0.5\n99,0.5\n"), "no image"),
+        (lambda c: (c / "sample_submission.csv").write_text("id,label\n98,0.5\n99,0.5\n"),
+         "none of the 2 ids of .*sample_submission.csv names an image"),
     ],
 )
 def test_unusable_folders_stop_with_code_2(small_comp, breakage, message):
@@ -94,3 +95,12 @@ def test_unusable_folders_stop_with_code_2(small_comp, breakage, message):
     with pytest.raises(KitError, match=message) as info:
         discover(small_comp)
     assert info.value.code == 2
+
+
+def test_sample_submission_ids_without_an_image_are_kept_for_the_prior(small_comp):
+    """One unknown id: warned and kept (the submission gives it the training prior); the others are read."""
+    (small_comp / "sample_submission.csv").write_text("id,label\n2,0.5\n99,0.5\n1,0.5\n")
+    ds = discover(small_comp)
+    assert ds.test_ids == ("2", "1") and ds.submission_ids == ("2", "99", "1") and ds.missing_test_ids == ("99",)
+    assert any("1 of 3 ids of sample_submission.csv have no image" in w and "'99'" in w for w in ds.warnings)
+    assert any("4 images in" in w and "not in sample_submission.csv" in w for w in ds.warnings)  # 3..6 left out

@@ -93,3 +93,65 @@ def test_resize_enlarges_smoothly():
     img = np.array([[[0, 0, 0], [255, 255, 255]]], np.uint8)  # 1 x 2
     out = resize_rgb(img, 8)
     assert len(np.unique(out[..., 0])) > 2  # bilinear gives intermediate values; nearest would give two
+
+
+# ------------------------------------------------------------------------ TIFF, 16-bit, float, grayscale, alpha
+def _rgb_reference(photo, size: int) -> np.ndarray:
+    """An RGB uint8 (size, size, 3) image from a real photo, at the size decode_image returns (no resizing)."""
+    return decode_image(photo, size)
+
+
+@pytest.mark.parametrize("kind", ["tiff_8bit", "tiff_16bit", "png_16bit", "tiff_float", "tiff_bgra",
+                                  "png_16bit_bgra", "tiff_gray_16bit", "png_gray_alpha", "tiff_gray_float"])
+def test_tiff_16bit_float_gray_and_alpha_decode_like_the_8bit_image(kind, photo, tmp_path):
+    """The same pixels stored another way decode to the same RGB uint8 (up to rounding): 16-bit scaled by
+    255/65535 (not shifted by 8 bits, not clipped), float taken as [0, 1], alpha dropped, gray repeated."""
+    from PIL import Image
+
+    rgb = _rgb_reference(photo, 40)
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    path = tmp_path / ("img.png" if "png" in kind else "img.tif")
+    expected = rgb
+    if kind == "tiff_8bit":
+        cv2.imwrite(str(path), bgr)
+    elif kind in ("tiff_16bit", "png_16bit"):
+        cv2.imwrite(str(path), bgr.astype(np.uint16) * 257)  # 255 -> 65535: the full 16-bit range
+    elif kind == "tiff_float":
+        cv2.imwrite(str(path), bgr.astype(np.float32) / 255.0)
+    elif kind == "tiff_bgra":
+        alpha = np.linspace(0, 255, 40 * 40).reshape(40, 40).astype(np.uint8)  # any alpha: it is dropped
+        cv2.imwrite(str(path), np.dstack([bgr, alpha]))
+    elif kind == "png_16bit_bgra":
+        cv2.imwrite(str(path), np.dstack([bgr, np.full((40, 40), 255, np.uint8)]).astype(np.uint16) * 257)
+    elif kind == "tiff_gray_16bit":
+        cv2.imwrite(str(path), gray.astype(np.uint16) * 257)
+        expected = np.dstack([gray] * 3)
+    elif kind == "png_gray_alpha":
+        Image.fromarray(np.dstack([gray, np.full_like(gray, 7)]), "LA").save(path)
+        expected = np.dstack([gray] * 3)
+    else:  # tiff_gray_float
+        cv2.imwrite(str(path), gray.astype(np.float32) / 255.0)
+        expected = np.dstack([gray] * 3)
+    img = decode_image(path, 40)
+    assert img is not None and img.shape == (40, 40, 3) and img.dtype == np.uint8
+    assert np.abs(img.astype(int) - expected.astype(int)).max() <= 1, kind
+
+
+def test_sixteen_bit_values_are_scaled_not_shifted(tmp_path):
+    """v -> round(v * 255 / 65535): 1000 -> 4 and 64000 -> 249, where a shift by 8 bits gives 3 and 250."""
+    values = np.array([0, 257, 32896, 65535, 1000, 64000], np.uint16)
+    img16 = np.tile(values, (6, 1))
+    path = tmp_path / "ramp.tif"
+    cv2.imwrite(str(path), img16)
+    img = decode_image(path, 6)
+    np.testing.assert_array_equal(img[0, :, 0], [0, 1, 128, 255, 4, 249])
+    np.testing.assert_array_equal(img[0, :, 0], np.rint(values.astype(float) * 255 / 65535).astype(np.uint8))
+    assert (img[..., 0] == img[..., 1]).all() and (img[..., 1] == img[..., 2]).all()
+
+
+def test_a_float_tiff_outside_zero_one_is_clipped_and_nan_is_black(tmp_path):
+    img = np.array([[-0.5, 0.5, 2.0, np.nan]] * 4, np.float32)
+    path = tmp_path / "f.tif"
+    cv2.imwrite(str(path), img)
+    np.testing.assert_array_equal(decode_image(path, 4)[0, :, 0], [0, 128, 255, 0])

@@ -300,10 +300,11 @@ def test_model_table_and_ladder_hold_the_manifests_numbers(blended):
     blend_manifest = read_json(exp_dir / "blend" / "manifest.json")
     rows = _table(text, "models")
     assert sorted(r[0] for r in rows) == ["m0", "m1", "m2"]
-    for model, head, features, loss, acc, seconds, weight in rows:
+    for model, head, features, loss, auc, acc, seconds, weight in rows:  # the metric's column first
         m = read_json(exp_dir / "cv" / model / "manifest.json")
         assert (head, features) == ("logreg", "squeezenet")
         assert float(loss) == pytest.approx(m["scores"]["oof_logloss"], abs=5e-6)
+        assert float(auc) == pytest.approx(m["scores"]["oof_auc"], abs=5e-6)
         assert float(acc) == pytest.approx(m["scores"]["oof_accuracy"], abs=5e-5)
         assert float(seconds) == pytest.approx(m["seconds"], abs=0.005)
         assert float(weight) == pytest.approx(blend_manifest["weights"][model], abs=5e-5)
@@ -312,6 +313,16 @@ def test_model_table_and_ladder_hold_the_manifests_numbers(blended):
     assert [r[0] for r in ladder] == ["best single model", "blend", "calibrated", "clipped"]
     for row, step in zip(ladder, blend_manifest["ladder"]):
         assert float(row[1]) == pytest.approx(step["oof_logloss"], abs=5e-6) and row[2] == step["detail"]
+
+
+def test_model_table_leads_with_the_metric_and_shows_a_score_not_recorded_as_a_dash():
+    row = R.ModelRow(model="old", head="logreg", features="f", scores={"logloss": 0.25, "auc": None,
+                                                                       "accuracy": 0.875}, seconds=1.0, weight=None)
+    html = R._models_table([row], "old", None, "auc")
+    heads = [h for h in html.split("<th>")[1:]]
+    assert [h.split("<")[0] for h in heads[3:6]] == ["OOF AUC", "OOF log loss", "OOF accuracy"]
+    cells = [c.split("<")[0] for c in html.split('<td class="num">')[1:]]
+    assert cells[:3] == ["-", "0.25000", "0.87500"]
 
 
 def test_estimate_uses_the_clipped_blend_score(blended):
@@ -368,7 +379,7 @@ def test_single_model_report_says_what_is_missing(single):
     (row,) = _table(text, "models")
     m = read_json(exp_dir / "cv" / "only" / "manifest.json")
     assert row[0] == "only" and float(row[3]) == pytest.approx(m["scores"]["oof_logloss"], abs=5e-6)
-    assert row[6] == "-"
+    assert row[7] == "-"
     assert "the best single model only, unclipped" in result.estimate
     assert "No calibrated curve: that comes with the blend." in text
     assert_self_contained(text)

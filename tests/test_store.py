@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -190,10 +191,47 @@ def test_a_features_hint_falls_back_to_the_folder_name_without_a_manifest(tmp_pa
 def test_the_experiment_remembers_its_data_and_a_damaged_one_says_what_to_run(tmp_path):
     exp_dir = store.experiment_dir("x", root=tmp_path)
     assert store.load_experiment(exp_dir) is None
-    assert store.experiment_data(exp_dir) == (Path("data"), "dog")
+    assert store.experiment_data(exp_dir) == store.DataSettings(Path("data"))  # discover decides the rest
+    assert store.experiment_metric(exp_dir) == "logloss"
     store.save_experiment(exp_dir, data_dir=Path("/comp"), positive="cat")
-    assert store.experiment_data(exp_dir) == (Path("/comp"), "cat")
-    assert store.experiment_data(exp_dir, data=Path("other"), positive="dog") == (Path("other"), "dog")
+    assert store.experiment_data(exp_dir) == store.DataSettings(Path("/comp"), positive="cat")
+    assert store.experiment_data(exp_dir, data=Path("other"), positive="dog") == store.DataSettings(Path("other"),
+                                                                                                   positive="dog")
+    assert store.experiment_data(exp_dir, data=Path("other")) == store.DataSettings(Path("other"))  # nothing kept
+
+
+def test_the_experiment_remembers_how_its_folder_is_read_and_its_metric(tmp_path):
+    exp_dir = store.experiment_dir("x", root=tmp_path)
+    comp = (tmp_path / "comp").resolve()
+    store.save_experiment(exp_dir, data_dir=comp, positive="1", layout="csv", labels=str(comp / "t.csv"),
+                          id_col="image", target_col="target", metric="auc")
+    remembered = store.load_experiment(exp_dir)
+    assert (remembered.layout, remembered.id_col, remembered.target_col, remembered.metric) == (
+        "csv", "image", "target", "auc")
+    kept = store.DataSettings(comp, positive="1", layout="csv", labels=str(comp / "t.csv"), id_col="image",
+                              target_col="target")
+    assert store.experiment_data(exp_dir) == kept
+    same = store.experiment_data(exp_dir, data=tmp_path / "comp" / ".." / "comp")  # the same folder, spelt apart
+    assert same.options() == kept.options() and same.data_dir.resolve() == comp
+    # A new labels file or layout starts from none of the columns: they belonged to the old file.
+    assert store.experiment_data(exp_dir, labels="u.csv") == store.DataSettings(comp, positive="1", labels="u.csv")
+    assert store.experiment_data(exp_dir, layout="folders") == store.DataSettings(comp, positive="1",
+                                                                                 layout="folders")
+    assert store.experiment_data(exp_dir, target_col="y").target_col == "y"
+    assert store.experiment_metric(exp_dir) == "auc" and store.experiment_metric(exp_dir, "accuracy") == "accuracy"
+    with pytest.raises(KitError, match="unknown metric 'f1'; choose one of: logloss, auc, accuracy"):
+        store.experiment_metric(exp_dir, "f1")
+    store.remember_metric(exp_dir, "logloss")
+    assert store.load_experiment(exp_dir) == replace(remembered, metric="logloss")  # nothing else changes
+    write_json_atomic(exp_dir / "experiment.json", new_manifest(store.EXPERIMENT_FORMAT, data_dir=str(comp),
+                                                                positive="1", metric="f1", layout=3))
+    with pytest.raises(KitError, match=r"layout 3 is not text; metric 'f1' is not one of logloss, auc, accuracy; "
+                                       r"re-run 'kaggle-kit features --exp x --data DIR'"):
+        store.load_experiment(exp_dir)
+
+
+def test_an_experiment_json_damaged_says_what_to_run(tmp_path):
+    exp_dir = store.experiment_dir("x", root=tmp_path)
     write_json_atomic(exp_dir / "experiment.json", new_manifest(store.EXPERIMENT_FORMAT, data_dir="/comp"))
     with pytest.raises(KitError, match="lacks positive; re-run 'kaggle-kit features --exp x --data DIR'"):
         store.load_experiment(exp_dir)
