@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 KK := $(BIN)/kaggle-kit
 DATA ?=
 
-.PHONY: help install test test-fast demo bench clean
+.PHONY: help install test test-fast test-dali demo bench clean
 
 ## help: list the targets (the default goal)
 help:
@@ -25,11 +25,16 @@ $(VENV)/.installed: pyproject.toml
 test: install
 	@command -v chromium >/dev/null || { echo "installing Debian's chromium (the report tests open the page in it)"; \
 		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not dali"
 
 ## test-fast: the tests not marked slow (no photo-heavy, backbone-building or Chromium tests), under 2 minutes
 test-fast: install
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -m "not slow and not dali"
+
+## test-dali: install the [dali] extra and JAX (about 1 GB), then run the real-DALI tests (CPU graph, no GPU needed)
+test-dali: install
+	$(BIN)/pip install --quiet -e '.[dali]' jax
+	$(BIN)/pytest -q -m dali
 
 ## demo: install, then run the whole pipeline (DATA=dir for your own competition folder)
 demo: install

@@ -236,11 +236,11 @@ def test_a_systematic_dali_failure_stops_with_one_line(tmp_path):
                           build=lambda s: (_ for _ in ()).throw(RuntimeError("no GPU memory"))))
 
 
-# ---------------------------------------------------------------------- real DALI, its CPU graph (optional)
+# ----------------------------------------------------------- real DALI, its CPU graph (`make test-dali` only)
+@pytest.mark.dali
 def test_real_dali_matches_the_opencv_path(tmp_path):
     """The real DALI graph (decode, resize) on the CPU: same rows and order as the OpenCV path, pixels within
     the tolerance the decoders module documents. Needs ``pip install 'kaggle-kit[dali]'`` (no GPU)."""
-    pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install 'kaggle-kit[dali]')")
     from kaggle_kit.decoders import build_dali_pipeline
 
     files = _competition_files(tmp_path)
@@ -265,11 +265,12 @@ def test_real_dali_matches_the_opencv_path(tmp_path):
         assert decode_image(files[0], size) is not None
 
 
+@pytest.mark.dali
 def test_real_dali_hands_batches_to_jax_through_dlpack(tmp_path):
     """The DLPack hand-off (what Keras on JAX gets on a GPU), here with DALI's and JAX's CPU devices: the same
     pixels as DALI's host copy. Needs DALI and JAX installed."""
-    pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install 'kaggle-kit[dali]')")
-    pytest.importorskip("jax", reason="JAX is not installed")
+    import jax  # noqa: F401  (make test-dali installs it)
+
     from kaggle_kit.decoders import build_dali_pipeline
 
     files = sorted((MINI / "train").glob("cat.*.jpg"))[:20]
