@@ -12,7 +12,10 @@ Every head has the same shape::
 - ``tta_train``: fit on every view of the training rows (augmentation); ``tta_predict``: predict the mean
   over every view. Both need two views;
 - the result: out-of-fold P(positive) (n,) (NaN where ``fold`` is -1) and test P(positive) (m,) averaged
-  over the k fold models, plus the resolved parameters (e.g. the C chosen in each fold).
+  over the k fold models, each fold model's test P(positive) (m, k), plus the resolved parameters (e.g. the C
+  chosen in each fold);
+- ``extra`` (optional, :class:`ExtraRows`): more training rows, given per outer fold with their own targets
+  and weights (pseudo-labelled test rows: :mod:`kaggle_kit.pseudo`). They are only ever fitted.
 
 subtle: averages (over views, and over fold models for the test rows) are taken in **probability** space.
 The quantity every later stage consumes and Kaggle scores is a probability; the mean of probabilities is
@@ -42,11 +45,43 @@ DEFAULT_CS = tuple(float(c) for c in np.logspace(-5, 1, 13))
 
 @dataclass(frozen=True)
 class HeadOutput:
-    """``oof`` float32 (n,) out-of-fold P(positive), NaN on rows with fold -1; ``test`` float32 (m,)."""
+    """``oof`` float32 (n,) out-of-fold P(positive), NaN on rows with fold -1; ``test`` float32 (m,): the
+    mean of ``test_folds`` float32 (m, k), column f the test P(positive) of the model of outer fold f."""
 
     oof: np.ndarray
     test: np.ndarray
     params: dict[str, Any]
+    test_folds: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class ExtraRows:
+    """Training rows beyond the labelled ones, given per outer fold (pseudo-labelled test rows, for one).
+
+    ``views``: one float32 (r, d) array per training view, in the training views' order (the flipped view of
+    each extra row where the head trains on flips); ``targets`` float (k, r) in [0, 1]: outer fold f's target
+    for extra row i (0/1, or soft); ``weights`` float (k, r) >= 0: its weight in fold f's fits (1 counts as
+    much as a labelled row, 0 leaves it out). Extra rows are only ever fitted: they are never held out,
+    predicted out of fold or scored, so inner CV and early stopping still judge labelled rows only.
+    """
+
+    views: Sequence[np.ndarray]
+    targets: np.ndarray
+    weights: np.ndarray
+
+    def check(self, k: int, d: int, n_views: int) -> None:
+        """Refuse extra rows that do not fit k outer folds, d features and n_views training views."""
+        if len(self.views) < n_views:
+            raise ValueError(f"extra rows need {n_views} view(s), like the training rows, got {len(self.views)}")
+        r = len(self.views[0])
+        for v in self.views:
+            if v.shape != (r, d):
+                raise ValueError(f"every view of the extra rows must be ({r}, {d}), got {v.shape}")
+        if np.shape(self.targets) != (k, r) or np.shape(self.weights) != (k, r):
+            raise ValueError(f"extra targets and weights must be ({k}, {r}) (folds, rows), got "
+                             f"{np.shape(self.targets)} and {np.shape(self.weights)}")
+        if not ((self.targets >= 0) & (self.targets <= 1)).all() or (self.weights < 0).any():
+            raise ValueError("extra targets must lie in [0, 1] and their weights be >= 0")
 
 
 @dataclass(frozen=True)
@@ -158,6 +193,7 @@ def fit_logreg(
     tta_predict: bool = False,
     seed: int,
     on_fold: Callable[[int], None] = lambda n: None,
+    extra: ExtraRows | None = None,
 ) -> HeadOutput:
     """StandardScaler + LogisticRegression per outer fold, C chosen by inner stratified CV (log loss).
 
@@ -167,11 +203,19 @@ def fit_logreg(
     solver iteration reads it once for all of them. C is walked from strong to weak regularisation with
     warm starts, and the walk stops for a fold once its inner-CV loss has not improved ``patience`` times in
     a row. Shapes: see the module docstring. ``on_fold(k)`` is called once all k folds are done.
+
+    ``extra`` rows join the inner and the outer fits of their fold (as sample weights and per-problem
+    targets); the standardisation stays that of the labelled training rows. subtle: fold f's inner fits see
+    fold f's extra rows whole, so where their targets were made from all of fold f's training rows
+    (pseudo-labels), the inner scores that choose C can be a little optimistic; that touches the choice of
+    C inside fold f only, never the held-out rows of fold f.
     """
     y = np.asarray(y).astype(np.int64)
     fold = np.asarray(fold)
     k = _check(views, y, fold, test_views, tta_train=tta_train, tta_predict=tta_predict)
     n, J = len(y), settings.inner_folds
+    if extra is not None:
+        extra.check(k, views[0].shape[1], len(views) if tta_train else 1)
     n_pred_views = len(views) if tta_predict else 1
     n_fit_views = len(views) if tta_train else 1
     # One float32 matrix of every view needed, globally standardised. This only conditions the numbers (the
@@ -206,11 +250,17 @@ def fit_logreg(
     sd = np.sqrt(np.maximum(sq / counts - mu * mu, 0.0))
     sd[sd < 1e-6] = 1.0
     mu, sd = mu.T.astype(np.float32), sd.T.astype(np.float32)  # (d, k)
-    data = Design(X_fit, np.tile(y, n_fit_views), rank=settings.precondition_rank, total=total / len(X_fit),
-                 seed=seed)
+    mean_sq = total / len(X_fit)  # of the labelled rows; it only sets the preconditioner (speed, not result)
+    y_fit = np.tile(y, n_fit_views)
+    inner_targets = outer_targets = None
+    if extra is not None:
+        X_fit, y_fit, inner_fit, outer_fit, inner_targets, outer_targets = _with_extra(
+            extra, X_fit, y_fit, inner_fit, outer_fit, g_mean=g_mean, g_sd=g_sd, n_views=n_fit_views, J=J)
+    data = Design(X_fit, y_fit, rank=settings.precondition_rank, total=mean_sq, seed=seed)
 
     # ---- the inner CV along the C path
-    inner_problem = LogisticProblems(data, inner_fit, np.repeat(mu, J, axis=1), np.repeat(sd, J, axis=1))
+    inner_problem = LogisticProblems(data, inner_fit, np.repeat(mu, J, axis=1), np.repeat(sd, J, axis=1),
+                                     targets=inner_targets)
     prior = inner_train.T @ y / inner_train.sum(axis=0)
     W = np.zeros((X_fit.shape[1] + 1, k * J))
     W[-1] = np.log(prior / (1 - prior))
@@ -242,7 +292,7 @@ def fit_logreg(
 
     # ---- each outer fold refitted on all its training rows at its C, warm-started from its inner fits
     chosen = np.array([settings.Cs[i] for i in best_at])
-    outer_problem = LogisticProblems(data, outer_fit, mu, sd)
+    outer_problem = LogisticProblems(data, outer_fit, mu, sd, targets=outer_targets)
     folds = np.arange(k)
     outer_problem.lam[:] = 1.0 / (chosen * outer_problem.n)
     W_out, its = outer_problem.solve(best_W.reshape(-1, k, J).mean(axis=2), folds, tol=settings.refit_tol,
@@ -253,14 +303,33 @@ def fit_logreg(
     oof = np.full(n, np.nan, dtype=np.float32)
     oof[used] = P[used, fold[used]]
     test_X = [(np.asarray(v, dtype=np.float32) - g_mean) / g_sd for v in test_views[:n_pred_views]]
-    test = _view_mean([expit(outer_problem.logits(Xv, W_out, folds)) for Xv in test_X]).mean(axis=1)
+    test_folds = _view_mean([expit(outer_problem.logits(Xv, W_out, folds)) for Xv in test_X])  # (m, k)
     on_fold(k)
     return HeadOutput(
         oof=oof,
-        test=test.astype(np.float32),  # the mean over fold models, in probability space
+        test=test_folds.mean(axis=1).astype(np.float32),  # the mean over fold models, in probability space
         params={"C": chosen.tolist(), "inner_logloss": [round(float(x), 6) for x in best_loss],
                 "inner_logloss_path": path, "solver_iterations": iterations},
+        test_folds=test_folds.astype(np.float32),
     )
+
+
+def _with_extra(extra: ExtraRows, X_fit: np.ndarray, y_fit: np.ndarray, inner_fit: np.ndarray,
+                outer_fit: np.ndarray, *, g_mean: np.ndarray, g_sd: np.ndarray, n_views: int, J: int):
+    """The logreg fit's arrays with the extra rows appended: rows (N + R, d), shared labels (N + R,), inner
+    masks (N + R, k J), outer masks (N + R, k) and per-problem targets (N + R, k J) and (N + R, k). The
+    extra rows are standardised as the training rows were (globally) and tiled over the views; rows that
+    no fold uses are dropped."""
+    E = np.concatenate([(np.asarray(v, dtype=np.float32) - g_mean) / g_sd for v in extra.views[:n_views]])
+    weights = np.tile(np.asarray(extra.weights, dtype=np.float32).T, (n_views, 1))  # (R, k)
+    targets = np.tile(np.asarray(extra.targets, dtype=np.float32).T, (n_views, 1))
+    used = weights.max(axis=1) > 0
+    E, weights, targets = E[used], weights[used], targets[used]
+    labels = y_fit.astype(np.float32)
+    outer_targets = np.concatenate([np.repeat(labels[:, None], weights.shape[1], axis=1), targets])
+    return (np.concatenate([X_fit, E]), np.concatenate([labels, targets[:, 0]]),
+            np.concatenate([inner_fit, np.repeat(weights, J, axis=1)]), np.concatenate([outer_fit, weights]),
+            np.repeat(outer_targets, J, axis=1), outer_targets)
 
 
 # ------------------------------------------------------------------------------------------------- mlp
@@ -296,6 +365,7 @@ def fit_mlp(
     tta_predict: bool = False,
     seed: int,
     on_fold: Callable[[int], None] = lambda n: None,
+    extra: ExtraRows | None = None,
 ) -> HeadOutput:
     """A small Keras network per outer fold, early-stopped on a stratified split of its training rows.
 
@@ -304,6 +374,9 @@ def fit_mlp(
     weights of the best epoch are kept, the untrained network (which predicts the prior) included. Each
     fold's randomness (split, initial weights, dropout, batch order) comes from ``seed``. Shapes: see the
     module docstring. ``on_fold(1)`` is called after each fold.
+
+    ``extra`` rows of fold f join its fitting rows with their targets and weights (never its early-stopping
+    rows); the standardisation and the initial bias stay those of the labelled fitting rows.
     """
     import keras
     from sklearn.model_selection import train_test_split
@@ -311,11 +384,14 @@ def fit_mlp(
     y = np.asarray(y).astype(np.int64)
     fold = np.asarray(fold)
     k = _check(views, y, fold, test_views, tta_train=tta_train, tta_predict=tta_predict)
+    if extra is not None:
+        extra.check(k, views[0].shape[1], len(views) if tta_train else 1)
     fit_views = views if tta_train else views[:1]
     pred_views, pred_test = views[:len(views) if tta_predict else 1], test_views[:len(views) if tta_predict else 1]
     fold_seeds = np.random.SeedSequence(seed).generate_state(k)
     oof = np.full(len(y), np.nan, dtype=np.float32)
     test = np.zeros(len(test_views[0]))
+    test_folds = np.zeros((len(test_views[0]), k), dtype=np.float32)
     epochs = []
     # subtle: one compiled model serves every fold (each fold resets its weights and the optimizer's state),
     # because a new model traces its training step anew, at about a second a model.
@@ -334,10 +410,19 @@ def fit_mlp(
         X_fit = np.concatenate([np.asarray(v[fit_rows], dtype=np.float32) for v in fit_views])
         y_fit = np.tile(y[fit_rows], len(fit_views)).astype(np.float32)
         mean, sd = _standardiser(X_fit)
+        prior = float(y_fit.mean())
+        w_fit = None
+        if extra is not None:
+            used = np.flatnonzero(extra.weights[f] > 0)
+            X_fit = np.concatenate([X_fit] + [np.asarray(v[used], dtype=np.float32)
+                                              for v in extra.views[:len(fit_views)]])
+            y_fit = np.concatenate([y_fit, np.tile(extra.targets[f][used], len(fit_views)).astype(np.float32)])
+            w_fit = np.concatenate([np.ones(len(fit_rows) * len(fit_views), dtype=np.float32),
+                                    np.tile(extra.weights[f][used], len(fit_views)).astype(np.float32)])
         X_fit = (X_fit - mean) / sd
 
         keras.utils.set_random_seed(int(fold_seeds[f]))
-        model.set_weights(_mlp_model(keras, X_fit.shape[1], settings, prior=float(y_fit.mean())).get_weights())
+        model.set_weights(_mlp_model(keras, X_fit.shape[1], settings, prior=prior).get_weights())
         for variable, value in zip(model.optimizer.variables, fresh_optimizer):
             variable.assign(value)
 
@@ -358,7 +443,10 @@ def fit_mlp(
             order = rng.permutation(len(X_fit))
             for start in range(0, len(order) - size + 1, size):
                 batch = order[start:start + size]
-                model.train_on_batch(X_fit[batch], y_fit[batch])
+                if w_fit is None:
+                    model.train_on_batch(X_fit[batch], y_fit[batch])
+                else:
+                    model.train_on_batch(X_fit[batch], y_fit[batch], sample_weight=w_fit[batch])
             loss = log_loss(y[stop_rows], predict(stop_views))
             if loss < best_loss:
                 best_loss, best_weights, best_epoch, waited = loss, model.get_weights(), epoch, 0
@@ -370,10 +458,11 @@ def fit_mlp(
         epochs.append(best_epoch)
         rows = np.flatnonzero(fold == f)
         oof[rows] = predict([v[rows] for v in pred_views])
-        test += predict(pred_test) / k  # the mean over fold models, in probability space
+        test_folds[:, f] = predict(pred_test)
+        test += test_folds[:, f] / k  # the mean over fold models, in probability space
         on_fold(1)
     keras.backend.clear_session()
-    return HeadOutput(oof=oof, test=test.astype(np.float32), params={"epochs": epochs})
+    return HeadOutput(oof=oof, test=test.astype(np.float32), params={"epochs": epochs}, test_folds=test_folds)
 
 
 HEADS: dict[str, tuple[Callable[..., HeadOutput], type]] = {
