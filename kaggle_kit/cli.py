@@ -289,6 +289,11 @@ def cv(
         help="Head(s), repeatable: logreg, mlp (on each feature set), concat (logreg on all of them side by "
         "side), concat_mlp. Default: logreg and mlp, plus concat with two or more feature sets.",
     ),
+    pseudo: bool = typer.Option(
+        False, "--pseudo",
+        help="Also fit each model with pseudo-labels: per fold, refit on the test images its model is sure of "
+        "(models named <model>_pl, e.g. efficientnet_lite0__logreg_pl).",
+    ),
     force: bool = typer.Option(False, "--force", help="Recompute even if a matching cached result exists."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
@@ -302,7 +307,7 @@ def cv(
     with experiment_lock(exp_dir, command="cv"):
         run = run_cv(exp_dir, data_dir=data_dir, positive=positive, n_folds=folds, repeats=repeats, seed=seed,
                      feature_sets=backbone or None, heads=[h.value for h in head] if head else None,
-                     force=force, progress=not quiet)
+                     pseudo=pseudo, force=force, progress=not quiet)
     status = {"kept": "", "new": " (new)",
               "replaced": " (new: cv results made on the previous plan are stale)"}[run.plan_status]
     typer.echo(f"fold plan: {run.plan.describe()}{status}")

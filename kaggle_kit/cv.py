@@ -41,8 +41,13 @@ from kaggle_kit.artifacts import (
 from kaggle_kit.data import Dataset
 from kaggle_kit.features import FeatureSet, load_features
 from kaggle_kit.folds import FoldPlan, ensure_plan, folds_dir, load_plan
-from kaggle_kit.heads import HEADS
+from kaggle_kit.heads import HEADS as PLAIN_HEADS
 from kaggle_kit.metrics import log_loss
+from kaggle_kit.pseudo import HEADS as PSEUDO_HEADS
+from kaggle_kit.pseudo import SUFFIX as PSEUDO_SUFFIX
+
+# Every head a model may use: the plain ones and their pseudo-labelling twins ('logreg_pl', 'mlp_pl').
+HEADS = {**PLAIN_HEADS, **PSEUDO_HEADS}
 
 FORMAT = "kaggle-kit/cv/1"
 CONCAT = "concat"
@@ -103,12 +108,14 @@ def cross_validate(
     tta_predict: bool = False,
     seed: int,
     on_fold: Callable[[int], None] = lambda n: None,
+    test_usable: np.ndarray | None = None,
 ) -> CvOutput:
     """Fit ``head`` on every fold of every repeat of ``plan`` (repeats, n); out-of-fold and test predictions.
 
     ``views``/``test_views``: (n, d)/(m, d) float32 per view (see :mod:`kaggle_kit.heads`); ``y`` (n,) 0/1;
-    ``usable`` (n,) bool, False for rows to leave out (NaN in ``oof``); ``settings``: the head's settings
-    dataclass (default: its defaults). Repeat r uses seed ``seed + r``.
+    ``usable`` (n,) bool, False for rows to leave out (NaN in ``oof``); ``test_usable`` (m,) bool, False for
+    test rows a pseudo-labelling head must not train on; ``settings``: the head's settings dataclass
+    (default: its defaults). Repeat r uses seed ``seed + r``.
     """
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; choose one of: {', '.join(HEADS)}")
@@ -120,10 +127,11 @@ def cross_validate(
         raise ValueError(f"plan must be (repeats, {len(y)}), got {plan.shape}")
     oof = np.empty(plan.shape, dtype=np.float32)
     tests, fitted = [], []
+    uses_test = {"test_usable": test_usable} if head in PSEUDO_HEADS else {}  # heads that train on test rows
     for r in range(len(plan)):
         fold = np.where(usable, plan[r], -1)
         out = fit(views, y, fold, test_views, settings=settings, tta_train=tta_train, tta_predict=tta_predict,
-                  seed=seed + r, on_fold=on_fold)
+                  seed=seed + r, on_fold=on_fold, **uses_test)
         oof[r] = out.oof
         tests.append(out.test)
         fitted.append(out.params)
@@ -135,16 +143,18 @@ def cross_validate(
 # ------------------------------------------------------------------------------------------------- models
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model to cross-validate: ``name`` (its folder), ``head`` ('logreg' or 'mlp'), its feature sets."""
+    """A model to cross-validate: ``name`` (its folder), ``head`` (a key of :data:`HEADS`), its feature sets."""
 
     name: str
     head: str
     features: tuple[str, ...]
 
 
-def model_specs(feature_sets: Sequence[str], heads: Sequence[str] | None = None) -> list[ModelSpec]:
+def model_specs(feature_sets: Sequence[str], heads: Sequence[str] | None = None, *,
+                pseudo: bool = False) -> list[ModelSpec]:
     """The models for these feature sets and ``--head`` choices (default: logreg and mlp on each feature set,
-    plus concat__logreg when there are two or more)."""
+    plus concat__logreg when there are two or more); with ``pseudo`` each also gets its pseudo-labelling
+    twin, named and headed with the suffix '_pl' (``efficientnet_lite0__logreg_pl``)."""
     if heads is None:
         heads = ["logreg", "mlp"] + (["concat"] if len(feature_sets) >= 2 else [])
     unknown = [h for h in heads if h not in HEAD_CHOICES]
@@ -160,18 +170,22 @@ def model_specs(feature_sets: Sequence[str], heads: Sequence[str] | None = None)
                     f"--head {h} joins the features of several backbones, but only {list(feature_sets)} is "
                     "selected; extract another with 'kaggle-kit features --backbone NAME'", code=2)
             specs.append(ModelSpec(f"{CONCAT}__{CONCAT_HEADS[h]}", CONCAT_HEADS[h], tuple(feature_sets)))
+    if pseudo:
+        specs += [ModelSpec(s.name + PSEUDO_SUFFIX, s.head + PSEUDO_SUFFIX, s.features) for s in specs]
     return specs
 
 
 def rerun_command(exp_dir: Path, spec: ModelSpec) -> str:
     """The command that recomputes one model."""
     exp = "" if exp_dir.name == "default" else f" --exp {exp_dir.name}"
+    plain = spec.head.removesuffix(PSEUDO_SUFFIX)
+    pseudo = " --pseudo" if plain != spec.head else ""
     if spec.name.startswith(f"{CONCAT}__"):
-        head = next(h for h, inner in CONCAT_HEADS.items() if inner == spec.head)
+        head = next(h for h, inner in CONCAT_HEADS.items() if inner == plain)
     else:
-        head = spec.head
+        head = plain
     backbones = "".join(f" --backbone {f}" for f in spec.features)
-    return f"kaggle-kit cv{exp}{backbones} --head {head}"
+    return f"kaggle-kit cv{exp}{backbones} --head {head}{pseudo}"
 
 
 def _views(members: Sequence[FeatureSet], *, flip: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -290,11 +304,12 @@ def run_model(exp_dir: Path, spec: ModelSpec, sets: dict, plan: FoldPlan, datase
     t0 = time.perf_counter()
     unreadable = {split: {f for fs in members for f in fs.manifest["unreadable"][split]} for split in ("train", "test")}
     usable = np.array([f not in unreadable["train"] for f in dataset.train_files])
+    test_usable = np.array([f not in unreadable["test"] for f in dataset.test_files])
     train_views, test_views = _views(members, flip=tta_train or tta_predict)
     try:
         result = cross_validate(train_views, plan.y, plan.plan, test_views, head=spec.head, settings=settings,
                                 usable=usable, tta_train=tta_train, tta_predict=tta_predict,
-                                seed=plan.manifest["seed"], on_fold=on_fold)
+                                seed=plan.manifest["seed"], on_fold=on_fold, test_usable=test_usable)
     except ValueError as exc:  # the heads refuse data they cannot fit (one class left, too few rows per fold)
         raise KitError(f"cannot fit {spec.name}: {exc}; add training images or use fewer --folds", code=2) from None
     test = result.test.copy()
@@ -349,12 +364,14 @@ def run_cv(
     seed: int | None = None,
     feature_sets: Sequence[str] | None = None,
     heads: Sequence[str] | None = None,
+    pseudo: bool = False,
     force: bool = False,
     progress: bool = True,
 ) -> CvRun:
     """Cross-validate the models of ``feature_sets`` (default: every cached one) x ``heads`` (see
-    :func:`model_specs`) on the experiment's fold plan, made or replaced as asked (see
-    :func:`kaggle_kit.folds.ensure_plan`); write each model's result unless it is cached."""
+    :func:`model_specs`; ``pseudo`` adds the pseudo-labelling twins) on the experiment's fold plan, made or
+    replaced as asked (see :func:`kaggle_kit.folds.ensure_plan`); write each model's result unless it is
+    cached."""
     from tqdm import tqdm
 
     from kaggle_kit.data import discover
@@ -365,7 +382,7 @@ def run_cv(
         if name not in available:
             raise KitError(f"no cached feature set {name!r} in {exp_dir / 'features'} (cached: "
                            f"{', '.join(available)}); run 'kaggle-kit features --backbone {name}' first", code=2)
-    specs = model_specs(chosen, heads)
+    specs = model_specs(chosen, heads, pseudo=pseudo)
     dataset = discover(data_dir, positive=positive)
     image_list_hash = dataset.image_list_hash()
     sets = {name: load_features(features_dir(exp_dir, name), image_list_hash=image_list_hash) for name in chosen}
