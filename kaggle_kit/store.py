@@ -18,7 +18,8 @@ Layout::
     experiments/<exp>/folds/              kaggle-kit/folds/1: the one fold plan of the experiment
         plan.npy                          int8 (repeats, n_train): the fold of each training row per repeat
         y.npy, ids.json                   int8 (n_train,) labels; train_ids, test_ids
-    experiments/<exp>/cv/<model>/         kaggle-kit/cv/1: one model's cross-validation
+    experiments/<exp>/cv/<model>/         kaggle-kit/cv/1: one model's cross-validation (<model>_pl: its
+                                          pseudo-labelling twin, ``cv --pseudo``)
         oof.npy                           float32 (repeats, n_train): out-of-fold P(positive), NaN on left-out rows
         test.npy                          float32 (n_test,): test P(positive)
     experiments/<exp>/blend/              kaggle-kit/blend/2

@@ -43,7 +43,8 @@ def clusters(n: int, m: int, d: int, *, sep: float, seed: int):
 
 @pytest.mark.parametrize("fit,settings", [
     (fit_logreg_pl, LogregPseudoSettings()),
-    (fit_mlp_pl, MlpPseudoSettings(head=QUICK_MLP, pseudo=PseudoSettings(threshold=0.9))),
+    pytest.param(fit_mlp_pl, MlpPseudoSettings(head=QUICK_MLP, pseudo=PseudoSettings(threshold=0.9)),
+                 marks=pytest.mark.slow),  # trains Keras networks (TensorFlow starts)
 ], ids=["logreg", "mlp"])
 def test_a_fold_is_predicted_by_a_model_that_never_saw_its_labels(fit, settings):
     X, y, T, _ = clusters(300, 400, 20, sep=1.0, seed=0)
