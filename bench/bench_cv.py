@@ -6,7 +6,12 @@ means in a low-rank subspace, a ReLU, plus noise), a 5-fold plan, and times the 
 their concatenation (concat__logreg, 6,144 features), as ``kaggle-kit cv`` runs them. Goal: under 2 minutes
 in all on a 2-core machine.
 
-    .venv/bin/python bench/bench_cv.py [--train 25000] [--test 12500] [--width 2048] [--folds 5]
+``--sklearn ROWS`` adds the reason the kit solves its logistic regressions itself: scikit-learn's
+``LogisticRegressionCV`` (same folds, same inner folds, same C grid, n_jobs=2) timed beside the kit's logreg
+head on the first feature set, cut to its first ROWS training rows (scikit-learn takes far longer than the
+kit at full size). ``make bench`` runs the same comparison (bench/run.py, Kaggle-size section).
+
+    .venv/bin/python bench/bench_cv.py [--train 25000] [--test 12500] [--width 2048] [--folds 5] [--sklearn ROWS]
 """
 
 from __future__ import annotations
@@ -14,11 +19,14 @@ from __future__ import annotations
 import argparse
 import os
 import time
+import warnings
 
 import numpy as np
 
 from kaggle_kit.cv import cross_validate
 from kaggle_kit.folds import make_plan
+from kaggle_kit.heads import DEFAULT_CS, LogregSettings
+from kaggle_kit.metrics import log_loss
 
 
 def synthetic_backbone(y: np.ndarray, n_test: int, *, width: int, rank: int, signal: float,
@@ -41,6 +49,64 @@ def synthetic_backbone(y: np.ndarray, n_test: int, *, width: int, rank: int, sig
     return features(y), features(rng.integers(0, 2, n_test))
 
 
+def sklearn_logreg_cv(X: np.ndarray, y: np.ndarray, fold: np.ndarray, X_test: np.ndarray, *, seed: int,
+                      n_jobs: int = 2, max_iter: int = 1000) -> dict:
+    """The kit's logreg head done with scikit-learn: per outer fold of ``fold`` (n,), ``StandardScaler`` +
+    ``LogisticRegressionCV`` over :data:`~kaggle_kit.heads.DEFAULT_CS` with the head's inner folds
+    (``StratifiedKFold(3, shuffle=True, random_state=seed + f)`` on fold f's training rows) and log-loss
+    scoring, refitted at the best C. X (n, d), X_test (m, d) float32. Returns its OOF log loss, the C per
+    fold, the convergence warnings and the seconds."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    inner = LogregSettings().inner_folds
+    oof = np.full(len(y), np.nan)
+    test = np.zeros(len(X_test))
+    chosen, n_warnings = [], 0
+    t0 = time.perf_counter()
+    k = int(fold.max()) + 1
+    for f in range(k):
+        train = fold != f
+        model = make_pipeline(StandardScaler(), LogisticRegressionCV(
+            Cs=list(DEFAULT_CS), cv=StratifiedKFold(inner, shuffle=True, random_state=seed + f),
+            scoring="neg_log_loss", n_jobs=n_jobs, max_iter=max_iter))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            model.fit(X[train], y[train])
+        n_warnings += sum(issubclass(w.category, ConvergenceWarning) for w in caught)
+        oof[~train] = model.predict_proba(X[~train])[:, 1]
+        test += model.predict_proba(X_test)[:, 1] / k
+        chosen.append(float(model[-1].C_[0]))
+    return {"seconds": round(time.perf_counter() - t0, 1), "oof_logloss": round(log_loss(y, oof), 5),
+            "C": chosen, "convergence_warnings": n_warnings, "settings": f"lbfgs, tol 1e-4, max_iter {max_iter}, "
+            f"{len(DEFAULT_CS)} Cs, {inner} inner folds, n_jobs {n_jobs}"}
+
+
+def compare_with_sklearn(X: np.ndarray, y: np.ndarray, plan: np.ndarray, X_test: np.ndarray, *, seed: int) -> dict:
+    """The kit's logreg head and scikit-learn's LogisticRegressionCV on the same rows X (n, d), labels y (n,),
+    folds ``plan`` (1, n) and test rows X_test (m, d): seconds, OOF log loss and C per fold of each."""
+    wall = time.perf_counter()
+    kit = cross_validate([X], y, plan, [X_test], head="logreg", seed=seed)
+    kit_row = {"seconds": round(time.perf_counter() - wall, 1), "oof_logloss": kit.scores["oof_logloss"],
+               "C": kit.params["per_repeat"][0]["C"]}
+    skl = sklearn_logreg_cv(X, y, plan[0], X_test, seed=seed)
+    return {"rows": len(y), "test_rows": len(X_test), "width": X.shape[1], "folds": int(plan.max()) + 1,
+            "kit": kit_row, "sklearn": skl, "sklearn_over_kit": round(skl["seconds"] / max(kit_row["seconds"], 0.1), 1)}
+
+
+def print_comparison(c: dict) -> None:
+    print(f"logreg head, kit vs scikit-learn LogisticRegressionCV: {c['rows']:,} train + {c['test_rows']:,} test "
+          f"rows x {c['width']} features, {c['folds']} folds, same inner folds and C grid")
+    print(f"{'':<24}{'seconds':>9}{'OOF log loss':>14}  C per fold")
+    for name, r in (("kit (batched L-BFGS)", c["kit"]), ("sklearn (n_jobs=2)", c["sklearn"])):
+        print(f"{name:<24}{r['seconds']:>9.1f}{r['oof_logloss']:>14.5f}  {' '.join(f'{x:g}' for x in r['C'])}")
+    print(f"sklearn / kit: {c['sklearn_over_kit']}x ({c['sklearn']['convergence_warnings']} convergence warnings; "
+          f"{c['sklearn']['settings']})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=int, default=25_000)
@@ -48,6 +114,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=2048)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sklearn", type=int, default=0, metavar="ROWS",
+                        help="also time scikit-learn's LogisticRegressionCV on the first feature set's first ROWS rows")
     args = parser.parse_args()
 
     y = (np.random.default_rng(args.seed).random(args.train) < 0.5).astype(np.int8)
@@ -71,6 +139,12 @@ def main() -> None:
         Cs = " ".join(f"{c:g}" for c in out.params["per_repeat"][0]["C"])
         print(f"{model:<22}{seconds:>9.1f}{time.process_time() - cpu:>8.1f}{out.scores['oof_logloss']:>14.5f}  {Cs}")
     print(f"{'total':<22}{total:>9.1f}   (goal: under 120 s)")
+    if args.sklearn:
+        rows = min(args.sklearn, args.train)
+        X, X_test = sets["backbone_a"]
+        sub_plan = make_plan(y[:rows], n_folds=args.folds, repeats=1, seed=args.seed)
+        print()
+        print_comparison(compare_with_sklearn(X[:rows], y[:rows], sub_plan, X_test, seed=args.seed))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@ Sections:
    tutorial pipeline (image_dataset_from_directory + model.predict), same photos, size, batch and model;
 2. memory: peak RSS of extraction at two data sizes (it must not grow with the number of images);
 3. later stages at Kaggle size: cv (logreg heads of three 2,048-wide backbones + concat), blend, submit on
-   synthetic features for 25,000 train / 12,500 test rows, through the real CLI, with their peak RSS;
+   synthetic features for 25,000 train / 12,500 test rows, through the real CLI, with their peak RSS; then the
+   kit's logreg head beside scikit-learn's LogisticRegressionCV (same folds, inner folds and C grid,
+   n_jobs=2) on one of the feature sets, cut to SKLEARN_ROWS random training rows (scikit-learn at full size
+   took 605 s where the kit took 53 s: longer than the rest of the bench);
 4. quality on the real mini competition: the kit's default pipeline vs the classic recipe, same features,
    scored against the answer key;
 5. ray: `features --engine ray` with 1 and 2 workers on this machine against the local engine, same photos,
@@ -28,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_cv import compare_with_sklearn, print_comparison  # noqa: E402
 from extraction import (  # noqa: E402
     REPO,
     classic_pipeline,
@@ -42,6 +46,8 @@ SHARED = REPO.parent / "shared"
 MINI = SHARED / "data" / "dogs-vs-cats-mini"
 SQUEEZENET_H5 = SHARED / "weights" / "squeezenet_v1.1" / "squeezenet_v1.1_imagenet_notop.h5"
 OUT = REPO / "experiments" / "bench"
+# Training rows of the kit vs scikit-learn comparison (Kaggle size is 25,000): about 2 minutes for scikit-learn.
+SKLEARN_ROWS = 10_000
 
 
 def log(msg: str) -> None:
@@ -150,7 +156,22 @@ def bench_later_stages(work: Path, *, quick: bool) -> dict:
             out[step]["table"] = stdout.strip().splitlines()[-6:]
     submission = Path(stdout.strip().splitlines()[-1])
     (work / submission).unlink(missing_ok=True)  # the bench's own CSV: not a user submission
+    out["sklearn_comparison"] = sklearn_comparison(exp_dir, rows=2000 if quick else SKLEARN_ROWS)
     return out
+
+
+def sklearn_comparison(exp_dir: Path, *, rows: int) -> dict:
+    """The kit's logreg head vs scikit-learn's LogisticRegressionCV on the experiment's first feature set and
+    its fold plan, both cut to ``rows`` training rows drawn at random (seeded; each keeps its fold)."""
+    from kaggle_kit.store import features_dir, load_features, load_plan
+
+    fs = load_features(features_dir(exp_dir, "synthetic0"))
+    plan = load_plan(exp_dir)
+    # subtle: the rows are in file-name order (every cat before every dog), so take a random subset, not a head
+    keep = np.sort(np.random.default_rng(0).choice(len(fs.y), min(rows, len(fs.y)), replace=False))
+    log(f"kaggle-size: kit logreg vs scikit-learn LogisticRegressionCV, synthetic0, {len(keep)} training rows")
+    return compare_with_sklearn(np.asarray(fs.arrays["train"][keep]), fs.y[keep], plan.plan[:, keep],
+                                np.asarray(fs.arrays["test"]), seed=plan.seed)
 
 
 # -------------------------------------------------------------------------------------------- 4. quality
@@ -268,6 +289,9 @@ def _print_kaggle_size(k: dict) -> None:
         print(f"{step:<8}{k[step]['seconds']:>8.1f} s   peak RSS {k[step]['peak_rss_mib']:>7.0f} MiB")
     for line in k["cv"].get("table", []):
         print(f"    {line}")
+    if "sklearn_comparison" in k:
+        print()
+        print_comparison(k["sklearn_comparison"])
 
 
 def _print_quality(q: dict) -> None:

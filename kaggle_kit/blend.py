@@ -246,10 +246,29 @@ def fit_calibrator(p: np.ndarray, y: np.ndarray, *, kind: str) -> Calibrator:
                               bounds=(math.log(1e-2), math.log(1e2)), method="bounded")
         return Calibrator("temperature", {"temperature": float(math.exp(res.x))})
     if kind == "platt":
-        from sklearn.linear_model import LogisticRegression
+        from scipy.optimize import minimize
 
-        lr = LogisticRegression(max_iter=1000).fit(z[:, None], y)
-        return Calibrator("platt", {"slope": float(lr.coef_[0, 0]), "intercept": float(lr.intercept_[0])})
+        # Platt (1999) as scikit-learn's sigmoid calibration does it: no penalty on slope or intercept (an L2
+        # penalty would shrink the slope towards 0, i.e. towards the prior), and targets (n1 + 1) / (n1 + 2)
+        # and 1 / (n0 + 2) instead of 1 and 0, the out-of-sample prior that keeps the fit finite when the
+        # logits separate the classes. Convex in (slope, intercept): Newton steps in a trust region.
+        n1 = float(np.sum(y > 0))
+        n0 = len(y) - n1
+        t = np.where(y > 0, (n1 + 1.0) / (n1 + 2.0), 1.0 / (n0 + 2.0))
+
+        def loss(ab):
+            s = ab[0] * z + ab[1]
+            r = expit(s) - t
+            return float(np.sum(np.logaddexp(0.0, s) - t * s)), np.array([r @ z, r.sum()])
+
+        def hessian(ab):
+            h = expit(ab[0] * z + ab[1])
+            h = h * (1.0 - h)
+            return np.array([[h @ (z * z), h @ z], [h @ z, h.sum()]])
+
+        res = minimize(loss, np.array([1.0, 0.0]), jac=True, hess=hessian, method="trust-exact",
+                       options={"gtol": 1e-9})
+        return Calibrator("platt", {"slope": float(res.x[0]), "intercept": float(res.x[1])})
     raise ValueError(f"unknown calibration {kind!r}; choose one of: {', '.join(CALIBRATIONS)}")
 
 

@@ -201,6 +201,11 @@ def cv(
         help="Head(s), repeatable: logreg, mlp (on each feature set), concat (logreg on all of them side by "
         "side), concat_mlp. Default: logreg and mlp, plus concat with two or more feature sets.",
     ),
+    pseudo: bool = typer.Option(
+        False, "--pseudo",
+        help="Also fit each model with pseudo-labels: per fold, refit on the test images its model is sure of "
+        "(models named <model>_pl, e.g. efficientnet_lite0__logreg_pl).",
+    ),
     force: bool = typer.Option(False, "--force", help="Recompute even if a matching cached result exists."),
     quiet: bool = QuietOption,
 ):
@@ -208,7 +213,8 @@ def cv(
     from kaggle_kit.cv import run_cv
 
     run = run_cv(experiment_dir(exp), n_folds=folds, repeats=repeats, seed=seed, feature_sets=backbone or None,
-                 heads=[h.value for h in head] if head else None, force=force, progress=not quiet)
+                 heads=[h.value for h in head] if head else None, pseudo=pseudo, force=force,
+                 progress=not quiet)
     _echo(run.lines())
     for warning in run.warnings():
         _err(warning)

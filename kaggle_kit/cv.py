@@ -30,8 +30,9 @@ import numpy as np
 from kaggle_kit.artifacts import KitError, experiment_lock, sha256_json
 from kaggle_kit.data import Dataset
 from kaggle_kit.folds import ensure_plan
-from kaggle_kit.heads import HEADS
+from kaggle_kit.heads import HEADS as PLAIN_HEADS
 from kaggle_kit.metrics import METRICS, NAMES, crossfit_score, score
+from kaggle_kit.pseudo import HEADS as PSEUDO_HEADS
 from kaggle_kit.store import (
     CONCAT_MODEL,
     CV_FORMAT,
@@ -50,9 +51,13 @@ from kaggle_kit.store import (
     load_features,
     model_name,
     oof_key,
+    pseudo_twin,
     stale_cv_models,
     write_cv_result,
 )
+
+# Every head a model may use: the plain ones and their pseudo-labelling twins ('logreg_pl', 'mlp_pl').
+HEADS = {**PLAIN_HEADS, **PSEUDO_HEADS}
 
 # --head choices: a head on each feature set, or a head on all of them side by side (the concat model).
 CONCAT_HEADS = {concat_head_option(h): h for h in ("logreg", "mlp")}  # {'concat': 'logreg', 'concat_mlp': 'mlp'}
@@ -118,12 +123,14 @@ def cross_validate(
     tta_predict: bool = False,
     seed: int,
     on_fold: Callable[[int], None] = lambda n: None,
+    test_usable: np.ndarray | None = None,
 ) -> CvOutput:
     """Fit ``head`` on every fold of every repeat of ``plan`` (repeats, n); out-of-fold and test predictions.
 
     ``views``/``test_views``: (n, d)/(m, d) float32 per view (see :mod:`kaggle_kit.heads`); ``y`` (n,) 0/1;
-    ``usable`` (n,) bool, False for rows to leave out (NaN in ``oof``); ``settings``: the head's settings
-    dataclass (default: its defaults). Repeat r uses seed ``seed + r``.
+    ``usable`` (n,) bool, False for rows to leave out (NaN in ``oof``); ``test_usable`` (m,) bool, False for
+    test rows a pseudo-labelling head must not train on; ``settings``: the head's settings dataclass
+    (default: its defaults). Repeat r uses seed ``seed + r``.
     """
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; choose one of: {', '.join(HEADS)}")
@@ -135,10 +142,11 @@ def cross_validate(
         raise ValueError(f"plan must be (repeats, {len(y)}), got {plan.shape}")
     oof = np.empty(plan.shape, dtype=np.float32)
     tests, fitted = [], []
+    uses_test = {"test_usable": test_usable} if head in PSEUDO_HEADS else {}  # heads that train on test rows
     for r in range(len(plan)):
         fold = np.where(usable, plan[r], -1)
         out = fit(views, y, fold, test_views, settings=settings, tta_train=tta_train, tta_predict=tta_predict,
-                  seed=seed + r, on_fold=on_fold)
+                  seed=seed + r, on_fold=on_fold, **uses_test)
         oof[r] = out.oof
         tests.append(out.test)
         fitted.append(out.params)
@@ -150,7 +158,7 @@ def cross_validate(
 # ------------------------------------------------------------------------------------------------- models
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model to cross-validate: ``name`` (its folder), ``head`` ('logreg' or 'mlp'), its feature sets."""
+    """A model to cross-validate: ``name`` (its folder), ``head`` (a key of :data:`HEADS`), its feature sets."""
 
     name: str
     head: str
@@ -161,9 +169,11 @@ class ModelSpec:
         return cv_command(exp_dir, model=self.name, head=self.head, features=self.features)
 
 
-def model_specs(feature_sets: Sequence[str], heads: Sequence[str] | None = None) -> list[ModelSpec]:
+def model_specs(feature_sets: Sequence[str], heads: Sequence[str] | None = None, *,
+                pseudo: bool = False) -> list[ModelSpec]:
     """The models for these feature sets and ``--head`` choices (default: logreg and mlp on each feature set,
-    plus concat__logreg when there are two or more)."""
+    plus concat__logreg when there are two or more); with ``pseudo`` each also gets its pseudo-labelling
+    twin, named and headed with the suffix '_pl' (``efficientnet_lite0__logreg_pl``)."""
     if heads is None:
         heads = ["logreg", "mlp"] + (["concat"] if len(feature_sets) >= 2 else [])
     unknown = [h for h in heads if h not in HEAD_CHOICES]
@@ -179,6 +189,8 @@ def model_specs(feature_sets: Sequence[str], heads: Sequence[str] | None = None)
                     f"--head {h} joins the features of several backbones, but only {list(feature_sets)} is "
                     "selected; extract another with 'kaggle-kit features --backbone NAME'", code=2)
             specs.append(ModelSpec(model_name(CONCAT_MODEL, CONCAT_HEADS[h]), CONCAT_HEADS[h], tuple(feature_sets)))
+    if pseudo:
+        specs += [ModelSpec(pseudo_twin(s.name), pseudo_twin(s.head), s.features) for s in specs]
     return specs
 
 
@@ -225,11 +237,12 @@ def run_model(exp_dir: Path, spec: ModelSpec, sets: dict[str, FeatureSet], plan:
     t0 = time.perf_counter()
     unreadable = {split: frozenset().union(*(fs.unreadable(split) for fs in members)) for split in ("train", "test")}
     usable = np.array([f not in unreadable["train"] for f in dataset.train_files])
+    test_usable = np.array([f not in unreadable["test"] for f in dataset.test_files])
     train_views, test_views = _views(members, flip=tta_train or tta_predict)
     try:
         result = cross_validate(train_views, plan.y, plan.plan, test_views, head=spec.head, settings=settings,
                                 usable=usable, tta_train=tta_train, tta_predict=tta_predict,
-                                seed=plan.seed, on_fold=on_fold)
+                                seed=plan.seed, on_fold=on_fold, test_usable=test_usable)
     except ValueError as exc:  # the heads refuse data they cannot fit (one class left, too few rows per fold)
         raise KitError(f"cannot fit {spec.name}: {exc}; add training images or use fewer --folds", code=2) from None
     test = result.test.copy()
@@ -289,12 +302,14 @@ def run_cv(
     seed: int | None = None,
     feature_sets: Sequence[str] | None = None,
     heads: Sequence[str] | None = None,
+    pseudo: bool = False,
     force: bool = False,
     progress: bool = True,
 ) -> CvRun:
     """``kaggle-kit cv``: cross-validate the models of ``feature_sets`` (default: every cached one) x ``heads``
-    (see :func:`model_specs`) on the experiment's fold plan, made or replaced as asked (see
-    :func:`kaggle_kit.folds.ensure_plan`); write each model's result unless it is cached.
+    (see :func:`model_specs`; ``pseudo`` adds the pseudo-labelling twins) on the experiment's fold plan, made
+    or replaced as asked (see :func:`kaggle_kit.folds.ensure_plan`); write each model's result unless it is
+    cached.
 
     ``data_dir``/``positive`` default to the experiment's, and the folder is read as the experiment remembers
     (its layout, labels file and columns: :func:`kaggle_kit.store.experiment_data`). Every model is scored in
@@ -310,7 +325,7 @@ def run_cv(
         if name not in available:
             raise KitError(f"no cached feature set {name!r} in {features_root(exp_dir)} (cached: "
                            f"{', '.join(available)}); run 'kaggle-kit features --backbone {name}' first", code=2)
-    specs = model_specs(chosen, heads)
+    specs = model_specs(chosen, heads, pseudo=pseudo)
     settings = experiment_data(exp_dir, data=data_dir, positive=positive)
     metric = experiment_metric(exp_dir)
     with experiment_lock(exp_dir, command="cv"):

@@ -12,7 +12,10 @@ Every head has the same shape::
 - ``tta_train``: fit on every view of the training rows (augmentation); ``tta_predict``: predict the mean
   over every view. Both need two views;
 - the result: out-of-fold P(positive) (n,) (NaN where ``fold`` is -1) and test P(positive) (m,) averaged
-  over the k fold models, plus the resolved parameters (e.g. the C chosen in each fold).
+  over the k fold models, each fold model's test P(positive) (m, k), plus the resolved parameters (e.g. the C
+  chosen in each fold);
+- ``extra`` (optional, :class:`ExtraRows`): more training rows, given per outer fold with their own targets
+  and weights (pseudo-labelled test rows: :mod:`kaggle_kit.pseudo`). They are only ever fitted.
 
 subtle: averages (over views, and over fold models for the test rows) are taken in **probability** space.
 The quantity every later stage consumes and Kaggle scores is a probability; the mean of probabilities is
@@ -27,11 +30,12 @@ on the training folds only) and ``mlp`` (a small Keras network, early-stopped on
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from scipy.special import expit
 
+from kaggle_kit.logistic import Design, LogisticProblems
 from kaggle_kit.metrics import log_loss
 
 # C values tried by the logistic regression, weakest regularisation last (sklearn's meaning: C multiplies
@@ -41,11 +45,43 @@ DEFAULT_CS = tuple(float(c) for c in np.logspace(-5, 1, 13))
 
 @dataclass(frozen=True)
 class HeadOutput:
-    """``oof`` float32 (n,) out-of-fold P(positive), NaN on rows with fold -1; ``test`` float32 (m,)."""
+    """``oof`` float32 (n,) out-of-fold P(positive), NaN on rows with fold -1; ``test`` float32 (m,): the
+    mean of ``test_folds`` float32 (m, k), column f the test P(positive) of the model of outer fold f."""
 
     oof: np.ndarray
     test: np.ndarray
     params: dict[str, Any]
+    test_folds: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class ExtraRows:
+    """Training rows beyond the labelled ones, given per outer fold (pseudo-labelled test rows, for one).
+
+    ``views``: one float32 (r, d) array per training view, in the training views' order (the flipped view of
+    each extra row where the head trains on flips); ``targets`` float (k, r) in [0, 1]: outer fold f's target
+    for extra row i (0/1, or soft); ``weights`` float (k, r) >= 0: its weight in fold f's fits (1 counts as
+    much as a labelled row, 0 leaves it out). Extra rows are only ever fitted: they are never held out,
+    predicted out of fold or scored, so inner CV and early stopping still judge labelled rows only.
+    """
+
+    views: Sequence[np.ndarray]
+    targets: np.ndarray
+    weights: np.ndarray
+
+    def check(self, k: int, d: int, n_views: int) -> None:
+        """Refuse extra rows that do not fit k outer folds, d features and n_views training views."""
+        if len(self.views) < n_views:
+            raise ValueError(f"extra rows need {n_views} view(s), like the training rows, got {len(self.views)}")
+        r = len(self.views[0])
+        for v in self.views:
+            if v.shape != (r, d):
+                raise ValueError(f"every view of the extra rows must be ({r}, {d}), got {v.shape}")
+        if np.shape(self.targets) != (k, r) or np.shape(self.weights) != (k, r):
+            raise ValueError(f"extra targets and weights must be ({k}, {r}) (folds, rows), got "
+                             f"{np.shape(self.targets)} and {np.shape(self.weights)}")
+        if not ((self.targets >= 0) & (self.targets <= 1)).all() or (self.weights < 0).any():
+            raise ValueError("extra targets must lie in [0, 1] and their weights be >= 0")
 
 
 @dataclass(frozen=True)
@@ -129,193 +165,6 @@ def _standardiser(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), sd.astype(np.float32)
 
 
-# ------------------------------------------------------------------------------------- batched L-BFGS solver
-def _lbfgs(fg: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]], U: np.ndarray,
-           problems: np.ndarray, *, tol: float, max_iter: int, memory: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """Minimise m independent smooth convex functions at once by L-BFGS with Armijo backtracking.
-
-    ``U`` float64 (p, m): the start, one column per problem; ``problems`` (m,) the problems' ids.
-    ``fg(U_a, ids) -> (f (len(ids),), G (p, len(ids)))`` evaluates the problems ``ids`` at ``U_a``.
-    A problem stops when ||G||^2 / 2 <= ``tol`` (with a well-preconditioned objective, an estimate of its
-    distance to the minimum), after ``max_iter`` iterations, or when no step lowers it any more (the
-    floating-point floor). Returns the minimisers (p, m) and the iterations each took (m,).
-
-    Solving the problems together turns each one's matrix-vector products into one matrix-matrix product,
-    which reads the data once for all of them.
-    """
-    p, m = U.shape
-    U = U.copy()
-    f, G = fg(U, problems)
-    S = np.zeros((memory, p, m))
-    Y = np.zeros((memory, p, m))
-    rho = np.zeros((memory, m))  # 1 / s'y of each stored pair; 0 marks a pair that is not used
-    gamma = np.ones(m)  # the scale of the initial inverse Hessian, s'y / y'y of the newest good pair
-    n_iter = np.zeros(m, dtype=np.int64)
-    active = 0.5 * np.einsum("ij,ij->j", G, G) > tol
-    newest, stored = -1, 0
-    for _ in range(max_iter):
-        a = np.flatnonzero(active)
-        if a.size == 0:
-            break
-        g = G[:, a]
-        order = [(newest - i) % memory for i in range(stored)]  # newest pair first
-        q = g.copy()
-        alphas = []
-        for i in order:
-            alpha = rho[i, a] * np.einsum("ij,ij->j", S[i][:, a], q)
-            q -= alpha * Y[i][:, a]
-            alphas.append(alpha)
-        q *= gamma[a]
-        for i, alpha in zip(reversed(order), reversed(alphas)):
-            beta = rho[i, a] * np.einsum("ij,ij->j", Y[i][:, a], q)
-            q += (alpha - beta) * S[i][:, a]
-        d = -q
-        slope = np.einsum("ij,ij->j", g, d)
-        uphill = slope >= 0  # impossible with positive curvature pairs, but rounding may do it: use -g then
-        d[:, uphill] = -g[:, uphill]
-        slope[uphill] = -np.einsum("ij,ij->j", g[:, uphill], g[:, uphill])
-        step = np.ones(a.size)
-        U_new = U[:, a] + d
-        f_new, G_new = fg(U_new, problems[a])
-        ok = f_new <= f[a] + 1e-4 * step * slope
-        for _ in range(20):
-            if ok.all():
-                break
-            r = np.flatnonzero(~ok)
-            step[r] *= 0.25
-            U_new[:, r] = U[:, a[r]] + step[r] * d[:, r]
-            f_new[r], G_new[:, r] = fg(U_new[:, r], problems[a[r]])
-            ok[r] = f_new[r] <= f[a[r]] + 1e-4 * step[r] * slope[r]
-        s = U_new - U[:, a]
-        yv = G_new - g
-        sy = np.einsum("ij,ij->j", s, yv)
-        yy = np.einsum("ij,ij->j", yv, yv)
-        good = ok & (sy > 1e-12 * yy) & (yy > 0)
-        newest, stored = (newest + 1) % memory, min(stored + 1, memory)
-        rho[newest] = 0.0
-        S[newest][:, a] = s
-        Y[newest][:, a] = yv
-        rho[newest, a] = np.where(good, 1.0 / np.where(good, sy, 1.0), 0.0)
-        gamma[a] = np.where(good, sy / np.where(good, yy, 1.0), gamma[a])
-        moved = a[ok]
-        U[:, moved], f[moved], G[:, moved] = U_new[:, ok], f_new[ok], G_new[:, ok]
-        n_iter[a] += 1
-        active[a] = ok & (0.5 * np.einsum("ij,ij->j", G_new, G_new) > tol)
-    return U, n_iter
-
-
-class _Data:
-    """The training matrix every problem shares: X float32 (N, d), its transpose stored contiguously (the
-    gradient's product X'R runs about a third faster so), labels y (N, 1), and the solver's preconditioner.
-
-    The preconditioner approximates the Hessian X'DX / N + lam (D: the rows' p (1 - p)) by c X'X / N + lam,
-    with c the mean of p (1 - p) at the start of a solve, and takes T = (c X'X / N + lam)^(-1/2) on the
-    weights and c^(-1/2) on the intercept: with W = T U the problem in U is close to isotropic, so L-BFGS
-    needs a fraction of the iterations and ||gradient in U||^2 / 2 estimates the distance to the minimum.
-    X'X / N comes from its top principal directions ``basis`` (d, r) with eigenvalues ``top`` (r,), the
-    other d - r eigenvalues taken as their mean ``rest``.
-    """
-
-    def __init__(self, X: np.ndarray, y: np.ndarray, *, rank: int, total: float, seed: int):
-        from threadpoolctl import ThreadpoolController
-
-        self.X, self.XT, self.y = X, _transpose(X), y.astype(np.float32)[:, None]
-        self._blas = ThreadpoolController()
-        with self.serial():
-            self.basis, self.top, self.rest = _principal(X, rank=rank, total=total, seed=seed)
-
-    def serial(self) -> ContextManager:
-        """Run BLAS on one thread inside: for small products, which run several times slower on two (waking
-        the threads dominates), and far slower still while other processes keep the cores busy."""
-        return self._blas.limit(limits=1, user_api="blas")
-
-    def precondition(self, M: np.ndarray, lam: np.ndarray, curv: np.ndarray, power: float) -> np.ndarray:
-        """T^(-2 power) M for M (d + 1, m), penalties lam (m,) and curvatures c (m,): power -1/2 maps U to
-        W, +1/2 maps W to U."""
-        h_top = (curv * self.top[:, None] + lam) ** power
-        h_rest = (curv * self.rest + lam) ** power
-        out = np.empty_like(M)
-        with self.serial():
-            out[:-1] = h_rest * M[:-1] + self.basis @ ((h_top - h_rest) * (self.basis.T @ M[:-1]))
-        out[-1] = curv ** power * M[-1]
-        return out
-
-
-def _transpose(X: np.ndarray, *, block: int = 256) -> np.ndarray:
-    """X (N, d) transposed into a new C-ordered (d, N) array, by row blocks (3x faster than one copy)."""
-    XT = np.empty((X.shape[1], X.shape[0]), dtype=X.dtype)
-    for a in range(0, len(X), block):
-        XT[:, a:a + block] = X[a:a + block].T
-    return XT
-
-
-def _principal(X: np.ndarray, *, rank: int, total: float, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Top principal directions of centred X (N, d): basis (d, r) float64, eigenvalues of X'X / N (r,), and
-    the mean of the other d - r eigenvalues (``total`` is the trace of X'X / N).
-
-    subtle: a preconditioner only has to be roughly right, so the directions come from at most 4,096 rows.
-    """
-    N, d = X.shape
-    rows = X if N <= 4096 else X[np.sort(np.random.default_rng(seed).choice(N, 4096, replace=False))]
-    if d <= 2 * rank:  # small enough for the exact decomposition
-        top, basis = np.linalg.eigh((rows.T @ rows).astype(np.float64) / len(rows))
-        return basis, np.maximum(top, 0.0), 0.0
-    from sklearn.utils.extmath import randomized_svd
-
-    _, s, Vt = randomized_svd(rows, rank, n_iter=2, random_state=seed)
-    top = s.astype(np.float64) ** 2 / len(rows)
-    return Vt.T.astype(np.float64), top, max(total - top.sum(), 0.0) / (d - rank)
-
-
-class _Logistic:
-    """m L2-regularised logistic regressions on the rows of ``data``, each with its own standardisation.
-
-    ``masks`` float32 (N, m): 1 where problem j fits row i; ``mu``, ``sd`` float32 (d, m): problem j fits
-    (X - mu_j) / sd_j, applied algebraically so that every problem shares X; ``lam`` (m,): problem j
-    minimises its rows' mean log loss + lam_j ||w||^2 / 2. Weights ``W`` float64 (d + 1, m) hold the
-    coefficients on standardised features, then the intercept; the solver works on U = T^-1 W.
-    """
-
-    def __init__(self, data: _Data, masks: np.ndarray, mu: np.ndarray, sd: np.ndarray):
-        self.data, self.masks, self.mu, self.sd = data, masks, mu, sd
-        self.n = masks.sum(axis=0, dtype=np.float64)
-        self.lam = np.zeros(masks.shape[1])
-        self.curv = np.full(masks.shape[1], 0.25)
-
-    def logits(self, X: np.ndarray, W: np.ndarray, a: np.ndarray) -> np.ndarray:
-        """(rows, len(a)) float32 logits of raw X (rows, d) under weights W (d + 1, len(a)) of problems a."""
-        V = (W[:-1] / self.sd[:, a]).astype(np.float32)
-        c = W[-1] - np.einsum("ij,ij->j", self.mu[:, a], V, dtype=np.float64)
-        return X @ V + c.astype(np.float32)
-
-    def __call__(self, U: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Objectives (len(a),) of problems ``a`` at U (d + 1, len(a)), and their gradients in U."""
-        lam, curv = self.lam[a], self.curv[a]
-        W = self.data.precondition(U, lam, curv, -0.5)
-        Z = self.logits(self.data.X, W, a)
-        M, y, n, w = self.masks[:, a], self.data.y, self.n[a], W[:-1]
-        loss = (np.logaddexp(np.float32(0), Z) - y * Z) * M
-        f = loss.sum(axis=0, dtype=np.float64) / n + 0.5 * lam * np.einsum("ij,ij->j", w, w)
-        R = (expit(Z) - y) * (M / n.astype(np.float32))
-        r_sum = R.sum(axis=0, dtype=np.float64)
-        G = np.empty_like(W)
-        G[:-1] = (self.data.XT @ R - self.mu[:, a] * r_sum) / self.sd[:, a] + lam * w
-        G[-1] = r_sum
-        # T is symmetric: the gradient in U is T times the gradient in W
-        return f, self.data.precondition(G, lam, curv, -0.5)
-
-    def solve(self, W: np.ndarray, a: np.ndarray, *, tol: float, max_iter: int) -> tuple[np.ndarray, np.ndarray]:
-        """Minimise problems ``a`` starting from weights W (d + 1, len(a)); return the weights, iterations."""
-        P = expit(self.logits(self.data.X, W, a))
-        M = self.masks[:, a]
-        # subtle: a confident model's curvature is far below the 1/4 of an untrained one; preconditioning
-        # with 1/4 would stop the solver far from the minimum while its gradient looks small.
-        self.curv[a] = np.maximum((P * (1 - P) * M).sum(axis=0, dtype=np.float64) / self.n[a], 1e-4)
-        lam, curv = self.lam[a], self.curv[a]
-        U, n_iter = _lbfgs(self, self.data.precondition(W, lam, curv, 0.5), a, tol=tol, max_iter=max_iter)
-        return self.data.precondition(U, lam, curv, -0.5), n_iter
-
-
 def _inner_folds(y: np.ndarray, fold: np.ndarray, k: int, *, n_inner: int, seed: int) -> np.ndarray:
     """(k, n) int: for outer fold f, the inner fold 0..n_inner-1 of each of its training rows, else -1."""
     from sklearn.model_selection import StratifiedKFold
@@ -344,6 +193,7 @@ def fit_logreg(
     tta_predict: bool = False,
     seed: int,
     on_fold: Callable[[int], None] = lambda n: None,
+    extra: ExtraRows | None = None,
 ) -> HeadOutput:
     """StandardScaler + LogisticRegression per outer fold, C chosen by inner stratified CV (log loss).
 
@@ -353,11 +203,19 @@ def fit_logreg(
     solver iteration reads it once for all of them. C is walked from strong to weak regularisation with
     warm starts, and the walk stops for a fold once its inner-CV loss has not improved ``patience`` times in
     a row. Shapes: see the module docstring. ``on_fold(k)`` is called once all k folds are done.
+
+    ``extra`` rows join the inner and the outer fits of their fold (as sample weights and per-problem
+    targets); the standardisation stays that of the labelled training rows. subtle: fold f's inner fits see
+    fold f's extra rows whole, so where their targets were made from all of fold f's training rows
+    (pseudo-labels), the inner scores that choose C can be a little optimistic; that touches the choice of
+    C inside fold f only, never the held-out rows of fold f.
     """
     y = np.asarray(y).astype(np.int64)
     fold = np.asarray(fold)
     k = _check(views, y, fold, test_views, tta_train=tta_train, tta_predict=tta_predict)
     n, J = len(y), settings.inner_folds
+    if extra is not None:
+        extra.check(k, views[0].shape[1], len(views) if tta_train else 1)
     n_pred_views = len(views) if tta_predict else 1
     n_fit_views = len(views) if tta_train else 1
     # One float32 matrix of every view needed, globally standardised. This only conditions the numbers (the
@@ -392,11 +250,17 @@ def fit_logreg(
     sd = np.sqrt(np.maximum(sq / counts - mu * mu, 0.0))
     sd[sd < 1e-6] = 1.0
     mu, sd = mu.T.astype(np.float32), sd.T.astype(np.float32)  # (d, k)
-    data = _Data(X_fit, np.tile(y, n_fit_views), rank=settings.precondition_rank, total=total / len(X_fit),
-                 seed=seed)
+    mean_sq = total / len(X_fit)  # of the labelled rows; it only sets the preconditioner (speed, not result)
+    y_fit = np.tile(y, n_fit_views)
+    inner_targets = outer_targets = None
+    if extra is not None:
+        X_fit, y_fit, inner_fit, outer_fit, inner_targets, outer_targets = _with_extra(
+            extra, X_fit, y_fit, inner_fit, outer_fit, g_mean=g_mean, g_sd=g_sd, n_views=n_fit_views, J=J)
+    data = Design(X_fit, y_fit, rank=settings.precondition_rank, total=mean_sq, seed=seed)
 
     # ---- the inner CV along the C path
-    inner_problem = _Logistic(data, inner_fit, np.repeat(mu, J, axis=1), np.repeat(sd, J, axis=1))
+    inner_problem = LogisticProblems(data, inner_fit, np.repeat(mu, J, axis=1), np.repeat(sd, J, axis=1),
+                                     targets=inner_targets)
     prior = inner_train.T @ y / inner_train.sum(axis=0)
     W = np.zeros((X_fit.shape[1] + 1, k * J))
     W[-1] = np.log(prior / (1 - prior))
@@ -428,7 +292,7 @@ def fit_logreg(
 
     # ---- each outer fold refitted on all its training rows at its C, warm-started from its inner fits
     chosen = np.array([settings.Cs[i] for i in best_at])
-    outer_problem = _Logistic(data, outer_fit, mu, sd)
+    outer_problem = LogisticProblems(data, outer_fit, mu, sd, targets=outer_targets)
     folds = np.arange(k)
     outer_problem.lam[:] = 1.0 / (chosen * outer_problem.n)
     W_out, its = outer_problem.solve(best_W.reshape(-1, k, J).mean(axis=2), folds, tol=settings.refit_tol,
@@ -439,14 +303,33 @@ def fit_logreg(
     oof = np.full(n, np.nan, dtype=np.float32)
     oof[used] = P[used, fold[used]]
     test_X = [(np.asarray(v, dtype=np.float32) - g_mean) / g_sd for v in test_views[:n_pred_views]]
-    test = _view_mean([expit(outer_problem.logits(Xv, W_out, folds)) for Xv in test_X]).mean(axis=1)
+    test_folds = _view_mean([expit(outer_problem.logits(Xv, W_out, folds)) for Xv in test_X])  # (m, k)
     on_fold(k)
     return HeadOutput(
         oof=oof,
-        test=test.astype(np.float32),  # the mean over fold models, in probability space
+        test=test_folds.mean(axis=1).astype(np.float32),  # the mean over fold models, in probability space
         params={"C": chosen.tolist(), "inner_logloss": [round(float(x), 6) for x in best_loss],
                 "inner_logloss_path": path, "solver_iterations": iterations},
+        test_folds=test_folds.astype(np.float32),
     )
+
+
+def _with_extra(extra: ExtraRows, X_fit: np.ndarray, y_fit: np.ndarray, inner_fit: np.ndarray,
+                outer_fit: np.ndarray, *, g_mean: np.ndarray, g_sd: np.ndarray, n_views: int, J: int):
+    """The logreg fit's arrays with the extra rows appended: rows (N + R, d), shared labels (N + R,), inner
+    masks (N + R, k J), outer masks (N + R, k) and per-problem targets (N + R, k J) and (N + R, k). The
+    extra rows are standardised as the training rows were (globally) and tiled over the views; rows that
+    no fold uses are dropped."""
+    E = np.concatenate([(np.asarray(v, dtype=np.float32) - g_mean) / g_sd for v in extra.views[:n_views]])
+    weights = np.tile(np.asarray(extra.weights, dtype=np.float32).T, (n_views, 1))  # (R, k)
+    targets = np.tile(np.asarray(extra.targets, dtype=np.float32).T, (n_views, 1))
+    used = weights.max(axis=1) > 0
+    E, weights, targets = E[used], weights[used], targets[used]
+    labels = y_fit.astype(np.float32)
+    outer_targets = np.concatenate([np.repeat(labels[:, None], weights.shape[1], axis=1), targets])
+    return (np.concatenate([X_fit, E]), np.concatenate([labels, targets[:, 0]]),
+            np.concatenate([inner_fit, np.repeat(weights, J, axis=1)]), np.concatenate([outer_fit, weights]),
+            np.repeat(outer_targets, J, axis=1), outer_targets)
 
 
 # ------------------------------------------------------------------------------------------------- mlp
@@ -482,6 +365,7 @@ def fit_mlp(
     tta_predict: bool = False,
     seed: int,
     on_fold: Callable[[int], None] = lambda n: None,
+    extra: ExtraRows | None = None,
 ) -> HeadOutput:
     """A small Keras network per outer fold, early-stopped on a stratified split of its training rows.
 
@@ -490,6 +374,9 @@ def fit_mlp(
     weights of the best epoch are kept, the untrained network (which predicts the prior) included. Each
     fold's randomness (split, initial weights, dropout, batch order) comes from ``seed``. Shapes: see the
     module docstring. ``on_fold(1)`` is called after each fold.
+
+    ``extra`` rows of fold f join its fitting rows with their targets and weights (never its early-stopping
+    rows); the standardisation and the initial bias stay those of the labelled fitting rows.
     """
     from sklearn.model_selection import train_test_split
 
@@ -500,11 +387,14 @@ def fit_mlp(
     y = np.asarray(y).astype(np.int64)
     fold = np.asarray(fold)
     k = _check(views, y, fold, test_views, tta_train=tta_train, tta_predict=tta_predict)
+    if extra is not None:
+        extra.check(k, views[0].shape[1], len(views) if tta_train else 1)
     fit_views = views if tta_train else views[:1]
     pred_views, pred_test = views[:len(views) if tta_predict else 1], test_views[:len(views) if tta_predict else 1]
     fold_seeds = np.random.SeedSequence(seed).generate_state(k)
     oof = np.full(len(y), np.nan, dtype=np.float32)
     test = np.zeros(len(test_views[0]))
+    test_folds = np.zeros((len(test_views[0]), k), dtype=np.float32)
     epochs = []
     # subtle: one compiled model serves every fold (each fold resets its weights and the optimizer's state),
     # because a new model traces its training step anew, at about a second a model.
@@ -523,10 +413,19 @@ def fit_mlp(
         X_fit = np.concatenate([np.asarray(v[fit_rows], dtype=np.float32) for v in fit_views])
         y_fit = np.tile(y[fit_rows], len(fit_views)).astype(np.float32)
         mean, sd = _standardiser(X_fit)
+        prior = float(y_fit.mean())
+        w_fit = None
+        if extra is not None:
+            used = np.flatnonzero(extra.weights[f] > 0)
+            X_fit = np.concatenate([X_fit] + [np.asarray(v[used], dtype=np.float32)
+                                              for v in extra.views[:len(fit_views)]])
+            y_fit = np.concatenate([y_fit, np.tile(extra.targets[f][used], len(fit_views)).astype(np.float32)])
+            w_fit = np.concatenate([np.ones(len(fit_rows) * len(fit_views), dtype=np.float32),
+                                    np.tile(extra.weights[f][used], len(fit_views)).astype(np.float32)])
         X_fit = (X_fit - mean) / sd
 
         keras.utils.set_random_seed(int(fold_seeds[f]))
-        model.set_weights(_mlp_model(keras, X_fit.shape[1], settings, prior=float(y_fit.mean())).get_weights())
+        model.set_weights(_mlp_model(keras, X_fit.shape[1], settings, prior=prior).get_weights())
         for variable, value in zip(model.optimizer.variables, fresh_optimizer):
             variable.assign(value)
 
@@ -547,7 +446,10 @@ def fit_mlp(
             order = rng.permutation(len(X_fit))
             for start in range(0, len(order) - size + 1, size):
                 batch = order[start:start + size]
-                model.train_on_batch(X_fit[batch], y_fit[batch])
+                if w_fit is None:
+                    model.train_on_batch(X_fit[batch], y_fit[batch])
+                else:
+                    model.train_on_batch(X_fit[batch], y_fit[batch], sample_weight=w_fit[batch])
             loss = log_loss(y[stop_rows], predict(stop_views))
             if loss < best_loss:
                 best_loss, best_weights, best_epoch, waited = loss, model.get_weights(), epoch, 0
@@ -559,10 +461,11 @@ def fit_mlp(
         epochs.append(best_epoch)
         rows = np.flatnonzero(fold == f)
         oof[rows] = predict([v[rows] for v in pred_views])
-        test += predict(pred_test) / k  # the mean over fold models, in probability space
+        test_folds[:, f] = predict(pred_test)
+        test += test_folds[:, f] / k  # the mean over fold models, in probability space
         on_fold(1)
     keras.backend.clear_session()
-    return HeadOutput(oof=oof, test=test.astype(np.float32), params={"epochs": epochs})
+    return HeadOutput(oof=oof, test=test.astype(np.float32), params={"epochs": epochs}, test_folds=test_folds)
 
 
 HEADS: dict[str, tuple[Callable[..., HeadOutput], type]] = {

@@ -19,7 +19,8 @@ Layout::
     experiments/<exp>/folds/              kaggle-kit/folds/1: the one fold plan of the experiment
         plan.npy                          int8 (repeats, n_train): the fold of each training row per repeat
         y.npy, ids.json                   int8 (n_train,) labels; train_ids, test_ids
-    experiments/<exp>/cv/<model>/         kaggle-kit/cv/1: one model's cross-validation
+    experiments/<exp>/cv/<model>/         kaggle-kit/cv/1: one model's cross-validation (<model>_pl: its
+                                          pseudo-labelling twin, ``cv --pseudo``)
         oof.npy                           float32 (repeats, n_train): out-of-fold P(positive), NaN on left-out rows
         test.npy                          float32 (n_test,): test P(positive)
     experiments/<exp>/blend/              kaggle-kit/blend/2
@@ -742,6 +743,7 @@ def write_plan(exp_dir: Path, *, plan: np.ndarray, y: np.ndarray, train_ids: Seq
 # ------------------------------------------------------------------------------------------------------ cv
 CV_FORMAT = "kaggle-kit/cv/1"
 CONCAT_MODEL = "concat"
+PSEUDO_SUFFIX = "_pl"  # a model fitted with pseudo-labels: <model>_pl, head <head>_pl
 _CV_KEYS = ("model", "head", "features", "feature_keys", "plan_sha256", "key", "scores", "seconds", "n_train",
             "n_test")
 _SCORE_KEYS = ("oof_logloss", "oof_accuracy")
@@ -772,10 +774,20 @@ def concat_head_option(head: str) -> str:
     return "concat" if head == "logreg" else f"concat_{head}"
 
 
+def pseudo_twin(name: str) -> str:
+    """The pseudo-labelling twin (``kaggle-kit cv --pseudo``) of a head or a model: 'logreg' -> 'logreg_pl',
+    'squeezenet__logreg' -> 'squeezenet__logreg_pl' (a model's name ends with its head, so the twin's name is
+    :func:`model_name` of the twin head)."""
+    return name + PSEUDO_SUFFIX
+
+
 def cv_command(exp_dir: Path, *, model: str, head: str, features: Sequence[str]) -> str:
-    """The command that recomputes one model."""
-    option = concat_head_option(head) if model == model_name(CONCAT_MODEL, head) else head
-    return command(exp_dir, "cv", *(a for f in features for a in ("--backbone", f)), "--head", option)
+    """The command that recomputes one model (with ``--pseudo`` for a pseudo-labelling twin)."""
+    pseudo = head.endswith(PSEUDO_SUFFIX)
+    plain = head.removesuffix(PSEUDO_SUFFIX)
+    option = concat_head_option(plain) if model == model_name(CONCAT_MODEL, head) else plain
+    return command(exp_dir, "cv", *(a for f in features for a in ("--backbone", f)), "--head", option,
+                   *(["--pseudo"] if pseudo else []))
 
 
 @dataclass(frozen=True)

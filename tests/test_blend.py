@@ -146,6 +146,41 @@ def test_fits_on_inverted_predictions_never_flip_them():
         B.fit_calibrator(inverted, y, kind="platt")
 
 
+def test_platt_is_the_unpenalised_fit_on_platts_targets():
+    # Few rows and a strong signal: an L2 penalty (scikit-learn's default C=1) would shrink the slope a lot.
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(11)
+    n = 40
+    z = rng.normal(0.0, 1.0, n)
+    y = (rng.uniform(size=n) < expit(3.0 * z - 0.5)).astype(int)
+    cal = B.fit_calibrator(expit(z), y, kind="platt")
+    # the reference: an unpenalised logistic regression on Platt's targets, each row twice (as label 1 with
+    # weight t, as label 0 with weight 1 - t)
+    n1, n0 = y.sum(), n - y.sum()
+    t = np.where(y == 1, (n1 + 1) / (n1 + 2), 1 / (n0 + 2))
+    ref = LogisticRegression(C=np.inf, tol=1e-12, max_iter=10_000).fit(
+        np.r_[z, z][:, None], np.r_[np.ones(n), np.zeros(n)], sample_weight=np.r_[t, 1 - t])
+    assert cal.params["slope"] == pytest.approx(ref.coef_[0, 0], rel=1e-6)
+    assert cal.params["intercept"] == pytest.approx(ref.intercept_[0], abs=1e-6)
+    penalised = LogisticRegression().fit(z[:, None], y)  # what a penalised Platt fit would give
+    assert cal.params["slope"] > penalised.coef_[0, 0] + 0.3
+
+
+def test_platt_recovers_a_known_slope_and_intercept_and_stays_finite_on_separated_data():
+    rng = np.random.default_rng(12)
+    z = rng.normal(0.0, 2.0, 20_000)
+    y = (rng.uniform(size=z.size) < expit(0.4 * z + 0.8)).astype(int)  # overconfident by 2.5x, shifted
+    cal = B.fit_calibrator(expit(z), y, kind="platt")
+    assert cal.params["slope"] == pytest.approx(0.4, abs=0.02)
+    assert cal.params["intercept"] == pytest.approx(0.8, abs=0.05)
+    # logits that separate the classes: an unpenalised fit on 0/1 targets has no finite minimum
+    y = (z > 0).astype(int)
+    cal = B.fit_calibrator(expit(z), y, kind="platt")
+    assert math.isfinite(cal.params["slope"]) and cal.params["slope"] > 1.0  # sharper, but finite
+    assert np.mean((cal.predict(expit(z)) > 0.5) == y) > 0.999
+
+
 def test_calibration_fixes_overconfidence_and_never_raises_oof_loss():
     rng = np.random.default_rng(5)
     n = 2000
