@@ -44,6 +44,7 @@ from kaggle_kit.store import (
 )
 
 TTA_MODES = ("none", "flip")
+DEFAULT_BACKBONE = "xception"  # the classic recipe's best single backbone
 
 
 @dataclass(frozen=True)
@@ -350,7 +351,7 @@ def extract_features(
 def run_features(
     exp_dir: Path,
     *,
-    backbone: str = "xception",
+    backbone: str = DEFAULT_BACKBONE,
     data: Path | None = None,
     weights: str = "imagenet",
     image_size: int | None = None,

@@ -959,3 +959,102 @@ def write_report_files(exp_dir: Path, *, page: str, plots: Mapping[str, bytes]) 
         write_bytes_atomic(path, png)
     write_bytes_atomic(report_page(exp_dir), page.encode("utf-8"))
     return report_page(exp_dir), paths
+
+
+# -------------------------------------------------------------------------------- read-only views for status
+# Used by ``kaggle-kit status`` (kaggle_kit/status.py). Each reads what a loader above reads, with the same
+# checks, but where the loader refuses a stale result these return it with the reason it is stale, so status
+# can show it. They never write and take no lock.
+
+def recorded_metric(exp_dir: Path) -> str | None:
+    """The competition metric ``experiment.json`` records (key ``metric``), or None when it records none."""
+    path = exp_dir / "experiment.json"
+    manifest = read_json(path) if path.is_file() else None
+    metric = manifest.get("metric") if isinstance(manifest, dict) else None
+    return metric if isinstance(metric, str) else None
+
+
+def finished_folders(root: Path) -> list[str]:
+    """Names of the folders in ``root`` that hold a manifest (finished results), sorted."""
+    return _finished(root)
+
+
+def features_rerun(out_dir: Path) -> str | None:
+    """The command that makes the feature set in ``out_dir`` again (or resumes its extraction): from its
+    manifest where that can be read, else from the folder's name; None for features made by another tool."""
+    try:
+        manifest = read_manifest(out_dir / MANIFEST, fmt=FEATURES_FORMAT, rerun="kaggle-kit features")
+    except (KitError, FileNotFoundError):
+        manifest = None
+    if manifest is not None and manifest.get("weights_kind") == EXTERNAL_WEIGHTS:
+        return None
+    return features_command(out_dir, manifest)
+
+
+def unfinished_folders(root: Path) -> list[str]:
+    """Names of the folders in ``root`` without a manifest (work a killed or running command left), sorted."""
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and not (p / MANIFEST).is_file())
+
+
+def features_stale_reason(features: FeatureSet, image_list_hash: str) -> str | None:
+    """Why ``features`` is stale for a data folder whose images hash to ``image_list_hash`` (None: current)."""
+    if features.manifest["image_list_hash"] != image_list_hash:
+        return "computed on other images than the data folder now holds"
+    return None
+
+
+def inspect_cv_result(exp_dir: Path, model: str, *, plan: FoldPlan | None) -> tuple[CvResult, str | None]:
+    """``<exp>/cv/<model>/`` and why it is stale (None: current, and then loaded by :func:`load_cv_result` with
+    every check); a stale result's arrays are memory-mapped as they are. ``plan`` None: the experiment has no
+    readable plan. Raises KitError when the result cannot be read."""
+    out = cv_dir(exp_dir, model)
+    manifest = _cv_manifest(exp_dir, model)
+    rerun = cv_command(exp_dir, model=model, head=manifest["head"], features=manifest["features"])
+    reason = None
+    if plan is None:
+        reason = "the fold plan it was made on is gone"
+    elif manifest["plan_sha256"] != plan.sha256:
+        reason = f"made on another fold plan than the current one ({plan.describe()})"
+    else:
+        for name, key in manifest["feature_keys"].items():
+            if not (features_dir(exp_dir, name) / MANIFEST).exists():
+                continue  # removed since: the result is still whole (as load_cv_result has it)
+            try:
+                current = _features_manifest(features_dir(exp_dir, name))["key"]
+            except KitError:
+                reason = f"its features '{name}' cannot be read"
+                break
+            if current != key:
+                reason = f"its features '{name}' were extracted again since"
+                break
+    if reason is None:
+        return load_cv_result(exp_dir, model, plan=plan), None
+    oof, test = load_npy(out / "oof.npy", rerun=rerun), load_npy(out / "test.npy", rerun=rerun)
+    return CvResult(model=model, manifest=manifest, oof=oof, test=test), reason
+
+
+def inspect_blend(exp_dir: Path, *, plan: FoldPlan | None,
+                  current: Mapping[str, CvResult]) -> tuple[BlendRecord, str | None]:
+    """``<exp>/blend/`` and why it is stale (None: current, and then loaded by :func:`load_blend` with every
+    check): made on another plan, or from cv results other than ``current`` (the finished models that are
+    themselves current; a model added since counts too). Raises KitError when the blend cannot be read."""
+    out = blend_dir(exp_dir)
+    rerun = command(exp_dir, "blend")
+    manifest = _read(out / MANIFEST, BLEND_FORMAT, _BLEND_KEYS, rerun=rerun)
+    inputs = manifest["inputs"]["cv"]
+    changed = [m for m, digest in inputs.items() if m not in current or current[m].sha256 != digest]
+    added = [m for m in current if m not in inputs]
+    reason = None
+    if plan is None or manifest["plan_sha256"] != plan.sha256:
+        reason = "made on another fold plan than the current one"
+    elif changed:
+        reason = f"made from cv results that changed or went stale since: {', '.join(changed)}"
+    elif added:
+        reason = f"made before these cv models: {', '.join(added)}"
+    if reason is None:
+        return load_blend(exp_dir), None
+    arrays = {name: load_npy(out / f"{name}.npy", rerun=rerun) for name in _BLEND_ARRAYS}
+    return BlendRecord(path=out, manifest=manifest, test_ids=plan.test_ids if plan else (), **arrays), reason
