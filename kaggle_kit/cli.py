@@ -2,8 +2,9 @@
 
 Each command calls one stage function (``run_features``, ``run_cv``, ``run_blend``, ``make_submission``,
 ``write_report``, ``run_demo``), which takes the experiment folder and keyword settings, holds the
-experiment's lock itself and returns a result that knows its own lines of output. The choices of an option
-(``--tta``, ``--head``, ``--method``, ``--metric``) are the tuples defined by the module that uses them.
+experiment's lock itself and returns a result that knows its own lines of output (``status`` only reads:
+``experiment_status``). The choices of an option (``--tta``, ``--head``, ``--method``, ``--metric``) are the
+tuples defined by the module that uses them.
 
 Every user error ends with one line on stderr and a non-zero exit code (2 for bad input, 3 for a busy
 experiment, 130 for Ctrl-C), never a traceback. Commands are listed in ``--help`` in the order a user runs them.
@@ -22,7 +23,7 @@ import typer
 from kaggle_kit.artifacts import KitError
 from kaggle_kit.blend import METHODS
 from kaggle_kit.cv import HEAD_CHOICES
-from kaggle_kit.features import TTA_MODES
+from kaggle_kit.features import DEFAULT_BACKBONE, TTA_MODES
 from kaggle_kit.kaggle_api import DEFAULT_COMPETITION
 from kaggle_kit.store import experiment_dir
 from kaggle_kit.submit import METRICS
@@ -110,7 +111,9 @@ def backbones():
 @app.command()
 @handle_errors
 def features(
-    backbone: str = typer.Option("xception", "--backbone", "-b", help="Backbone name; see 'kaggle-kit backbones'."),
+    backbone: str = typer.Option(
+        DEFAULT_BACKBONE, "--backbone", "-b", help="Backbone name; see 'kaggle-kit backbones'.",
+    ),
     data: Optional[Path] = DataOption,
     exp: str = ExpOption,
     weights: str = typer.Option(
@@ -216,6 +219,20 @@ def report(
     for note in result.notes:
         _err(f"note: {note}")
     _echo(result.lines())
+
+
+@app.command()
+@handle_errors
+def status(
+    exp: str = ExpOption,
+    as_json: bool = typer.Option(False, "--json", help="Print the same content as one JSON document."),
+):
+    """Show the experiment: data, feature sets, fold plan, cv models, blend, latest submission, what is stale,
+    and the one command to run next. Reads only: no lock, nothing written."""
+    from kaggle_kit.status import experiment_status, render_json, render_text
+
+    result = experiment_status(experiment_dir(exp))
+    _echo(render_json(result) if as_json else render_text(result))
 
 
 @app.command()
