@@ -80,7 +80,8 @@ def features(
     exp: str = ExpOption,
     weights: str = typer.Option(
         "imagenet", "--weights", "-w",
-        help="'imagenet' (Keras downloads and caches them), 'none' (random init: NOT pretrained), or a local file.",
+        help="'imagenet' (a copy in $KAGGLE_KIT_WEIGHTS or Keras's cache, else Keras downloads it), a folder "
+             "holding the published file, a local file, or 'none' (random init: NOT pretrained).",
     ),
     image_size: Optional[int] = typer.Option(None, "--image-size", min=8, help="Override the backbone's input size."),
     tta: Tta = typer.Option(Tta.none, "--tta", help="'flip' also extracts horizontally flipped images."),
@@ -102,8 +103,8 @@ def features(
     exp_dir = experiment_dir(exp)
     data_dir, positive = _resolve_data(exp_dir, data, positive)
     dataset = discover(data_dir, positive=positive)
-    choice = resolve_weights(spec, weights)
     size = image_size or spec.input_size
+    choice = resolve_weights(spec, weights, image_size=size)
     out_name = check_name("feature set", name) if name else default_name(spec, size)
     settings = FeatureSettings(backbone=spec, weights=choice, image_size=size, tta=tta.value,
                                batch_size=batch_size, workers=workers, shard_size=shard_size)

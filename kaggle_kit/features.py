@@ -432,6 +432,7 @@ def extract_features(
         builder=backbone.builder,
         weights=settings.weights.identity,
         weights_kind=settings.weights.kind,
+        weights_path=str(settings.weights.path) if settings.weights.path is not None else None,
         input_size=settings.image_size,
         preprocess=backbone.preprocess,
         images_computed=n_new,

