@@ -21,7 +21,9 @@ import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
+
+import numpy as np
 
 from kaggle_kit.artifacts import KitError, sha256_file
 from kaggle_kit.weights import WeightsFile, attach_hint, expected_file, find_file, search_folders
@@ -277,6 +279,63 @@ def build_extractor(backbone: Backbone, *, image_size: int, weights: WeightsChoi
     if model.output_shape[-1] != backbone.width:
         raise KitError(f"{backbone.name} gives {model.output_shape[-1]} features, registry says {backbone.width}")
     return model
+
+
+@dataclass(frozen=True)
+class FeatureMapModel:
+    """The backbone up to its last feature map, for class activation maps (:mod:`kaggle_kit.cam`).
+
+    ``model``: uint8 RGB (batch, size, size, 3) -> [the last feature map before global average pooling
+    (batch, h, w, c), the pooled features (batch, width)], one graph with the extractor's preprocessing and
+    weights. ``layer_norm``: (gamma (c,), beta (c,), epsilon) of a LayerNormalization between the pooling and
+    the features (ConvNeXt), else None: then the features are exactly the map's mean over positions.
+    """
+
+    model: Any
+    layer_norm: tuple[np.ndarray, np.ndarray, float] | None
+
+    def predict(self, photos) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 (n, size, size, 3) -> (feature maps float32 (n, h, w, c), pooled features float32 (n, width))."""
+        import keras
+
+        maps, pooled = self.model(np.asarray(photos, dtype=np.uint8), training=False)
+        return keras.ops.convert_to_numpy(maps), keras.ops.convert_to_numpy(pooled)
+
+
+def _producer(tensor):
+    """The layer whose output ``tensor`` is, in a functional graph."""
+    return tensor._keras_history[0]  # subtle: Keras 3 keeps (operation, node, index) on every symbolic tensor
+
+
+def build_feature_map(backbone: Backbone, *, image_size: int, weights: WeightsChoice) -> FeatureMapModel:
+    """The backbone of :func:`build_extractor` with its last feature map as a second output.
+
+    Every registered backbone ends in global average pooling over that map (the ports and keras.applications
+    with ``pooling='avg'``), ConvNeXt with a LayerNormalization after it; anything else is refused.
+    """
+    import keras
+
+    base = build_base(backbone, image_size=image_size, weights=weights)
+    base.trainable = False
+    last = _producer(base.output)
+    layer_norm = None
+    if isinstance(last, keras.layers.LayerNormalization):
+        axis = last.axis if isinstance(last.axis, (list, tuple)) else [last.axis]
+        if list(axis) not in ([-1], [3]) or getattr(last, "rms_scaling", False):
+            raise KitError(f"{backbone.name}: its final normalisation is not over channels; no class activation map")
+        c = last.input.shape[-1]
+        gamma = np.asarray(last.gamma.numpy(), np.float64) if last.scale else np.ones(c)
+        beta = np.asarray(last.beta.numpy(), np.float64) if last.center else np.zeros(c)
+        layer_norm = (gamma, beta, float(last.epsilon))
+        last = _producer(last.input)
+    if not isinstance(last, keras.layers.GlobalAveragePooling2D) or last.keepdims:
+        raise KitError(f"{backbone.name} does not end in global average pooling ({type(last).__name__}); "
+                       "no class activation map")
+    trunk = keras.Model(base.inputs, [last.input, base.output], name=f"{backbone.name}_trunk")
+    inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="rgb_uint8")
+    feature_map, pooled = trunk(preprocess_layer(backbone.preprocess)(inputs), training=False)
+    model = keras.Model(inputs, [feature_map, pooled], name=f"{backbone.name}_feature_map")
+    return FeatureMapModel(model=model, layer_norm=layer_norm)
 
 
 from kaggle_kit.ports import BACKBONES as _PORTS  # noqa: E402 - the kit's own ports register after the registry exists

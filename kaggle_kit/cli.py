@@ -325,6 +325,8 @@ def cv(
 def report(
     exp: str = ExpOption,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    cam: bool = typer.Option(True, "--cam/--no-cam",
+                             help="Heatmaps beside the costliest mistakes (rebuilds a backbone)."),
 ):
     """Write experiments/<exp>/report.html (one self-contained page: models, ladder, calibration, clip curve,
     costliest mistakes, leaderboard estimate) and its plots as PNG in report/; print the page's path last."""
@@ -333,8 +335,8 @@ def report(
 
     exp_dir = _existing_experiment(exp)
     with experiment_lock(exp_dir, command="report"):
-        result = write_report(exp_dir, progress=not quiet, warn=_err)
-    for note in result.notes:
+        result = write_report(exp_dir, progress=not quiet, warn=_err, cam=cam)
+    for note in result.notes + ((result.cam_note,) if result.cam_note else ()):
         _err(f"note: {note}")
     typer.echo(f"{result.n_models} models, {'blend' if result.has_blend else 'no blend'}; {result.estimate}")
     typer.echo(f"plots: {', '.join(str(p) for p in result.plots)}")

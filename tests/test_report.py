@@ -16,7 +16,7 @@ import pytest
 from scipy.special import expit
 from typer.testing import CliRunner
 
-from conftest import make_competition
+from conftest import SQUEEZENET_H5, make_competition
 from kaggle_kit import blend as B
 from kaggle_kit import report as R
 from kaggle_kit.artifacts import (
@@ -26,8 +26,12 @@ from kaggle_kit.artifacts import (
     save_npy_atomic,
     write_json_atomic,
 )
+from kaggle_kit.backbones import get_backbone, resolve_weights
+from kaggle_kit.cam import gallery_cams
 from kaggle_kit.cli import app
+from kaggle_kit.cv import run_cv
 from kaggle_kit.data import discover
+from kaggle_kit.features import FeatureSettings, extract_features
 from kaggle_kit.folds import ensure_plan
 from kaggle_kit.metrics import log_loss
 
@@ -283,6 +287,13 @@ def test_blended_report_renders_in_chromium_with_every_image_loaded(blended, tmp
     n_thumbs = text.count('src="data:image/jpeg;base64,')
     assert n_thumbs == text.count('class="card"') == R.N_MISTAKES  # the synthetic blend makes more mistakes
     assert_renders_cleanly(result.path, tmp_path, n_images=2 + n_thumbs)
+    # synthetic cv results without features: no model to map, and the page says so
+    assert result.cam_model is None and result.cam_note.startswith("no heatmaps: no model to map")
+    assert "heatmap of" not in text and _e_text(result.cam_note) in text
+
+
+def _e_text(text: str) -> str:
+    return html.escape(text, quote=True)
 
 
 def test_plots_are_written_beside_the_page_and_embedded_in_it(blended):
@@ -409,6 +420,78 @@ def test_missing_data_folder_leaves_the_thumbnails_out(tmp_path):
     result = R.write_report(exp_dir, progress=False, warn=lambda _: None)
     assert any(n.startswith("no thumbnails:") and "does not exist" in n for n in result.notes)
     assert "no image</span>" in result.path.read_text(encoding="utf-8")
+
+
+# -------------------------------------------------------------------------------------- heatmaps (CAM)
+@pytest.fixture(scope="module")
+def mapped(tmp_path_factory, comp) -> tuple[Path, R.ReportResult]:
+    """A real experiment on the 120 photos: SqueezeNet features (its real weights, flip TTA), the logreg head in
+    cv (3 folds), no blend; and its report, heatmaps included."""
+    exp_dir = tmp_path_factory.mktemp("mapped") / "experiments" / "exp"
+    ds = discover(comp, positive="dog")
+    save_experiment(exp_dir, data_dir=ds.root, positive="dog")
+    squeezenet = get_backbone("squeezenet")
+    settings = FeatureSettings(backbone=squeezenet, weights=resolve_weights(squeezenet, str(SQUEEZENET_H5)),
+                               image_size=squeezenet.input_size, tta="flip")
+    extract_features(ds, exp_dir / "features" / "squeezenet", settings, warn=lambda _: None, progress=False)
+    run_cv(exp_dir, data_dir=ds.root, positive="dog", n_folds=3, seed=0, heads=["logreg"], progress=False)
+    return exp_dir, R.write_report(exp_dir, progress=False, warn=lambda _: None)
+
+
+@pytest.mark.slow
+def test_heatmaps_beside_every_mistake_render_in_chromium(mapped, tmp_path):
+    exp_dir, result = mapped
+    text = result.path.read_text(encoding="utf-8")
+    assert result.cam_model == "squeezenet__logreg" and result.cam_note is None and result.notes[0].startswith("no blend")
+    n_cards = text.count('class="card"')
+    thumbs = re.findall(r'<img alt="([^"]+)" src="data:image/jpeg;base64,', text)
+    heatmaps = [a for a in thumbs if a.startswith("heatmap of ")]
+    photos = [a for a in thumbs if not a.startswith("heatmap of ")]
+    assert n_cards >= 1 and len(photos) == len(heatmaps) == n_cards  # a heatmap beside every mistake
+    assert heatmaps == [f"heatmap of {p}: evidence for dog in red" for p in photos]
+    caption = re.search(r'<p id="cam-caption">(.*?)</p>', text).group(1)
+    assert "<b>squeezenet__logreg</b>" in caption and "14 x 14 positions" in caption and "flipped copies" in caption
+    assert_self_contained(text)
+    assert_renders_cleanly(result.path, tmp_path, n_images=2 + len(thumbs))  # every image loaded: naturalWidth > 0
+
+
+@pytest.mark.slow
+def test_heatmaps_come_from_the_cv_models_own_fold_heads(mapped):
+    """The refitted fold heads reproduce cv's OOF predictions, the rebuilt backbone its cached features, and
+    each map's mean is its head's logit."""
+    exp_dir, _ = mapped
+    inputs = B.load_cv_inputs(exp_dir, warn=lambda _: None)
+    y = inputs.folds.y
+    rows = R.top_mistakes(y, inputs.oof[:, 0])
+    ds = discover(read_json(exp_dir / "experiment.json")["data_dir"])
+    files = dict(zip(ds.train_ids, ds.train_paths()))
+    thumbs = tuple(R.thumbnail(files[inputs.folds.train_ids[r]]) for r in rows)
+    cams = gallery_cams(exp_dir, models=inputs.models, rows=rows, thumbnails=thumbs, files=files)
+    assert cams.model == "squeezenet__logreg" and cams.grid == (14, 14) and cams.views_fitted == 2
+    assert cams.p_gap < 2e-3 and cams.feature_gap < 1e-4
+    for m, logit, p in zip(cams.maps, cams.logits, cams.p):
+        assert m.mean() == pytest.approx(logit, abs=1e-9)
+    oof = inputs.oof[rows, 0]
+    np.testing.assert_allclose(cams.p, oof, atol=2e-3)
+    assert all(jpeg is not None for jpeg in cams.jpegs)
+
+
+@pytest.mark.slow
+def test_heatmaps_say_why_when_the_weights_file_is_gone(mapped, tmp_path):
+    exp_dir, _ = mapped
+    copy = tmp_path / "exp"
+    shutil.copytree(exp_dir, copy)
+    manifest_path = copy / "features" / "squeezenet" / "manifest.json"
+    manifest = read_json(manifest_path)
+    manifest["weights_path"] = str(tmp_path / "moved" / SQUEEZENET_H5.name)
+    write_json_atomic(manifest_path, manifest)
+    result = R.write_report(copy, progress=False, warn=lambda _: None)
+    assert result.cam_model is None
+    assert result.cam_note == (f"no heatmaps: the weights file the features 'squeezenet' were made with "
+                               f"({tmp_path / 'moved' / SQUEEZENET_H5.name}) is not there any more")
+    assert "heatmap of" not in result.path.read_text(encoding="utf-8")
+    assert R.write_report(copy, progress=False, warn=lambda _: None, cam=False).cam_note == \
+        "no heatmaps: turned off (--no-cam)"
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
