@@ -197,8 +197,8 @@ def describe_folders(folders: Sequence[Path]) -> str:
 
 def attach_hint(backbone: str, expected: WeightsFile, folders: Sequence[Path]) -> str:
     """What to attach and where it was looked for, for the one-line errors of a missing file."""
-    return (f"attach {expected.describe()} (as a Kaggle dataset, say) and set {ENV_VAR} to its folder or pass "
-            f"--weights DIR; looked for it in: {describe_folders(folders)}")
+    return (f"attach {expected.describe()} as a dataset and set {ENV_VAR} to its folder, or pass --weights DIR; "
+            f"looked for it in: {describe_folders(folders)}")
 
 
 # ------------------------------------------------------------------------------------------------- tracing
