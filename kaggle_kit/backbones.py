@@ -302,11 +302,6 @@ class FeatureMapModel:
         return keras.ops.convert_to_numpy(maps), keras.ops.convert_to_numpy(pooled)
 
 
-def _producer(tensor):
-    """The layer whose output ``tensor`` is, in a functional graph."""
-    return tensor._keras_history[0]  # subtle: Keras 3 keeps (operation, node, index) on every symbolic tensor
-
-
 def build_feature_map(backbone: Backbone, *, image_size: int, weights: WeightsChoice) -> FeatureMapModel:
     """The backbone of :func:`build_extractor` with its last feature map as a second output.
 
@@ -317,17 +312,21 @@ def build_feature_map(backbone: Backbone, *, image_size: int, weights: WeightsCh
 
     base = build_base(backbone, image_size=image_size, weights=weights)
     base.trainable = False
-    last = _producer(base.output)
-    layer_norm = None
+    # subtle: a functional model lists its layers in graph order, so the pooling (and ConvNeXt's LayerNorm after
+    # it) are the last ones; each link is checked, not assumed.
+    layers = base.layers
+    last, layer_norm = layers[-1], None
+    if last.output is not base.output:
+        raise KitError(f"{backbone.name}: its last layer is not its output; no class activation map")
     if isinstance(last, keras.layers.LayerNormalization):
         axis = last.axis if isinstance(last.axis, (list, tuple)) else [last.axis]
-        if list(axis) not in ([-1], [3]) or getattr(last, "rms_scaling", False):
+        if list(axis) not in ([-1], [3]) or getattr(last, "rms_scaling", False) or last.input is not layers[-2].output:
             raise KitError(f"{backbone.name}: its final normalisation is not over channels; no class activation map")
         c = last.input.shape[-1]
-        gamma = np.asarray(last.gamma.numpy(), np.float64) if last.scale else np.ones(c)
-        beta = np.asarray(last.beta.numpy(), np.float64) if last.center else np.zeros(c)
+        gamma = np.asarray(keras.ops.convert_to_numpy(last.gamma), np.float64) if last.scale else np.ones(c)
+        beta = np.asarray(keras.ops.convert_to_numpy(last.beta), np.float64) if last.center else np.zeros(c)
         layer_norm = (gamma, beta, float(last.epsilon))
-        last = _producer(last.input)
+        last = layers[-2]
     if not isinstance(last, keras.layers.GlobalAveragePooling2D) or last.keepdims:
         raise KitError(f"{backbone.name} does not end in global average pooling ({type(last).__name__}); "
                        "no class activation map")

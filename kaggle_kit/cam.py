@@ -32,6 +32,7 @@ import numpy as np
 from scipy.special import expit
 
 from kaggle_kit.artifacts import KitError
+from kaggle_kit.weights import ENV_VAR
 
 # The refit's solver settings: tight enough that the refitted fold models reproduce the cv stage's OOF
 # predictions to about 1e-3 (the report states the largest difference it finds).
@@ -108,8 +109,10 @@ def fit_linear_head(views: Sequence[np.ndarray], y: np.ndarray, rows: np.ndarray
     target = np.tile(np.asarray(y)[rows], len(views))
     mean, sd = X.mean(axis=0), X.std(axis=0)
     sd[sd < 1e-6] = 1.0  # as the cv stage: a constant column stays (it gets no weight)
+    X -= mean  # in place: at Kaggle's size X is 40,000 x 2,048 doubles
+    X /= sd
     model = LogisticRegression(C=C, tol=tol, max_iter=max_iter)
-    model.fit((X - mean) / sd, target)
+    model.fit(X, target)
     w, b = fold_standardisation(model.coef_[0], model.intercept_[0], mean=mean, sd=sd)
     return LinearHead(weights=w, bias=b, C=float(C), n_fit=len(X))
 
@@ -215,10 +218,17 @@ def weights_for_features(fm: dict[str, Any], *, environ=None):
     if kind == "none":
         return WeightsChoice("none", None, fm["weights"])
     if kind == "file":
-        if not recorded or not Path(recorded).is_file():
-            raise KitError(f"the weights file the features '{fm['name']}' were made with ({recorded or 'not recorded'})"
-                           " is not there any more")
-        choice = resolve_weights(backbone, recorded, environ=environ)
+        if recorded and Path(recorded).is_file():
+            choice = resolve_weights(backbone, recorded, environ=environ)
+        else:  # moved, or made before paths were recorded: the published file in the weights folders, if it is it
+            try:
+                choice = resolve_weights(backbone, "imagenet", image_size=fm["input_size"], environ=environ)
+            except KitError:
+                choice = None
+            if choice is None or choice.identity != fm["weights"]:
+                raise KitError(f"the weights file the features '{fm['name']}' were made with "
+                               f"({recorded or 'path not recorded'}) is not there any more, nor in the weights "
+                               f"folders (${ENV_VAR})")
     elif kind == "imagenet":
         where = str(Path(recorded).parent) if recorded and Path(recorded).is_file() else "imagenet"
         choice = resolve_weights(backbone, where, image_size=fm["input_size"], environ=environ)

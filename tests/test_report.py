@@ -442,7 +442,8 @@ def mapped(tmp_path_factory, comp) -> tuple[Path, R.ReportResult]:
 def test_heatmaps_beside_every_mistake_render_in_chromium(mapped, tmp_path):
     exp_dir, result = mapped
     text = result.path.read_text(encoding="utf-8")
-    assert result.cam_model == "squeezenet__logreg" and result.cam_note is None and result.notes[0].startswith("no blend")
+    assert result.cam_model == "squeezenet__logreg" and result.cam_note is None
+    assert result.notes == ("no blend yet: run 'kaggle-kit blend'",)
     n_cards = text.count('class="card"')
     thumbs = re.findall(r'<img alt="([^"]+)" src="data:image/jpeg;base64,', text)
     heatmaps = [a for a in thumbs if a.startswith("heatmap of ")]
@@ -477,7 +478,8 @@ def test_heatmaps_come_from_the_cv_models_own_fold_heads(mapped):
 
 
 @pytest.mark.slow
-def test_heatmaps_say_why_when_the_weights_file_is_gone(mapped, tmp_path):
+def test_heatmaps_say_why_when_the_weights_file_is_gone_and_find_it_in_a_weights_folder(mapped, tmp_path,
+                                                                                       monkeypatch):
     exp_dir, _ = mapped
     copy = tmp_path / "exp"
     shutil.copytree(exp_dir, copy)
@@ -485,11 +487,16 @@ def test_heatmaps_say_why_when_the_weights_file_is_gone(mapped, tmp_path):
     manifest = read_json(manifest_path)
     manifest["weights_path"] = str(tmp_path / "moved" / SQUEEZENET_H5.name)
     write_json_atomic(manifest_path, manifest)
+    monkeypatch.delenv("KAGGLE_KIT_WEIGHTS", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
     result = R.write_report(copy, progress=False, warn=lambda _: None)
     assert result.cam_model is None
     assert result.cam_note == (f"no heatmaps: the weights file the features 'squeezenet' were made with "
-                               f"({tmp_path / 'moved' / SQUEEZENET_H5.name}) is not there any more")
+                               f"({tmp_path / 'moved' / SQUEEZENET_H5.name}) is not there any more, nor in the "
+                               "weights folders ($KAGGLE_KIT_WEIGHTS)")
     assert "heatmap of" not in result.path.read_text(encoding="utf-8")
+    monkeypatch.setenv("KAGGLE_KIT_WEIGHTS", str(SQUEEZENET_H5.parent))  # the same file, found by name and hash
+    assert R.write_report(copy, progress=False, warn=lambda _: None).cam_model == "squeezenet__logreg"
     assert R.write_report(copy, progress=False, warn=lambda _: None, cam=False).cam_note == \
         "no heatmaps: turned off (--no-cam)"
 
