@@ -118,7 +118,8 @@ def features(
     exp: str = ExpOption,
     weights: str = typer.Option(
         "imagenet", "--weights", "-w",
-        help="'imagenet' (Keras downloads and caches them), 'none' (random init: NOT pretrained), or a local file.",
+        help="'imagenet' (a copy in $KAGGLE_KIT_WEIGHTS or Keras's cache, else Keras downloads it), a folder "
+             "holding the published file, a local file, or 'none' (random init: NOT pretrained).",
     ),
     image_size: Optional[int] = typer.Option(None, "--image-size", min=8, help="Override the backbone's input size."),
     tta: Tta = typer.Option(Tta("none"), "--tta", help="'flip' also extracts horizontally flipped images."),
@@ -210,13 +211,15 @@ def submit(
 def report(
     exp: str = ExpOption,
     quiet: bool = QuietOption,
+    cam: bool = typer.Option(True, "--cam/--no-cam",
+                             help="Heatmaps beside the costliest mistakes (rebuilds a backbone)."),
 ):
     """Write experiments/<exp>/report.html (one self-contained page: models, ladder, calibration, clip curve,
     costliest mistakes, leaderboard estimate) and its plots as PNG in report/; print the page's path last."""
     from kaggle_kit.report import write_report
 
-    result = write_report(experiment_dir(exp), progress=not quiet, warn=_err)
-    for note in result.notes:
+    result = write_report(experiment_dir(exp), progress=not quiet, warn=_err, cam=cam)
+    for note in result.notes + ((result.cam_note,) if result.cam_note else ()):
         _err(f"note: {note}")
     _echo(result.lines())
 

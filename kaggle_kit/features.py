@@ -330,7 +330,7 @@ def extract_features(
         out_dir, dataset, key=key, image_list_hash=image_hash, width=backbone.width, tta=settings.tta,
         unreadable=unreadable,
         backbone=backbone.name, weights=settings.weights.identity, weights_kind=settings.weights.kind,
-        preprocess=backbone.preprocess, input_size=settings.image_size,
+        weights_path=settings.weights.path, preprocess=backbone.preprocess, input_size=settings.image_size,
         details=dict(
             builder=backbone.builder,
             images_computed=n_new,
@@ -368,7 +368,8 @@ def run_features(
     """``kaggle-kit features``: extract (or reuse) one backbone's features for the experiment in ``exp_dir``.
 
     ``data``/``positive`` default to the experiment's (else ./data and 'dog'), which then remembers them;
-    ``weights`` is 'imagenet', 'none' (random: warned about) or a file; ``image_size`` defaults to the
+    ``weights`` is 'imagenet', 'none' (random: warned about), a file or a folder holding the published file
+    (:func:`kaggle_kit.backbones.resolve_weights`); ``image_size`` defaults to the
     backbone's own and ``name`` to ``<backbone>[_<size>]``. Everything is checked before the experiment's lock
     is taken, so a refused run leaves nothing behind; ``warn`` gets the data folder's and the decoder's warnings.
     """
@@ -380,8 +381,8 @@ def run_features(
     spec = get_backbone(backbone)
     data_dir, positive = experiment_data(exp_dir, data=data, positive=positive)
     dataset = discover(data_dir, positive=positive)
-    choice = resolve_weights(spec, weights)
     size = image_size or spec.input_size
+    choice = resolve_weights(spec, weights, image_size=size)
     out_name = check_name("feature set", name) if name else default_feature_set_name(
         spec.name, input_size=spec.input_size, image_size=size)
     settings = FeatureSettings(backbone=spec, weights=choice, image_size=size, tta=tta, batch_size=batch_size,

@@ -284,6 +284,32 @@ class FeatureSet:
         return frozenset(self.manifest["unreadable_ids"]["test"])
 
     @property
+    def weights(self) -> str | None:
+        """The identity of the weights the features were made with (a hash, a published file, 'none ...')."""
+        return self.manifest.get("weights")
+
+    @property
+    def weights_kind(self) -> str | None:
+        """'imagenet', 'file', 'none', or :data:`EXTERNAL_WEIGHTS` for features made by another tool."""
+        return self.manifest.get("weights_kind")
+
+    @property
+    def weights_path(self) -> str | None:
+        """The local weights file that was loaded, where there was one (None: downloaded by Keras, a port's
+        packaged file, random weights, or a feature set made before the path was recorded)."""
+        return self.manifest.get("weights_path")
+
+    @property
+    def input_size(self) -> int | None:
+        """The square size the backbone saw the photos at (None for features made by another tool)."""
+        return self.manifest.get("input_size")
+
+    @property
+    def layer(self) -> str | None:
+        """The layer the features were pooled from; None (or 'last'): the backbone's last feature map."""
+        return self.manifest.get("layer")
+
+    @property
     def images_per_second(self) -> float | None:
         return self.manifest.get("images_per_second")
 
@@ -349,7 +375,7 @@ def begin_feature_set(out_dir: Path) -> None:
 
 def finish_feature_set(out_dir: Path, dataset: Dataset, *, key: str, image_list_hash: str, width: int, tta: str,
                        unreadable: Mapping[str, Sequence[str]], backbone: str, weights: str, weights_kind: str,
-                       preprocess: str | None, input_size: int | None,
+                       preprocess: str | None, input_size: int | None, weights_path: Path | str | None = None,
                        details: Mapping[str, Any] | None = None) -> FeatureSet:
     """Write ``ids.json`` then ``manifest.json`` beside arrays already in place; return the loaded set.
 
@@ -357,6 +383,7 @@ def finish_feature_set(out_dir: Path, dataset: Dataset, *, key: str, image_list_
     their ids too: blend keeps the training prior for such test rows); ``details`` are figures of the run
     (images per second, seconds, versions) kept in the manifest as they are. ``image_list_hash`` is the
     data set's as it was when the extraction began (so images changed during it make the set stale).
+    ``weights_path``: the local weights file loaded, if any (the report's heatmaps rebuild the backbone from it).
     """
     ids = {"train_ids": list(dataset.train_ids), "train_labels": dataset.y.tolist(), "test_ids": list(dataset.test_ids)}
     write_json_atomic(out_dir / "ids.json", ids)
@@ -373,7 +400,9 @@ def finish_feature_set(out_dir: Path, dataset: Dataset, *, key: str, image_list_
         files={**files, "ids": "ids.json"},
         shapes={k: [_rows(k, dataset.n_train, dataset.n_test), width] for k in files},
         unreadable={split: list(unreadable[split]) for split in FEATURE_SPLITS}, unreadable_ids=unreadable_ids,
-        backbone=backbone, weights=weights, weights_kind=weights_kind, preprocess=preprocess, input_size=input_size,
+        backbone=backbone, weights=weights, weights_kind=weights_kind,
+        weights_path=str(weights_path) if weights_path is not None else None, preprocess=preprocess,
+        input_size=input_size,
     )
     clash = set(details or {}) & set(fields)
     if clash:
@@ -385,7 +414,7 @@ def finish_feature_set(out_dir: Path, dataset: Dataset, *, key: str, image_list_
 def save_feature_set(out_dir: Path, dataset: Dataset, arrays: Mapping[str, np.ndarray], *, key: str,
                      image_list_hash: str, backbone: str,
                      weights: str, weights_kind: str, preprocess: str | None = None, input_size: int | None = None,
-                     unreadable: Mapping[str, Sequence[str]] | None = None,
+                     weights_path: Path | str | None = None, unreadable: Mapping[str, Sequence[str]] | None = None,
                      details: Mapping[str, Any] | None = None) -> FeatureSet:
     """Write a whole feature set from arrays in memory: 'train' (n_train, width), 'test' (n_test, width), and
     optionally 'train_flip'/'test_flip', rows in ``dataset``'s order (see :func:`finish_feature_set`)."""
@@ -402,7 +431,8 @@ def save_feature_set(out_dir: Path, dataset: Dataset, arrays: Mapping[str, np.nd
         save_npy_atomic(feature_array_path(out_dir, logical), np.asarray(arr, dtype=np.float32))
     return finish_feature_set(out_dir, dataset, key=key, image_list_hash=image_list_hash, width=width, tta=tta,
                               unreadable=unreadable or {"train": [], "test": []}, backbone=backbone, weights=weights,
-                              weights_kind=weights_kind, preprocess=preprocess, input_size=input_size, details=details)
+                              weights_kind=weights_kind, weights_path=weights_path, preprocess=preprocess,
+                              input_size=input_size, details=details)
 
 
 def _check_features(exp_dir: Path, model_dir: Path, feature_keys: Mapping[str, str], *,
@@ -638,6 +668,16 @@ class CvResult:
     @property
     def params(self) -> dict[str, Any]:
         return self.manifest["params"]
+
+    @property
+    def tta_train(self) -> bool:
+        """Whether the head was fitted on the flipped copies of the training rows too."""
+        return bool(self.manifest.get("tta_train"))
+
+    @property
+    def tta_predict(self) -> bool:
+        """Whether each prediction is the mean over the photo and its flipped copy."""
+        return bool(self.manifest.get("tta_predict"))
 
     @property
     def sha256(self) -> str:
