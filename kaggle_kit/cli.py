@@ -2,9 +2,9 @@
 
 Each command calls one stage function (``run_features``, ``run_cv``, ``run_blend``, ``make_submission``,
 ``write_report``, ``run_demo``), which takes the experiment folder and keyword settings, holds the
-experiment's lock itself and returns a result that knows its own lines of output. The choices of an option
-(``--tta``, ``--decoder``, ``--engine``, ``--head``, ``--method``, ``--metric``, ``--layout``) are the tuples
-defined by the module that uses them.
+experiment's lock itself and returns a result that knows its own lines of output (``status`` only reads:
+``experiment_status``). The choices of an option (``--tta``, ``--decoder``, ``--engine``, ``--head``,
+``--method``, ``--metric``, ``--layout``) are the tuples defined by the module that uses them.
 
 Every user error ends with one line on stderr and a non-zero exit code (2 for bad input, 3 for a busy
 experiment, 130 for Ctrl-C), never a traceback. Commands are listed in ``--help`` in the order a user runs them.
@@ -25,7 +25,7 @@ from kaggle_kit.blend import METHODS
 from kaggle_kit.cv import HEAD_CHOICES
 from kaggle_kit.data import LAYOUTS
 from kaggle_kit.decoders import DECODERS
-from kaggle_kit.features import ENGINES, TTA_MODES
+from kaggle_kit.features import DEFAULT_BACKBONE, ENGINES, TTA_MODES
 from kaggle_kit.kaggle_api import DEFAULT_COMPETITION
 from kaggle_kit.metrics import METRICS
 from kaggle_kit.store import experiment_dir
@@ -120,12 +120,15 @@ def backbones():
 @app.command()
 @handle_errors
 def features(
-    backbone: str = typer.Option("xception", "--backbone", "-b", help="Backbone name; see 'kaggle-kit backbones'."),
+    backbone: str = typer.Option(
+        DEFAULT_BACKBONE, "--backbone", "-b", help="Backbone name; see 'kaggle-kit backbones'.",
+    ),
     data: Optional[Path] = DataOption,
     exp: str = ExpOption,
     weights: str = typer.Option(
         "imagenet", "--weights", "-w",
-        help="'imagenet' (Keras downloads and caches them), 'none' (random init: NOT pretrained), or a local file.",
+        help="'imagenet' (a copy in $KAGGLE_KIT_WEIGHTS or Keras's cache, else Keras downloads it), a folder "
+             "holding the published file, a local file, or 'none' (random init: NOT pretrained).",
     ),
     image_size: Optional[int] = typer.Option(None, "--image-size", min=8, help="Override the backbone's input size."),
     tta: Tta = typer.Option(Tta("none"), "--tta", help="'flip' also extracts horizontally flipped images."),
@@ -266,15 +269,31 @@ def submit(
 def report(
     exp: str = ExpOption,
     quiet: bool = QuietOption,
+    cam: bool = typer.Option(True, "--cam/--no-cam",
+                             help="Heatmaps beside the costliest mistakes (rebuilds a backbone)."),
 ):
     """Write experiments/<exp>/report.html (one self-contained page: models, ladder, calibration, clip curve,
     costliest mistakes, leaderboard estimate) and its plots as PNG in report/; print the page's path last."""
     from kaggle_kit.report import write_report
 
-    result = write_report(experiment_dir(exp), progress=not quiet, warn=_err)
-    for note in result.notes:
+    result = write_report(experiment_dir(exp), progress=not quiet, warn=_err, cam=cam)
+    for note in result.notes + ((result.cam_note,) if result.cam_note else ()):
         _err(f"note: {note}")
     _echo(result.lines())
+
+
+@app.command()
+@handle_errors
+def status(
+    exp: str = ExpOption,
+    as_json: bool = typer.Option(False, "--json", help="Print the same content as one JSON document."),
+):
+    """Show the experiment: data, feature sets, fold plan, cv models, blend, latest submission, what is stale,
+    and the one command to run next. Reads only: no lock, nothing written."""
+    from kaggle_kit.status import experiment_status, render_json, render_text
+
+    result = experiment_status(experiment_dir(exp))
+    _echo(render_json(result) if as_json else render_text(result))
 
 
 @app.command()

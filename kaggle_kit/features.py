@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 
 TTA_MODES = ("none", "flip")
 ENGINES = ("local", "ray")
+DEFAULT_BACKBONE = "xception"  # the classic recipe's best single backbone
 
 
 @dataclass(frozen=True)
@@ -232,8 +233,8 @@ def extract_features(
         out_dir, dataset, key=key, image_list_hash=image_hash, width=backbone.width, tta=settings.tta,
         unreadable=unreadable,
         backbone=backbone.name, weights=settings.weights.identity, weights_kind=settings.weights.kind,
-        preprocess=backbone.preprocess, input_size=settings.image_size, decoder=settings.decoder,
-        engine=run.engine, cluster=run.cluster,
+        weights_path=settings.weights.path, preprocess=backbone.preprocess, input_size=settings.image_size,
+        decoder=settings.decoder, engine=run.engine, cluster=run.cluster,
         details=dict(
             builder=backbone.builder,
             images_computed=run.images,
@@ -254,7 +255,7 @@ def extract_features(
 def run_features(
     exp_dir: Path,
     *,
-    backbone: str = "xception",
+    backbone: str = DEFAULT_BACKBONE,
     data: Path | None = None,
     weights: str = "imagenet",
     image_size: int | None = None,
@@ -283,14 +284,14 @@ def run_features(
     ``data`` and how to read it (``positive``, ``layout``, ``labels``, ``id_col``, ``target_col``: see
     :func:`kaggle_kit.data.discover`) default to the experiment's (see :func:`kaggle_kit.store.experiment_data`;
     else ./data, its layout detected), ``metric`` to the experiment's (else log loss); the experiment then
-    remembers them all. ``weights`` is 'imagenet', 'none' (random: warned about) or a file; ``image_size``
-    defaults to the backbone's own and ``name`` to ``<backbone>[_<size>]``; ``decoder`` is one of
-    decoders.DECODERS (a missing DALI or GPU is refused before any model is built). ``engine`` is one of
-    :data:`ENGINES`: with 'local', ``workers`` is the number of decoder threads; with 'ray' it is the number of
-    Ray workers, each with ``cpus_per_worker`` CPUs (also its decoder threads; default 1) and
-    ``gpus_per_worker`` GPUs (default 0), on the cluster at ``address`` (see ray_engine.RaySettings).
-    Everything is checked before the experiment's lock is taken, so a refused run leaves nothing behind;
-    ``warn`` gets the data folder's and the decoder's warnings.
+    remembers them all. ``weights`` is 'imagenet', 'none' (random: warned about), a file or a folder holding the
+    published file (:func:`kaggle_kit.backbones.resolve_weights`); ``image_size`` defaults to the backbone's own
+    and ``name`` to ``<backbone>[_<size>]``; ``decoder`` is one of decoders.DECODERS (a missing DALI or GPU is
+    refused before any model is built). ``engine`` is one of :data:`ENGINES`: with 'local', ``workers`` is the
+    number of decoder threads; with 'ray' it is the number of Ray workers, each with ``cpus_per_worker`` CPUs
+    (also its decoder threads; default 1) and ``gpus_per_worker`` GPUs (default 0), on the cluster at
+    ``address`` (see ray_engine.RaySettings). Everything is checked before the experiment's lock is taken, so a
+    refused run leaves nothing behind; ``warn`` gets the data folder's and the decoder's warnings.
     """
     from kaggle_kit.backbones import get_backbone, resolve_weights
     from kaggle_kit.data import discover_remembered
@@ -313,8 +314,8 @@ def run_features(
     dataset = discover_remembered(experiment_data(
         exp_dir, data=data, positive=positive, layout=layout, labels=None if labels is None else str(labels),
         id_col=id_col, target_col=target_col))
-    choice = resolve_weights(spec, weights)
     size = image_size or spec.input_size
+    choice = resolve_weights(spec, weights, image_size=size)
     out_name = check_name("feature set", name) if name else default_feature_set_name(
         spec.name, input_size=spec.input_size, image_size=size)
     settings = FeatureSettings(backbone=spec, weights=choice, image_size=size, tta=tta, batch_size=batch_size,

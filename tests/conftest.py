@@ -60,3 +60,23 @@ def write_cv_model(exp_dir: Path, model: str, plan, oof: np.ndarray, test: np.nd
         key=sha256_json({"model": model, "oof": sha256_array(oof), "test": sha256_array(np.asarray(test))}),
         params={}, tta_train=False, tta_predict=False, scores=score_oof(plan.y, oof, plan.plan, usable),
         seconds=seconds, n_excluded_train=int((~usable).sum()), n_excluded_test=0)
+
+
+def intercept_keras_weights_requests(monkeypatch) -> list[tuple[str, str | None]]:
+    """For the rest of the test, keras.applications' requests for a weights file are recorded, as (file name,
+    hash), and answered without a file: nothing is downloaded and the loading is skipped, so a model built with
+    ``weights="imagenet"`` keeps its random initial weights. Returns the list the requests go into."""
+    from kaggle_kit.keras_loader import load_keras
+
+    keras = load_keras()
+    from keras.src.utils import file_utils
+
+    requests: list[tuple[str, str | None]] = []
+
+    def get_file(fname=None, origin=None, **kwargs):
+        requests.append((fname, kwargs.get("file_hash")))
+        return f"/nonexistent/{fname}"
+
+    monkeypatch.setattr(file_utils, "get_file", get_file)
+    monkeypatch.setattr(keras.Model, "load_weights", lambda self, *args, **kwargs: None)
+    return requests

@@ -25,6 +25,7 @@ import pytest
 from kaggle_kit import ports
 from kaggle_kit.artifacts import KitError
 from kaggle_kit.backbones import WeightsChoice, build_extractor, get_backbone, preprocess_layer, resolve_weights
+from kaggle_kit.weights import lite0_package_file
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 MINI = SHARED / "data" / "dogs-vs-cats-mini"
@@ -148,7 +149,7 @@ def write_legacy_pth(path: Path, state: dict, monkeypatch, *, storages: dict[str
 
 @pytest.fixture(scope="module")
 def lite0_state() -> dict[str, np.ndarray]:
-    return ports.load_torch_state_dict(ports._lite0_default_file())
+    return ports.load_torch_state_dict(lite0_package_file())
 
 
 def _assert_one_line_kit_error(excinfo, *fragments):

@@ -16,15 +16,18 @@ import pytest
 from scipy.special import expit
 from typer.testing import CliRunner
 
-from conftest import make_competition, write_cv_model
+from conftest import SQUEEZENET_H5, make_competition, write_cv_model
 from kaggle_kit import blend as B
 from kaggle_kit import report as R
-from kaggle_kit.artifacts import read_json
+from kaggle_kit.artifacts import read_json, write_json_atomic
+from kaggle_kit.cam import gallery_cams
 from kaggle_kit.cli import app
+from kaggle_kit.cv import run_cv
 from kaggle_kit.data import discover
+from kaggle_kit.features import run_features
 from kaggle_kit.folds import ensure_plan
 from kaggle_kit.metrics import log_loss
-from kaggle_kit.store import load_plan, save_experiment
+from kaggle_kit.store import features_dir, load_experiment, load_plan, save_experiment
 
 MISLABELLED = (3, 40, 41)  # rows every model gets confidently wrong, as a mislabelled photo would be
 UNREADABLE = 7  # a row without predictions, as an undecodable photo would be
@@ -269,12 +272,20 @@ def test_blended_report_is_one_self_contained_page_with_a_full_gallery(blended):
     assert_self_contained(text)
     n_thumbs = text.count('src="data:image/jpeg;base64,')
     assert n_thumbs == text.count('class="card"') == R.N_MISTAKES  # the synthetic blend makes more mistakes
+    # synthetic cv results without features: no model to map, and the page says so
+    assert result.cam_model is None and result.cam_note.startswith("no heatmaps: no model to map")
+    assert "heatmap of" not in text and _e_text(result.cam_note) in text
+
 
 
 @pytest.mark.slow  # opens Chromium
 def test_blended_report_renders_in_chromium_with_every_image_loaded(blended, tmp_path):
     _, result = blended
     assert_renders_cleanly(result.path, tmp_path, n_images=2 + R.N_MISTAKES)
+
+
+def _e_text(text: str) -> str:
+    return html.escape(text, quote=True)
 
 
 def test_plots_are_written_beside_the_page_and_embedded_in_it(blended):
@@ -422,6 +433,82 @@ def test_missing_data_folder_leaves_the_thumbnails_out(tmp_path):
     assert "no image</span>" in result.path.read_text(encoding="utf-8")
 
 
+# -------------------------------------------------------------------------------------- heatmaps (CAM)
+@pytest.fixture(scope="module")
+def mapped(tmp_path_factory, comp) -> tuple[Path, R.ReportResult]:
+    """A real experiment on the 120 photos: SqueezeNet features (its real weights, flip TTA), the logreg head in
+    cv (3 folds), no blend; and its report, heatmaps included."""
+    exp_dir = tmp_path_factory.mktemp("mapped") / "experiments" / "exp"
+    run_features(exp_dir, backbone="squeezenet", data=comp, weights=str(SQUEEZENET_H5), tta="flip",
+                 warn=lambda _: None, progress=False)
+    run_cv(exp_dir, n_folds=3, seed=0, heads=["logreg"], progress=False)
+    return exp_dir, R.write_report(exp_dir, progress=False, warn=lambda _: None)
+
+
+@pytest.mark.slow
+def test_heatmaps_beside_every_mistake_render_in_chromium(mapped, tmp_path):
+    exp_dir, result = mapped
+    text = result.path.read_text(encoding="utf-8")
+    assert result.cam_model == "squeezenet__logreg" and result.cam_note is None
+    assert result.notes == ("no blend yet: run 'kaggle-kit blend --exp exp'",)
+    n_cards = text.count('class="card"')
+    thumbs = re.findall(r'<img alt="([^"]+)" src="data:image/jpeg;base64,', text)
+    heatmaps = [a for a in thumbs if a.startswith("heatmap of ")]
+    photos = [a for a in thumbs if not a.startswith("heatmap of ")]
+    assert n_cards >= 1 and len(photos) == len(heatmaps) == n_cards  # a heatmap beside every mistake
+    assert heatmaps == [f"heatmap of {p}: evidence for dog in red" for p in photos]
+    caption = re.search(r'<p id="cam-caption">(.*?)</p>', text).group(1)
+    assert "<b>squeezenet__logreg</b>" in caption and "14 x 14 positions" in caption and "flipped copies" in caption
+    assert_self_contained(text)
+    assert_renders_cleanly(result.path, tmp_path, n_images=2 + len(thumbs))  # every image loaded: naturalWidth > 0
+
+
+@pytest.mark.slow
+def test_heatmaps_come_from_the_cv_models_own_fold_heads(mapped):
+    """The refitted fold heads reproduce cv's OOF predictions, the rebuilt backbone its cached features, and
+    each map's mean is its head's logit."""
+    exp_dir, _ = mapped
+    inputs = B.load_cv_inputs(exp_dir, warn=lambda _: None)
+    y = inputs.folds.y
+    rows = R.top_mistakes(y, inputs.oof[:, 0])
+    ds = discover(load_experiment(exp_dir).data_dir)
+    files = dict(zip(ds.train_ids, ds.train_paths()))
+    thumbs = tuple(R.thumbnail(files[inputs.folds.train_ids[r]]) for r in rows)
+    cams = gallery_cams(exp_dir, plan=inputs.folds, results=inputs.results, rows=rows, thumbnails=thumbs,
+                        files=files)
+    assert cams.model == "squeezenet__logreg" and cams.grid == (14, 14) and cams.views_fitted == 2
+    assert cams.p_gap < 2e-3 and cams.feature_gap < 1e-4
+    for m, logit, p in zip(cams.maps, cams.logits, cams.p):
+        assert m.mean() == pytest.approx(logit, abs=1e-9)
+    oof = inputs.oof[rows, 0]
+    np.testing.assert_allclose(cams.p, oof, atol=2e-3)
+    assert all(jpeg is not None for jpeg in cams.jpegs)
+
+
+@pytest.mark.slow
+def test_heatmaps_say_why_when_the_weights_file_is_gone_and_find_it_in_a_weights_folder(mapped, tmp_path,
+                                                                                       monkeypatch):
+    exp_dir, _ = mapped
+    copy = tmp_path / "exp"
+    shutil.copytree(exp_dir, copy)
+    manifest_path = features_dir(copy, "squeezenet") / "manifest.json"  # the file moved since: as if made there
+    manifest = read_json(manifest_path)
+    manifest["weights_path"] = str(tmp_path / "moved" / SQUEEZENET_H5.name)
+    write_json_atomic(manifest_path, manifest)
+    monkeypatch.delenv("KAGGLE_KIT_WEIGHTS", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
+    result = R.write_report(copy, progress=False, warn=lambda _: None)
+    assert result.cam_model is None
+    assert result.cam_note == (f"no heatmaps: the weights file the features 'squeezenet' were made with "
+                               f"({tmp_path / 'moved' / SQUEEZENET_H5.name}) is not there any more, nor in the "
+                               "weights folders ($KAGGLE_KIT_WEIGHTS)")
+    assert "heatmap of" not in result.path.read_text(encoding="utf-8")
+    monkeypatch.setenv("KAGGLE_KIT_WEIGHTS", str(SQUEEZENET_H5.parent))  # the same file, found by name and hash
+    assert R.write_report(copy, progress=False, warn=lambda _: None).cam_model == "squeezenet__logreg"
+    assert R.write_report(copy, progress=False, warn=lambda _: None, cam=False).cam_note == \
+        "no heatmaps: turned off (--no-cam)"
+
+
 # ---------------------------------------------------------------------------------------------------- CLI
 def test_cli_report_prints_the_page_path_last(tmp_path, comp, monkeypatch):
     build_experiment(tmp_path, comp, models=("m0", "m1"), strengths=(2.0, 1.0))
@@ -430,6 +517,10 @@ def test_cli_report_prints_the_page_path_last(tmp_path, comp, monkeypatch):
     assert result.exit_code == 0, result.output
     assert result.stdout.strip().splitlines()[-1] == str(Path("experiments/exp/report.html"))
     assert "2 models, blend" in result.stdout and "≈ rank" in result.stdout
+    assert "note: no heatmaps: no model to map" in result.stderr  # synthetic models on no features
+    off = CliRunner().invoke(app, ["report", "--exp", "exp", "-q", "--no-cam"])
+    assert off.exit_code == 0, off.output
+    assert "note: no heatmaps: turned off (--no-cam)" in off.stderr and "no model to map" not in off.stderr
 
 
 def test_cli_report_of_a_missing_experiment_is_one_line(tmp_path, monkeypatch):

@@ -85,6 +85,23 @@ def test_the_writers_make_the_documented_layout(experiment):
                        "kaggle-kit/blend/2"}
 
 
+# ------------------------------------------------------------------------------------------- features
+def test_a_feature_set_keeps_the_weights_file_it_was_made_from(experiment, tmp_path):
+    """The report's heatmaps rebuild the backbone from it: kind, identity, file and size read back as written."""
+    exp_dir, dataset, _, arrays = experiment
+    alpha = store.load_features(store.features_dir(exp_dir, "alpha"))
+    assert (alpha.weights_kind, alpha.weights, alpha.weights_path, alpha.input_size, alpha.layer) == \
+        ("none", "w", None, 32, None)
+    weights_file = tmp_path / "attached" / "resnet50_notop.h5"
+    beta = store.save_feature_set(store.features_dir(exp_dir, "beta"), dataset, arrays, key="k3",
+                                  image_list_hash=dataset.image_list_hash(), backbone="resnet50",
+                                  weights="sha256:abc", weights_kind="file", weights_path=weights_file,
+                                  input_size=64)
+    again = store.load_features(beta.path)
+    assert (again.weights_kind, again.weights, again.weights_path, again.input_size) == \
+        ("file", "sha256:abc", str(weights_file), 64)
+
+
 # ------------------------------------------------------------------------------------------------- cv
 def test_a_cv_result_reads_back_as_written_with_its_feature_sets_prior_rows(experiment):
     exp_dir, dataset, plan, _ = experiment
