@@ -109,6 +109,7 @@ class BlendInfo:
     method: str | None = None
     calibration: str | None = None
     clip: float | None = None
+    metric: str | None = None
     models: list[str] = field(default_factory=list)
     n_folds: int | None = None
     ladder: list[dict[str, Any]] = field(default_factory=list)
@@ -164,7 +165,7 @@ class Status:
 # ---------------------------------------------------------------------------------------------- reading
 def _data(exp_dir: Path) -> tuple[DataInfo, Any, str | None]:
     """The data folder's record, the discovered Dataset (or None) and its image-list hash (or None)."""
-    from kaggle_kit.data import discover
+    from kaggle_kit.data import discover_remembered
 
     fix = store.command(exp_dir, "features", "--data", "DIR")
     try:
@@ -174,10 +175,10 @@ def _data(exp_dir: Path) -> tuple[DataInfo, Any, str | None]:
                         reason=_describe(exc))
         return info, None, None
     source = "experiment" if remembered else "default"
-    folder = remembered.data_dir if remembered else store.DEFAULT_DATA
-    positive = remembered.positive if remembered else store.DEFAULT_POSITIVE
+    settings = store.DataSettings(data_dir=store.DEFAULT_DATA) if remembered is None else remembered
+    folder, positive = settings.data_dir, settings.positive
     try:
-        dataset = discover(folder, positive=positive)
+        dataset = discover_remembered(settings)
         image_hash = dataset.image_list_hash()
     except _READ_ERRORS as exc:
         return DataInfo(folder=str(folder), source=source, positive=positive, state=BROKEN,
@@ -288,7 +289,7 @@ def _blend(exp_dir: Path, plan: Any, current: dict[str, Any]) -> tuple[BlendInfo
         record, stale = store.inspect_blend(exp_dir, plan=plan, current=current)
         mtime = (record.path / store.MANIFEST).stat().st_mtime
         info = BlendInfo(command=fix, method=record.method, calibration=record.calibration, clip=record.clip,
-                         models=list(record.models), n_folds=record.n_folds,
+                         metric=record.metric, models=list(record.models), n_folds=record.n_folds,
                          ladder=[asdict(step) for step in record.ladder])
     except _READ_ERRORS as exc:
         return BlendInfo(state=BROKEN, reason=_describe(exc), command=fix), None
@@ -577,11 +578,13 @@ def render_text(status: Status) -> list[str]:
     elif b.state == BROKEN:
         out.append("blend: broken")
     else:
-        out += _wrap(f"blend: {b.method}, calibration {b.calibration}, clip {b.clip:.4g} ({len(b.models)} models, "
+        clip = f"clip {b.clip:.4g}" if b.clip is not None else "no clip"
+        out += _wrap(f"blend: {b.method}, calibration {b.calibration}, {clip} ({len(b.models)} models, "
                      f"{b.n_folds} folds)")
-        out.append(f"  {'step':<18} {'log loss':>8}  (out of fold, cross-fitted)")
+        metric = {"logloss": "log loss", "auc": "AUC", "accuracy": "accuracy"}.get(b.metric or "logloss", b.metric)
+        out.append(f"  {'step':<18} {metric[:8]:>8}  (out of fold, cross-fitted)")
         for step in b.ladder:
-            lead = f"  {_elide(step['step'], 18):<18} {_number(step['oof_logloss'], '.5f'):>8}  "
+            lead = f"  {_elide(step['step'], 18):<18} {_number(step['score'], '.5f'):>8}  "
             out.append(lead + _elide(step["detail"], WIDTH - len(lead)))
     if b is not None:
         _flag(out, b, "  ")

@@ -132,7 +132,7 @@ def test_following_the_next_command_walks_the_pipeline_to_a_submission(comp, tmp
     blend = store.load_blend(store.experiment_dir("default"))
     assert (st.blend.method, st.blend.calibration, st.blend.clip, st.blend.state) == (
         blend.method, blend.calibration, blend.clip, OK)
-    assert [s["oof_logloss"] for s in st.blend.ladder] == [s.oof_logloss for s in blend.ladder]
+    assert [s["score"] for s in st.blend.ladder] == [s.score for s in blend.ladder]
     sub = Path(st.submission.path)
     assert sub.parent == Path("submissions") and sub.name.startswith("default-") and st.submission.rows == 5
     assert "--upload" in st.next.why and str(sub) in st.next.why
@@ -403,7 +403,8 @@ def test_the_experiments_recorded_metric_gets_its_own_column(pipeline, template)
                           tta_predict=False, scores={**result.scores, "oof_auc": 0.987654}, seconds=1.0,
                           n_excluded_train=0, n_excluded_test=0)
     st = status()
-    assert st.metric == "auc" and [m.metric_score for m in st.models] == [0.987654, None]
+    # cv scores every metric: the pipeline's own model has its AUC too
+    assert st.metric == "auc" and [m.metric_score for m in st.models] == [0.987654, result.scores["oof_auc"]]
     assert (st.blend.state, st.blend.reason) == (STALE, "made before these cv models: extra__logreg")
     lines = check_text(st)
     assert any(line.rstrip().endswith("auc  seconds") for line in lines)
