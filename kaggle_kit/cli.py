@@ -88,25 +88,35 @@ def features(
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decoder threads (default: CPU count)."),
     shard_size: int = typer.Option(1024, "--shard-size", min=1, help="Images per resumable shard."),
-    name: Optional[str] = typer.Option(None, "--name", help="Feature set name (default: backbone[_size])."),
+    name: Optional[str] = typer.Option(None, "--name", help="Feature set name (default: backbone[_size][-layer])."),
+    layer: Optional[list[str]] = typer.Option(
+        None, "--layer", "-l",
+        help="Pool this layer's output instead of the last layer's, as its own feature set; repeatable (one pass). "
+        "'last' is the default features; 'kaggle-kit backbones --layers BACKBONE' lists the layers.",
+    ),
     force: bool = typer.Option(False, "--force", help="Recompute even if a matching cache exists."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Extract pooled features of a frozen ImageNet backbone for every train and test image (cached)."""
     from kaggle_kit.artifacts import check_name, experiment_dir, experiment_lock, features_dir, save_experiment
-    from kaggle_kit.backbones import get_backbone, resolve_weights
+    from kaggle_kit.backbones import LAST, get_backbone, resolve_weights
     from kaggle_kit.data import discover
-    from kaggle_kit.features import FeatureSettings, default_name, extract_features
+    from kaggle_kit.features import FeatureSettings, default_name, extract_feature_sets
 
     spec = get_backbone(backbone)
+    layers = list(dict.fromkeys(None if n == LAST else n for n in layer or [LAST]))  # 'last' -> None, deduplicated
+    if name and len(layers) > 1:
+        raise KitError(f"--name names one feature set but {len(layers)} layers were asked for; drop --name", code=2)
     exp_dir = experiment_dir(exp)
     data_dir, positive = _resolve_data(exp_dir, data, positive)
     dataset = discover(data_dir, positive=positive)
     choice = resolve_weights(spec, weights)
     size = image_size or spec.input_size
-    out_name = check_name("feature set", name) if name else default_name(spec, size)
-    settings = FeatureSettings(backbone=spec, weights=choice, image_size=size, tta=tta.value,
-                               batch_size=batch_size, workers=workers, shard_size=shard_size)
+    out_names = [check_name("feature set", name) if name else default_name(spec, size, one) for one in layers]
+    jobs = [(features_dir(exp_dir, out_name),
+             FeatureSettings(backbone=spec, weights=choice, image_size=size, tta=tta.value, batch_size=batch_size,
+                             workers=workers, shard_size=shard_size, layer=one))
+            for out_name, one in zip(out_names, layers)]
     with experiment_lock(exp_dir, command=f"features --backbone {backbone}"):
         # Warnings only once the lock is held: a run refused as busy says so in one line.
         for w in dataset.warnings:
@@ -115,28 +125,47 @@ def features(
             _err("WARNING: --weights none: random weights, these features are NOT pretrained and will score poorly "
                  "(use them for plumbing tests only)")
         save_experiment(exp_dir, data_dir=dataset.root, positive=positive)
-        result = extract_features(dataset, features_dir(exp_dir, out_name), settings, force=force,
-                                  warn=_err, progress=not quiet)
-    m = result.manifest
-    where = result.out_dir
-    if result.cached:
-        typer.echo(f"{out_name}: cached ({m['n_train']} train + {m['n_test']} test rows, {m['width']} features) "
-                   f"in {where}; --force recomputes")
-    else:
-        rate = m["images_per_second"]
-        typer.echo(f"{out_name}: {m['n_train']} train + {m['n_test']} test images -> {m['width']} features"
-                   f"{' x2 (flip)' if m['tta'] == 'flip' else ''}, "
-                   f"{rate if rate is not None else '-'} img/s end to end, {m['extract_seconds']} s -> {where}")
+        results = extract_feature_sets(dataset, jobs, force=force, warn=_err, progress=not quiet)
+    for out_name, result in zip(out_names, results):
+        m = result.manifest
+        where = result.out_dir
+        if result.cached:
+            typer.echo(f"{out_name}: cached ({m['n_train']} train + {m['n_test']} test rows, {m['width']} features) "
+                       f"in {where}; --force recomputes")
+        else:
+            rate = m["images_per_second"]
+            typer.echo(f"{out_name}: {m['n_train']} train + {m['n_test']} test images -> {m['width']} features"
+                       f"{' x2 (flip)' if m['tta'] == 'flip' else ''}, "
+                       f"{rate if rate is not None else '-'} img/s end to end, {m['extract_seconds']} s -> {where}")
 
 
 @app.command()
-def backbones():
+@handle_errors
+def backbones(
+    layers: Optional[str] = typer.Option(
+        None, "--layers", metavar="BACKBONE", help="List the layers of BACKBONE worth cutting at (for --layer).",
+    ),
+    every: bool = typer.Option(False, "--all", help="With --layers: every layer with a feature map."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", min=8, help="With --layers: the input size."),
+):
     """List the registered backbones with their input size, preprocessing and feature width."""
-    from kaggle_kit.backbones import REGISTRY
+    from kaggle_kit.backbones import LAST, REGISTRY, cut_layers, get_backbone
 
-    typer.echo(f"{'name':<22}{'size':>6}  {'preprocess':<10}{'width':>6}")
-    for b in sorted(REGISTRY.values(), key=lambda b: b.name):
-        typer.echo(f"{b.name:<22}{b.input_size:>6}  {b.preprocess:<10}{b.width:>6}")
+    if layers is None:
+        typer.echo(f"{'name':<22}{'size':>6}  {'preprocess':<10}{'width':>6}")
+        for b in sorted(REGISTRY.values(), key=lambda b: b.name):
+            typer.echo(f"{b.name:<22}{b.input_size:>6}  {b.preprocess:<10}{b.width:>6}")
+        return
+    spec = get_backbone(layers)
+    size = image_size or spec.input_size
+    cuts = cut_layers(spec, image_size=size, everything=every)
+    typer.echo(f"{spec.name} at {size} px: {'every layer with a feature map' if every else 'layers worth cutting at'}"
+               f" (kaggle-kit features --backbone {spec.name} --layer NAME)")
+    column = max(len(c.name) for c in cuts) + 2
+    typer.echo(f"{'layer':<{column}}{'map':>9}{'width':>7}")
+    for c in cuts:
+        note = "  the default features" if c.name == LAST else ""
+        typer.echo(f"{c.name:<{column}}{f'{c.map_size[0]}x{c.map_size[1]}':>9}{c.width:>7}{note}")
 
 
 class BlendMethod(str, Enum):
@@ -306,11 +335,12 @@ def cv(
     status = {"kept": "", "new": " (new)",
               "replaced": " (new: cv results made on the previous plan are stale)"}[run.plan_status]
     typer.echo(f"fold plan: {run.plan.describe()}{status}")
-    typer.echo(f"{'model':<32}{'OOF log loss':>13}{'accuracy':>10}{'seconds':>10}")
+    column = max([32, *(len(r.model) + 2 for r in run.results)])  # layer feature sets have long names
+    typer.echo(f"{'model':<{column}}{'OOF log loss':>13}{'accuracy':>10}{'seconds':>10}")
     for r in run.results:
         s = r.manifest["scores"]
         took = "cached" if r.cached else f"{r.manifest['seconds']:.1f}"
-        typer.echo(f"{r.model:<32}{s['oof_logloss']:>13.5f}{s['oof_accuracy']:>10.2%}{took:>10}")
+        typer.echo(f"{r.model:<{column}}{s['oof_logloss']:>13.5f}{s['oof_accuracy']:>10.2%}{took:>10}")
     if any(r.cached for r in run.results):
         typer.echo("cached: inputs unchanged since the last run; --force recomputes")
     if run.stale:

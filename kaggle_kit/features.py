@@ -17,13 +17,14 @@ everything the features depend on, so shards of another configuration or of chan
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import shutil
 import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -57,8 +58,10 @@ class FeatureSettings:
     batch_size: int = 32
     workers: int | None = None
     shard_size: int = 1024
+    layer: str | None = None  # None: the backbone's default (last-layer) features; else a layer to pool
 
     def key(self, image_list_hash: str) -> str:
+        layer = {} if self.layer is None else {"layer": self.layer}  # keys of last-layer sets stay as they were
         return sha256_json({
             "format": FORMAT,
             "backbone": self.backbone.name,
@@ -68,6 +71,7 @@ class FeatureSettings:
             "image_size": self.image_size,
             "tta": self.tta,
             "images": image_list_hash,
+            **layer,
         })
 
 
@@ -78,8 +82,11 @@ class FeatureResult:
     cached: bool
 
 
-def default_name(backbone: Backbone, image_size: int) -> str:
-    return backbone.name if image_size == backbone.input_size else f"{backbone.name}_{image_size}"
+def default_name(backbone: Backbone, image_size: int, layer: str | None = None) -> str:
+    """``<backbone>[_<size>][-<layer>]``: the size when it is not the backbone's default, the layer when it is
+    not the last (``-`` never occurs in backbone or Keras layer names, so the parts stay apart)."""
+    name = backbone.name if image_size == backbone.input_size else f"{backbone.name}_{image_size}"
+    return name if layer is None else f"{name}-{layer}"
 
 
 def rerun_options(out_dir: Path, manifest: dict) -> str:
@@ -97,10 +104,12 @@ def rerun_options(out_dir: Path, manifest: dict) -> str:
         options.append("--weights none" if manifest["weights_kind"] == "none" else "--weights FILE")
     if manifest.get("tta") == "flip":
         options.append("--tta flip")
+    if manifest.get("layer"):
+        options.append(f"--layer {manifest['layer']}")
     exp_dir = out_dir.parent.parent
     if out_dir.parent.name == "features" and exp_dir.parent.name == "experiments" and exp_dir.name != "default":
         options.append(f"--exp {exp_dir.name}")
-    if out_dir.name != default_name(spec, size):
+    if out_dir.name != default_name(spec, size, manifest.get("layer")):
         options.append(f"--name {out_dir.name}")
     return " ".join(options)
 
@@ -250,30 +259,35 @@ def run_extraction(
     return len(flat)
 
 
-def _assemble(out_dir: Path, partial: Path, paths: dict[str, list[Path]], *, width: int, shard_size: int,
+def _assemble(targets: list[tuple[Path, slice]], partial: Path, paths: dict[str, list[Path]], *, shard_size: int,
               tta: str) -> dict[str, np.ndarray]:
     """Stream the shards into the final arrays (memory-mapped, atomic); return the ok mask of each split.
 
-    Each shard is read once; peak memory is one shard, whatever the number of images.
+    ``targets``: (feature set folder, its columns of the shards' features); one layer's features sit side by
+    side with the others' in a shard. Each shard is read once; peak memory is one shard, whatever the number
+    of images.
     """
     ok_masks = {}
     for split, split_paths in paths.items():
         sources = {"feats": split, **({"flip": f"{split}_flip"} if tta == "flip" else {})}
         n = len(split_paths)
         with contextlib.ExitStack() as stack:
-            outs = {}
-            for key, logical in sources.items():
-                tmp = stack.enter_context(atomic_path(out_dir / f"{logical}.npy", suffix=".npy"))
-                outs[key] = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, width))
+            outs = []
+            for out_dir, columns in targets:
+                for key, logical in sources.items():
+                    tmp = stack.enter_context(atomic_path(out_dir / f"{logical}.npy", suffix=".npy"))
+                    width = columns.stop - columns.start
+                    memmap = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, width))
+                    outs.append((key, columns, memmap))
             ok = np.zeros(n, dtype=bool)
             for index, (a, b) in enumerate(_shard_ranges(n, shard_size)):
                 shard = _load_shard(_shard_path(partial, split, index))
                 if shard is None:
                     raise KitError(f"shard {split}-{index} in {partial} vanished while assembling; run again")
-                for key, out in outs.items():
-                    out[a:b] = shard[key]
+                for key, columns, out in outs:
+                    out[a:b] = shard[key][:, columns]
                 ok[a:b] = shard["ok"]
-            for out in outs.values():
+            for _, _, out in outs:
                 out.flush()
             outs.clear()  # subtle: close the memory maps before atomic_path renames the files
         ok_masks[split] = ok
@@ -358,35 +372,86 @@ def extract_features(
     progress: bool = True,
 ) -> FeatureResult:
     """Extract (or reuse) the features of ``dataset`` into ``out_dir``; see the module docstring for the layout."""
-    image_hash = dataset.image_list_hash()
-    key = settings.key(image_hash)
-    if not force:
-        manifest = cached_manifest(out_dir, key)
-        if manifest is not None:
-            return FeatureResult(out_dir, manifest, cached=True)
+    return extract_feature_sets(dataset, [(out_dir, settings)], force=force, warn=warn, progress=progress)[0]
 
-    partial = out_dir / ".partial" / key[:16]
+
+def extract_feature_sets(
+    dataset: Dataset,
+    jobs: Sequence[tuple[Path, FeatureSettings]],
+    *,
+    force: bool = False,
+    warn: Callable[[str], None] = print,
+    progress: bool = True,
+) -> list[FeatureResult]:
+    """Extract (or reuse) several feature sets that differ only in their ``layer``, from one decode of each
+    image and one forward pass of a model with one output per layer; one result per job, in order.
+
+    Each set is cached and written on its own (its key includes its layer); only the missing ones are computed.
+    The shards of a run hold all of its layers side by side, in the first computed set's ``.partial/``, so an
+    interrupted run resumes when the same sets are asked for again.
+    """
+    if not jobs:
+        return []
+    settings = jobs[0][1]
+    if any(dataclasses.replace(s, layer=None) != dataclasses.replace(settings, layer=None) for _, s in jobs):
+        raise ValueError("feature sets extracted together must differ only in their layer")
+    if len({s.layer for _, s in jobs}) != len(jobs) or len({d for d, _ in jobs}) != len(jobs):
+        raise ValueError("each layer and each folder may be asked for once")
+    image_hash = dataset.image_list_hash()
+    keys = [s.key(image_hash) for _, s in jobs]
+    results: list[FeatureResult | None] = [None] * len(jobs)
+    if not force:
+        for i, (out_dir, _) in enumerate(jobs):
+            manifest = cached_manifest(out_dir, keys[i])
+            if manifest is not None:
+                results[i] = FeatureResult(out_dir, manifest, cached=True)
+    todo_jobs = [i for i, r in enumerate(results) if r is None]
+    if not todo_jobs:
+        return results
+
+    backbone = settings.backbone
+    layers = [jobs[i][1].layer for i in todo_jobs]
+    t_build = time.perf_counter()
+    from kaggle_kit.backbones import LAST, build_extractor
+
+    # Built before anything is written: an unknown layer is refused without leaving folders behind.
+    if layers == [None]:
+        model = build_extractor(backbone, image_size=settings.image_size, weights=settings.weights)
+        widths = [backbone.width]
+        predict = model.predict_on_batch
+    else:
+        model = build_extractor(backbone, image_size=settings.image_size, weights=settings.weights,
+                                layers=[LAST if layer is None else layer for layer in layers])
+        # subtle: Keras hands back a one-output model's output bare, not in a list of one
+        widths = [int(shape[-1]) for shape in (model.output_shape if len(layers) > 1 else [model.output_shape])]
+
+        def predict(batch: np.ndarray) -> np.ndarray:
+            outputs = model.predict_on_batch(batch)
+            return np.concatenate([np.asarray(out) for out in outputs], axis=1) if len(layers) > 1 \
+                else np.asarray(outputs)
+    build_seconds = time.perf_counter() - t_build
+
+    # One group key for the sets made together; a single set keeps its own key (as before multi-layer runs).
+    group = keys[todo_jobs[0]] if len(todo_jobs) == 1 else sha256_json(sorted(keys[i] for i in todo_jobs))
+    out_dirs = [jobs[i][0] for i in todo_jobs]
+    partial = out_dirs[0] / ".partial" / group[:16]
     if force and partial.exists():
         shutil.rmtree(partial)
     partial.mkdir(parents=True, exist_ok=True)
-    for stale in (out_dir / ".partial").iterdir():  # shards of other configurations can never be used again
-        if stale != partial:
-            shutil.rmtree(stale, ignore_errors=True)
-    for stale in out_dir.glob(".*.tmp"):  # arrays of a run killed while assembling (as large as the results)
-        stale.unlink(missing_ok=True)
+    for out_dir in out_dirs:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in (out_dir / ".partial").glob("*"):  # shards of other configurations are never used again
+            if stale != partial:
+                shutil.rmtree(stale, ignore_errors=True)
+        for stale in out_dir.glob(".*.tmp"):  # arrays of a run killed while assembling (as large as the results)
+            stale.unlink(missing_ok=True)
 
     paths = {"train": dataset.train_paths(), "test": dataset.test_paths()}
     total = sum(len(p) for p in paths.values())
-    backbone = settings.backbone
-    t_build = time.perf_counter()
-    from kaggle_kit.backbones import build_extractor
-
-    model = build_extractor(backbone, image_size=settings.image_size, weights=settings.weights)
-    build_seconds = time.perf_counter() - t_build
     # subtle: compile on a blank batch before the clock starts; images/s is then the steady-state rate, and the
     # one-time compile (seconds on a GPU under JAX) is reported on its own as warmup_seconds.
     t_warm = time.perf_counter()
-    model.predict_on_batch(np.zeros((settings.batch_size, settings.image_size, settings.image_size, 3), np.uint8))
+    predict(np.zeros((settings.batch_size, settings.image_size, settings.image_size, 3), np.uint8))
     warmup_seconds = time.perf_counter() - t_warm
 
     from tqdm import tqdm
@@ -396,11 +461,11 @@ def extract_features(
     bar.update(total - sum(b - a for _, _, a, b in todo))  # shards finished by an interrupted run
     t0 = time.perf_counter()
     n_new = run_extraction(
-        model.predict_on_batch,
+        predict,
         paths,
         partial,
         todo,
-        width=backbone.width,
+        width=sum(widths),
         image_size=settings.image_size,
         batch_size=settings.batch_size,
         tta=settings.tta,
@@ -410,10 +475,13 @@ def extract_features(
     seconds = time.perf_counter() - t0
     bar.close()
 
-    # subtle: drop the old manifest before replacing arrays, so a crash in between never pairs old metadata
-    # with new arrays; the new manifest is written only after every array is in place.
-    (out_dir / "manifest.json").unlink(missing_ok=True)
-    ok = _assemble(out_dir, partial, paths, width=backbone.width, shard_size=settings.shard_size, tta=settings.tta)
+    # subtle: drop the old manifests before replacing arrays, so a crash in between never pairs old metadata
+    # with new arrays; the new manifests are written only after every array is in place.
+    for out_dir in out_dirs:
+        (out_dir / "manifest.json").unlink(missing_ok=True)
+    edges = np.cumsum([0, *widths])
+    ok = _assemble([(out_dir, slice(int(a), int(b))) for out_dir, a, b in zip(out_dirs, edges[:-1], edges[1:])],
+                   partial, paths, shard_size=settings.shard_size, tta=settings.tta)
     unreadable = {
         "train": [dataset.train_files[i] for i in np.flatnonzero(~ok["train"])],
         "test": [dataset.test_files[i] for i in np.flatnonzero(~ok["test"])],
@@ -425,26 +493,32 @@ def extract_features(
 
     import keras
 
-    manifest = _write_ids_and_manifest(
-        out_dir, dataset, key=key, image_hash=image_hash, width=backbone.width, tta=settings.tta,
-        unreadable=unreadable,
-        backbone=backbone.name,
-        builder=backbone.builder,
-        weights=settings.weights.identity,
-        weights_kind=settings.weights.kind,
-        input_size=settings.image_size,
-        preprocess=backbone.preprocess,
-        images_computed=n_new,
-        images_per_second=round(n_new / seconds, 2) if n_new and seconds > 0 else None,
-        extract_seconds=round(seconds, 2),
-        build_seconds=round(build_seconds, 2),
-        warmup_seconds=round(warmup_seconds, 2),
-        batch_size=settings.batch_size,
-        keras_backend=keras.backend.backend(),
-        keras_version=keras.__version__,
-    )
-    shutil.rmtree(out_dir / ".partial", ignore_errors=True)
-    return FeatureResult(out_dir, manifest, cached=False)
+    for i, out_dir, width in zip(todo_jobs, out_dirs, widths):
+        layer = {} if jobs[i][1].layer is None else {"layer": jobs[i][1].layer}
+        manifest = _write_ids_and_manifest(
+            out_dir, dataset, key=keys[i], image_hash=image_hash, width=width, tta=settings.tta,
+            unreadable=unreadable,
+            backbone=backbone.name,
+            builder=backbone.builder,
+            weights=settings.weights.identity,
+            weights_kind=settings.weights.kind,
+            input_size=settings.image_size,
+            preprocess=backbone.preprocess,
+            **layer,
+            extracted_with=[jobs[j][0].name for j in todo_jobs],  # the sets made in the same pass
+            images_computed=n_new,
+            images_per_second=round(n_new / seconds, 2) if n_new and seconds > 0 else None,
+            extract_seconds=round(seconds, 2),
+            build_seconds=round(build_seconds, 2),
+            warmup_seconds=round(warmup_seconds, 2),
+            batch_size=settings.batch_size,
+            keras_backend=keras.backend.backend(),
+            keras_version=keras.__version__,
+        )
+        results[i] = FeatureResult(out_dir, manifest, cached=False)
+    for out_dir in out_dirs:
+        shutil.rmtree(out_dir / ".partial", ignore_errors=True)
+    return results
 
 
 # ------------------------------------------------------------------------------------------------- reading
