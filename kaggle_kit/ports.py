@@ -3,8 +3,8 @@
 Each builder returns a ``keras.Model`` from the **preprocessed** float input (batch, H, W, 3) to global-average-
 pooled features (batch, 512) for SqueezeNet and (batch, 1280) for the Lites, or to a Lite's ImageNet logits
 (batch, 1000) with ``include_top``. The preprocessing itself is the registry's in-graph ``Preprocess`` layer.
-The Lite graphs also name their stage ends ``block1`` ... ``block7`` (identity layers), so that features can be
-cut there (:data:`LITE_CUTS`).
+The Lite graphs also name their seven stage ends ``block1`` ... ``block7`` (identity layers; strides 2, 4, 8, 16,
+16, 32, 32), so that features can be cut there (``kaggle-kit features --layer block5``).
 
 Their weights come in two foreign formats, read here without their frameworks:
 
@@ -97,10 +97,6 @@ LITE_VARIANTS = {
                     "models/efficientnet-lite2-9656183e.pth"),
     )
 }
-# Where features can be cut in a Lite graph: the seven stage ends (identity layers in the graph), with their
-# strides 2, 4, 8, 16, 16, 32, 32; the head (the 1280-wide last layer) is the default features.
-LITE_CUTS = tuple(f"block{i}" for i in range(1, len(B0_STAGES) + 1))
-
 
 # ------------------------------------------------------------------------------------- legacy torch files
 _TORCH_MAGIC = 0x1950A86A20F9469CFC6C
@@ -459,7 +455,7 @@ def _lite_graph(keras, variant: LiteVariant, input_shape, include_top: bool):
             if repeat > 0:  # stride 1 and channels in == out: identity skip (drop-connect is training-only)
                 x = layers.Add(name=_keras_name(p + "add"))([block_in, x])
             index, channels = index + 1, out
-        x = layers.Identity(name=f"block{stage}")(x)  # a stable name for the stage end (see LITE_CUTS)
+        x = layers.Identity(name=f"block{stage}")(x)  # a stable name for the stage end, to cut at
     x = bn(conv(x, LITE_HEAD, 1, 1, "_conv_head"), "_bn1")
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if include_top:  # the torch model's dropout before _fc does nothing at inference, so it is left out
