@@ -9,6 +9,10 @@ Output, in ``experiments/<exp>/features/<name>/``:
   (augmentation) and average a model's predictions over both views (test-time augmentation);
 - ``manifest.json`` (format ``kaggle-kit/features/1``), written last: without it nothing here is finished.
 
+A feature set holds the backbone's default (last-layer) features, or with ``FeatureSettings.layer`` the pooled
+output of that layer (``--layer``; manifest field ``layer``). :func:`extract_feature_sets` makes several layers'
+sets from one decode and one forward pass.
+
 Extraction is written in shards (``.partial/<key>/<split>-<i>.npz``, each written atomically). A run that is
 interrupted (Ctrl-C, SIGKILL) resumes from the finished shards of the same key; the key is a hash of
 everything the features depend on, so shards of another configuration or of changed images are never reused.
