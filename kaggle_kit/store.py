@@ -15,7 +15,9 @@ Layout::
         train_flip.npy, test_flip.npy     the same rows on horizontally flipped images (``--tta flip``)
         ids.json                          the row order: train_ids, train_labels, test_ids
         .partial/<key>/<split>-<i>.npz    shards of an unfinished extraction: 'feats' float32 (rows, width), 'ok'
-                                          bool (rows,), with flip TTA 'flip' float32 (rows, width)
+                                          bool (rows,), with flip TTA 'flip' float32 (rows, width); 'widths'
+                                          int64 (layers,): the layers extracted in one pass (``--layer``) side
+                                          by side in 'feats'/'flip', kept in the first set's folder
     experiments/<exp>/folds/              kaggle-kit/folds/1: the one fold plan of the experiment
         plan.npy                          int8 (repeats, n_train): the fold of each training row per repeat
         y.npy, ids.json                   int8 (n_train,) labels; train_ids, test_ids
@@ -256,19 +258,24 @@ def shard_path(partial: Path, split: str, index: int) -> Path:
 
 
 def save_shard(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """Write one shard atomically: 'feats' float32 (rows, width), 'ok' bool (rows,) and, with flip TTA, 'flip'."""
+    """Write one shard atomically: 'feats' float32 (rows, width), 'ok' bool (rows,), with flip TTA 'flip', and
+    'widths' int64 (layers,): the width of each layer whose features sit side by side in 'feats' and 'flip'."""
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
 
 
 def load_shard(path: Path) -> dict[str, np.ndarray] | None:
-    """A shard's arrays, or None when it is missing or damaged (it is then recomputed, never trusted)."""
+    """A shard's arrays, or None when it is missing or damaged (it is then recomputed, never trusted). A shard
+    written before 'widths' existed holds one layer: its 'widths' is then the width of 'feats'."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
+    if "feats" in arrays and "widths" not in arrays:
+        arrays["widths"] = np.asarray([arrays["feats"].shape[1]], dtype=np.int64)
+    return arrays
 
 
 def shard_is_complete(path: Path, rows: int) -> bool:
@@ -280,9 +287,11 @@ def shard_is_complete(path: Path, rows: int) -> bool:
         return False
 
 
-def default_feature_set_name(backbone: str, *, input_size: int, image_size: int) -> str:
-    """``<backbone>``, or ``<backbone>_<size>`` when the image size is not the backbone's own."""
-    return backbone if image_size == input_size else f"{backbone}_{image_size}"
+def default_feature_set_name(backbone: str, *, input_size: int, image_size: int, layer: str | None = None) -> str:
+    """``<backbone>[_<size>][-<layer>]``: the size when it is not the backbone's own, the layer when it is not the
+    last (``-`` never occurs in backbone or Keras layer names, so the parts stay apart)."""
+    name = backbone if image_size == input_size else f"{backbone}_{image_size}"
+    return name if layer is None else f"{name}-{layer}"
 
 
 def feature_set_names(exp_dir: Path) -> list[str]:
@@ -320,14 +329,17 @@ def features_command(out_dir: Path, manifest: Mapping[str, Any] | None = None, *
 
     manifest = manifest or {}
     name = out_dir.name
+    # Without a manifest, the folder's name says it: <backbone>[_<size>][-<layer>].
+    stem, _, named_layer = name.partition("-")
     backbone = manifest.get("backbone") or next(
         (b for b in sorted(REGISTRY, key=len, reverse=True)
-         if name == b or (name.startswith(f"{b}_") and name[len(b) + 1:].isdigit())), None)
+         if stem == b or (stem.startswith(f"{b}_") and stem[len(b) + 1:].isdigit())), None)
     spec = REGISTRY.get(backbone) if backbone else None
     options = ["--backbone", backbone or "BACKBONE"]
     size = manifest.get("input_size")
-    if spec is not None and size is None and name != spec.name and not manifest:
-        size = int(name[len(spec.name) + 1:])
+    if spec is not None and size is None and stem != spec.name and not manifest:
+        size = int(stem[len(spec.name) + 1:])
+    layer = manifest.get("layer") if manifest else (named_layer or None)
     size = size or (spec.input_size if spec is not None else None)
     if spec is not None and size != spec.input_size:
         options += ["--image-size", str(size)]
@@ -337,7 +349,10 @@ def features_command(out_dir: Path, manifest: Mapping[str, Any] | None = None, *
         options += ["--tta", "flip"]
     if manifest.get("decoder") not in (None, DEFAULT_DECODER):
         options += ["--decoder", manifest["decoder"]]
-    if spec is None or name != default_feature_set_name(spec.name, input_size=spec.input_size, image_size=size):
+    if layer is not None:
+        options += ["--layer", layer]
+    if spec is None or name != default_feature_set_name(spec.name, input_size=spec.input_size, image_size=size,
+                                                        layer=layer):
         options += ["--name", name]
     if force:
         options.append("--force")
@@ -556,7 +571,7 @@ def finish_feature_set(out_dir: Path, dataset: Dataset, *, key: str, image_list_
                        unreadable: Mapping[str, Sequence[str]], backbone: str, weights: str, weights_kind: str,
                        preprocess: str | None, input_size: int | None, weights_path: Path | str | None = None,
                        decoder: str | None = None, engine: str | None = None, cluster: ClusterRun | None = None,
-                       details: Mapping[str, Any] | None = None) -> FeatureSet:
+                       layer: str | None = None, details: Mapping[str, Any] | None = None) -> FeatureSet:
     """Write ``ids.json`` then ``manifest.json`` beside arrays already in place; return the loaded set.
 
     ``unreadable`` maps 'train'/'test' to the relative files that could not be decoded (the manifest keeps
@@ -566,7 +581,8 @@ def finish_feature_set(out_dir: Path, dataset: Dataset, *, key: str, image_list_
     figures of the run (images per second, seconds, versions) kept in the manifest as they are.
     ``image_list_hash`` is the data set's as it was when the extraction began (so images changed during it make
     the set stale). ``weights_path``: the local weights file loaded, if any (the report's heatmaps rebuild the
-    backbone from it).
+    backbone from it). ``layer``: the layer the features were pooled from (``--layer``), None for the
+    backbone's default features (:attr:`FeatureSet.layer`; the key is written only for a layer).
     """
     ids = {"train_ids": list(dataset.train_ids), "train_labels": dataset.y.tolist(), "test_ids": list(dataset.test_ids)}
     write_json_atomic(out_dir / "ids.json", ids)
@@ -586,6 +602,7 @@ def finish_feature_set(out_dir: Path, dataset: Dataset, *, key: str, image_list_
         backbone=backbone, weights=weights, weights_kind=weights_kind,
         weights_path=str(weights_path) if weights_path is not None else None, preprocess=preprocess,
         input_size=input_size, decoder=decoder, engine=engine, **(cluster.fields() if cluster is not None else {}),
+        **({} if layer is None else {"layer": layer}),
     )
     clash = set(details or {}) & set(fields)
     if clash:

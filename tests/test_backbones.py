@@ -8,11 +8,16 @@ from conftest import intercept_keras_weights_requests
 from kaggle_kit import cam
 from kaggle_kit.artifacts import KitError
 from kaggle_kit.backbones import (
+    CURATED_CUTS,
+    LAST,
     REGISTRY,
     Backbone,
     WeightsChoice,
     build_extractor,
     build_feature_map,
+    cut_layers,
+    cut_layers_of,
+    extractor_on,
     get_backbone,
     preprocess_layer,
     resolve_weights,
@@ -51,7 +56,10 @@ def test_every_backbone_in_one_build_width_published_file_and_exact_cam(name, tm
       Keras then asks for are the ones :mod:`kaggle_kit.weights` tells users to attach (the request is
       intercepted and the loading skipped, so nothing is downloaded and the weights stay random);
     - the pooled features are the mean of the last feature map (through ConvNeXt's LayerNorm), so a random
-      linear head's class activation map averages to the head's logit for the photo.
+      linear head's class activation map averages to the head's logit for the photo;
+    - the layers worth cutting at (``features --layer``), found on the same graph: at least four stage ends
+      then 'last' (the default features), finer maps first where no curated list names them; an extractor of
+      them all, on the same built backbone, gives each its listed width.
     """
     keras = load_keras()
     b = REGISTRY[name]
@@ -93,6 +101,15 @@ def test_every_backbone_in_one_build_width_published_file_and_exact_cam(name, tm
         heat = cam.cam(F, wi, bi)
         assert heat.shape == F.shape[:2]
         assert heat.mean() == pytest.approx(logit, abs=1e-4 * max(1.0, abs(logit)))
+
+    cuts = cut_layers_of(net.base, b)
+    assert len(cuts) >= 4 and cuts[-1].name == LAST and cuts[-1].width == b.width, cuts
+    if name in CURATED_CUTS:
+        assert [c.name for c in cuts[:-1]] == list(CURATED_CUTS[name])
+    else:  # one stage end per stride, finer first
+        assert all(a.map_size[0] > c.map_size[0] for a, c in zip(cuts[:-2], cuts[1:-1])), cuts
+    cut = extractor_on(net.base, b, image_size=size, layers=[c.name for c in cuts])
+    assert [int(output.shape[-1]) for output in cut.outputs] == [c.width for c in cuts]
     keras.backend.clear_session()
 
 
@@ -141,3 +158,55 @@ def test_backbone_is_frozen_config():
     with pytest.raises(dataclasses.FrozenInstanceError):
         b.input_size = 1  # type: ignore[misc]
     assert isinstance(b, Backbone) and REGISTRY["resnet50"].input_size == 224
+
+
+# ------------------------------------------------------------------------------------- cutting at a layer
+def test_lite_cuts_are_the_seven_stage_ends_then_the_default_features():
+    cuts = cut_layers(REGISTRY["efficientnet_lite0"], image_size=320)
+    assert [c.name for c in cuts] == [f"block{i}" for i in range(1, 8)] + [LAST]
+    assert [c.width for c in cuts] == [16, 24, 40, 80, 112, 192, 320, 1280]
+    assert [c.map_size[0] for c in cuts] == [160, 80, 40, 20, 20, 10, 10, 10]  # strides 2 4 8 16 16 32 32
+
+
+@pytest.mark.slow  # builds InceptionV3
+def test_inception_v3_lists_its_mixed_modules_and_cuts_at_mixed7():
+    b = REGISTRY["inception_v3"]
+    cuts = cut_layers(b, image_size=b.min_size)
+    assert [c.name for c in cuts] == [f"mixed{i}" for i in range(10)] + [LAST]  # mixed10 pooled is 'last'
+    assert [c.width for c in cuts] == [256, 288, 288, 768, 768, 768, 768, 768, 1280, 2048, 2048]
+    assert dict((c.name, c.width) for c in cuts)["mixed7"] == 768
+
+
+@pytest.mark.slow  # builds ResNet50 once and Xception three times
+def test_the_stage_end_rule_finds_resnet50_stages_and_stable_names_for_xception():
+    assert [(c.name, c.map_size[0]) for c in cut_layers(REGISTRY["resnet50"], image_size=64)] == [
+        ("conv1_relu", 32), ("conv2_block3_out", 16), ("conv3_block4_out", 8), ("conv4_block6_out", 4), (LAST, 2)]
+    # Xception's merges have automatic names that Keras numbers per process: building it again (its adds now
+    # called add_12, ...) must list the same names, and they must still be found when cutting.
+    first = cut_layers(REGISTRY["xception"], image_size=71)
+    second = cut_layers(REGISTRY["xception"], image_size=71)
+    assert [c.name for c in first] == [c.name for c in second]
+    assert [c.name for c in first][1:4] == ["add", "add_1", "add_10"]
+    model = build_extractor(REGISTRY["xception"], image_size=71, weights=NONE, layers=["add_1", LAST])
+    assert [shape[-1] for shape in model.output_shape] == [256, 2048]
+
+
+def test_a_multi_layer_extractor_equals_single_layer_extractors():
+    b = REGISTRY["efficientnet_lite0"]  # small enough to build three times in the fast tests
+    images = np.random.default_rng(0).integers(0, 256, size=(3, 64, 64, 3), dtype=np.uint8)
+    multi = build_extractor(b, image_size=64, weights=NONE, layers=["block5", LAST, "block2"])
+    assert multi.input.dtype == "uint8" and [s[-1] for s in multi.output_shape] == [112, 1280, 24]
+    block5, last, block2 = (np.asarray(x) for x in multi.predict_on_batch(images))
+    alone = np.asarray(build_extractor(b, image_size=64, weights=NONE, layers=["block5"]).predict_on_batch(images))
+    default = np.asarray(build_extractor(b, image_size=64, weights=NONE).predict_on_batch(images))
+    np.testing.assert_allclose(block5, alone, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(last, default, rtol=1e-5, atol=1e-6)
+    assert block2.shape == (3, 24) and block5.std() > 0 and not np.allclose(block5[0], block5[1])
+
+
+def test_an_unknown_layer_is_one_line_listing_the_cuts():
+    with pytest.raises(KitError) as info:
+        build_extractor(REGISTRY["efficientnet_lite0"], image_size=64, weights=NONE, layers=["block3", "block9"])
+    msg = str(info.value)
+    assert "\n" not in msg and info.value.code == 2
+    assert "unknown layer 'block9' of efficientnet_lite0" in msg and "block7, last" in msg and "--layers" in msg

