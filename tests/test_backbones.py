@@ -13,6 +13,7 @@ from kaggle_kit.backbones import (
     REGISTRY,
     Backbone,
     WeightsChoice,
+    build_base,
     build_extractor,
     build_feature_map,
     cut_layers,
@@ -192,13 +193,14 @@ def test_the_stage_end_rule_finds_resnet50_stages_and_stable_names_for_xception(
 
 
 def test_a_multi_layer_extractor_equals_single_layer_extractors():
-    b = REGISTRY["efficientnet_lite0"]  # small enough to build three times in the fast tests
+    b = REGISTRY["efficientnet_lite0"]  # small, and built once: the extractors share its base
+    base = build_base(b, image_size=64, weights=NONE)
     images = np.random.default_rng(0).integers(0, 256, size=(3, 64, 64, 3), dtype=np.uint8)
-    multi = build_extractor(b, image_size=64, weights=NONE, layers=["block5", LAST, "block2"])
+    multi = extractor_on(base, b, image_size=64, layers=["block5", LAST, "block2"])
     assert multi.input.dtype == "uint8" and [s[-1] for s in multi.output_shape] == [112, 1280, 24]
     block5, last, block2 = (np.asarray(x) for x in multi.predict_on_batch(images))
-    alone = np.asarray(build_extractor(b, image_size=64, weights=NONE, layers=["block5"]).predict_on_batch(images))
-    default = np.asarray(build_extractor(b, image_size=64, weights=NONE).predict_on_batch(images))
+    alone = np.asarray(extractor_on(base, b, image_size=64, layers=["block5"]).predict_on_batch(images))
+    default = np.asarray(extractor_on(base, b, image_size=64).predict_on_batch(images))
     np.testing.assert_allclose(block5, alone, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(last, default, rtol=1e-5, atol=1e-6)
     assert block2.shape == (3, 24) and block5.std() > 0 and not np.allclose(block5[0], block5[1])
