@@ -7,8 +7,8 @@ resizing, RGB uint8) and the backbone's own in-graph preprocessing, with the hor
 ``kaggle-kit features --tta flip`` makes it. Each layer is written with
 :func:`kaggle_kit.features.write_feature_set` into ``experiments/<exp>/features/<tag>_<size>_<layer>/``, so
 ``kaggle-kit cv --exp <exp>`` and ``kaggle-kit blend --exp <exp>`` score them out of fold like any other set.
-The extraction rate (images per second, end to end, both views, all layers of the pass) goes into each set's
-manifest and into ``experiments/<exp>/recipe-extraction.json``.
+The extraction rate (images per second, end to end, both views, all layers of the pass) goes into
+``experiments/<exp>/recipe-extraction.json``.
 
     PYTHONPATH=$PWD .venv/bin/python bench/recipe.py extract --data ../shared/data/malaria-mini \\
         --positive Parasitized --exp malaria-recipe --backbone efficientnet_lite0 --size 128 --size 224
@@ -22,7 +22,7 @@ slide/patient id before ``ThinF``/``thinF``): evidence on how optimistic the by-
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import re
 import sys
 import time
@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kaggle_kit.artifacts import KitError, experiment_dir, features_dir, read_json, save_experiment, write_json_atomic
+from kaggle_kit.artifacts import KitError, read_json, write_json_atomic
+from kaggle_kit.store import experiment_dir, experiment_metric, features_dir, load_experiment, oof_key
 
 REPO = Path(__file__).resolve().parent.parent
 # Short tags for the feature-set names (cv's table stays readable): lite0_128_s5, squeezenet_160_fire7.
@@ -91,10 +92,11 @@ def stage_ends(base) -> list[Cut]:
 def build_multi_extractor(backbone: str, *, image_size: int, weights: str, shorts: list[str] | None):
     """uint8 RGB (batch, s, s, 3) -> [(batch, width) per cut]: the backbone's in-graph preprocessing, then the
     base model's named layers, each global-average-pooled; returns ``(model, cuts)``."""
-    import keras
-
     from kaggle_kit.backbones import build_base, get_backbone, preprocess_layer, resolve_weights
 
+    from kaggle_kit.keras_loader import load_keras
+
+    keras = load_keras()
     spec = get_backbone(backbone)
     base = build_base(spec, image_size=image_size, weights=resolve_weights(spec, weights))
     cuts = stage_ends(base)
@@ -142,15 +144,17 @@ def extract(paths: list[Path], model, *, image_size: int, batch_size: int, flip:
 
 
 def cmd_extract(args) -> None:
-    import keras
-
     from kaggle_kit.data import discover
     from kaggle_kit.features import write_feature_set
+    from kaggle_kit.keras_loader import load_keras
+    from kaggle_kit.store import remember_data
 
+    keras = load_keras()
     dataset = discover(args.data, positive=args.positive)
     exp_dir = experiment_dir(args.exp)
     exp_dir.mkdir(parents=True, exist_ok=True)
-    save_experiment(exp_dir, data_dir=dataset.root, positive=args.positive)
+    remembered = load_experiment(exp_dir)  # the data folder as read now; a metric the experiment has is kept
+    remember_data(exp_dir, dataset, metric=remembered.metric if remembered is not None else None)
     weights = args.weights or ("imagenet" if args.backbone != "squeezenet" else str(SQUEEZENET_H5))
     tag = TAGS.get(args.backbone, args.backbone)
     log_path = exp_dir / "recipe-extraction.json"
@@ -191,9 +195,10 @@ def cmd_speed(args) -> None:
     """Extraction img/s of several configurations back to back in one process (so that their ratios are
     comparable on a shared machine): each ``--config backbone:size`` through the same decoder, batch and
     flip view as ``extract``, on the first ``--images`` training images, best of ``--rounds`` runs."""
-    import keras
-
     from kaggle_kit.data import discover
+    from kaggle_kit.keras_loader import load_keras
+
+    keras = load_keras()
 
     dataset = discover(args.data, positive=args.positive)
     paths = (dataset.train_paths() + dataset.test_paths())[:args.images]
@@ -213,7 +218,7 @@ def cmd_speed(args) -> None:
     result = {c: round(r, 1) for c, r in best.items()}
     for c, r in result.items():
         print(f"{c:<28}{r:>8.1f} img/s (both views, all cuts)")
-    print(f"machine: load average {' '.join(f'{x:.1f}' for x in __import__('os').getloadavg())}, "
+    print(f"machine: load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}, "
           f"Keras {keras.__version__} on {keras.backend.backend()}")
     if args.out:
         write_json_atomic(Path(args.out), result)
@@ -257,66 +262,76 @@ def grouped_plan(dataset, *, n_folds: int, seed: int) -> np.ndarray:
     return plan
 
 
+def ladder_line(ladder) -> str:
+    """``single 0.01234  blend ...  calibrated ...  clipped ...``: the steps the blend ran in its metric (log
+    loss has all four; accuracy no clip; AUC neither calibration nor clip)."""
+    return "  ".join(f"{'single' if step == 'best single model' else step} {value:.5f}" for step, value in ladder)
+
+
 def cmd_grouped(args) -> None:
-    """Score feature sets (logreg head, flip TTA as cv uses it) on a patient-grouped plan and on the by-cell one;
-    then the kit's crossfit blend of the given sets on each plan. Writes nothing into the experiment."""
-    from kaggle_kit.artifacts import load_experiment
+    """Score feature sets (logreg head, flip TTA as cv uses it) on a patient-grouped plan and on the by-cell one,
+    in the experiment's metric; then the kit's crossfit blend of the given sets on each plan. Writes nothing
+    into the experiment."""
     from kaggle_kit.blend import crossfit_blend
     from kaggle_kit.cv import TTA_PREDICT, TTA_TRAIN, cross_validate
-    from kaggle_kit.data import discover
-    from kaggle_kit.features import load_features
-    from kaggle_kit.folds import load_plan
+    from kaggle_kit.data import discover_remembered
+    from kaggle_kit.store import load_features, load_plan
 
     exp_dir = experiment_dir(args.exp)
     remembered = load_experiment(exp_dir)
-    dataset = discover(remembered["data_dir"], positive=remembered["positive"])
+    if remembered is None:
+        raise KitError(f"experiment {exp_dir} remembers no data folder; run 'bench/recipe.py extract --exp {args.exp}"
+                       " ...' first")
+    metric = experiment_metric(exp_dir)
+    dataset = discover_remembered(remembered)
     plans = {"patient": grouped_plan(dataset, n_folds=args.folds, seed=args.seed),
              "cell": load_plan(exp_dir).plan[:1]}
     groups = np.array([patient_of(f) for f in dataset.train_files])
     print(f"{len(set(groups))} patients in {dataset.n_train} training cells; patient-grouped plan: fold sizes "
           f"{np.bincount(plans['patient'][0]).tolist()}, positives per fold "
-          f"{[int(dataset.y[plans['patient'][0] == k].sum()) for k in range(args.folds)]}")
+          f"{[int(dataset.y[plans['patient'][0] == k].sum()) for k in range(args.folds)]}; metric {metric}")
     oofs = {p: [] for p in plans}
     rows = []
     for name in args.set:
-        fs = load_features(features_dir(exp_dir, name))
-        flip = "train_flip" in fs.arrays
+        fs = load_features(features_dir(exp_dir, name), image_list_hash=dataset.image_list_hash())
+        flip = fs.tta == "flip"
         views = [np.asarray(fs.arrays["train"])] + ([np.asarray(fs.arrays["train_flip"])] if flip else [])
         tviews = [np.asarray(fs.arrays["test"])] + ([np.asarray(fs.arrays["test_flip"])] if flip else [])
         row = {"set": name}
         for p, plan in plans.items():
             out = cross_validate(views, fs.y, plan, tviews, head="logreg", tta_train=flip and TTA_TRAIN,
                                  tta_predict=flip and TTA_PREDICT, seed=0)
-            row[p] = out.scores["oof_logloss"]
+            row[p] = out.scores[oof_key(metric)]
             row[p + "_acc"] = out.scores["oof_accuracy"]
             oofs[p].append(out.oof[0])
         rows.append(row)
         print(f"{name:<28} by patient {row['patient']:.5f} ({row['patient_acc']:.2%})   "
               f"by cell {row['cell']:.5f} ({row['cell_acc']:.2%})", flush=True)
-    result = {"sets": rows}
+    result = {"metric": metric, "sets": rows}
     if len(args.set) > 1:
         for p, plan in plans.items():
-            P = np.stack(oofs[p], axis=1)
-            res = crossfit_blend(P, dataset.y, plan[0])
-            ladder = " -> ".join(f"{step} {loss:.5f}" for step, loss in res.ladder)
+            res = crossfit_blend(np.stack(oofs[p], axis=1), dataset.y, plan[0], metric=metric)
+            ladder = " -> ".join(f"{step} {value:.5f}" for step, value in res.ladder)
             print(f"blend on the {p} plan ({res.blender.method}): {ladder}")
-            result[f"blend_{p}"] = {step: loss for step, loss in res.ladder}
+            result[f"blend_{p}"] = dict(res.ladder)
     if args.out:
         write_json_atomic(Path(args.out), result)
 
 
 def cmd_screen(args) -> None:
-    """Score candidate models out of fold on the experiment's own plan, without writing them: each ``--model``
-    is ``set[+set...]:head`` (several sets side by side, as cv's concat head), fitted by the kit's
-    :func:`kaggle_kit.cv.cross_validate` with cv's flip-TTA defaults. A cheap screen before running the chosen
-    ones through ``kaggle-kit cv``; with ``--blend`` the kit's cross-fitted blend of the screened models too."""
+    """Score candidate models out of fold on the experiment's own plan, in its metric, without writing them:
+    each ``--model`` is ``set[+set...]:head`` (several sets side by side, as cv's concat head), fitted by the
+    kit's :func:`kaggle_kit.cv.cross_validate` with cv's flip-TTA defaults. A cheap screen before running the
+    chosen ones through ``kaggle-kit cv``; with ``--blend`` the kit's cross-fitted blend of the screened models
+    too."""
     from kaggle_kit.blend import crossfit_blend
     from kaggle_kit.cv import TTA_PREDICT, TTA_TRAIN, cross_validate
-    from kaggle_kit.features import load_features
-    from kaggle_kit.folds import load_plan
+    from kaggle_kit.store import load_features, load_plan
 
     exp_dir = experiment_dir(args.exp)
     plan = load_plan(exp_dir)
+    metric = experiment_metric(exp_dir)
+    key = oof_key(metric)
     cache: dict = {}
     # 'sqrt': signed square root of every feature (power normalisation, Perronnin et al. 2010), an evidence
     # probe for pooled activations that are skewed; not a kit option.
@@ -328,28 +343,32 @@ def cmd_screen(args) -> None:
         members = []
         for name in sets.split("+"):
             if name not in cache:
-                cache[name] = load_features(features_dir(exp_dir, name))
+                fs = load_features(features_dir(exp_dir, name))
+                if fs.train_ids != plan.train_ids:
+                    raise KitError(f"feature set {name!r} holds other training rows than the fold plan of "
+                                   f"{exp_dir}; extract it again into this experiment")
+                cache[name] = fs
             members.append(cache[name])
-        flip = all("train_flip" in fs.arrays for fs in members)
+        flip = all(fs.tta == "flip" for fs in members)
         keys = ("train", "train_flip")[:1 + flip]
         views = [transform(np.concatenate([np.asarray(fs.arrays[k]) for fs in members], axis=1)) for k in keys]
         tviews = [transform(np.concatenate([np.asarray(fs.arrays[k.replace("train", "test")]) for fs in members],
                                            axis=1)) for k in keys]
         t0 = time.perf_counter()
         out = cross_validate(views, plan.y, plan.plan, tviews, head=head, tta_train=flip and TTA_TRAIN,
-                             tta_predict=flip and TTA_PREDICT, seed=plan.manifest["seed"])
+                             tta_predict=flip and TTA_PREDICT, seed=plan.seed)
         took = time.perf_counter() - t0
         oofs.append(out.oof[0])
-        rows.append({"model": model, "width": views[0].shape[1], **{k: out.scores[k] for k in
-                                                                      ("oof_logloss", "oof_accuracy")},
+        rows.append({"model": model, "width": views[0].shape[1],
+                     **{k: out.scores[k] for k in dict.fromkeys((key, "oof_logloss", "oof_accuracy"))},
                      "seconds": round(took, 1)})
-        print(f"{model:<60}{views[0].shape[1]:>6}{out.scores['oof_logloss']:>10.5f}"
+        print(f"{model:<60}{views[0].shape[1]:>6}{out.scores[key]:>10.5f}"
               f"{out.scores['oof_accuracy']:>9.2%}{took:>7.1f} s", flush=True)
-    result = {"plan": plan.describe(), "models": rows}
+    result = {"plan": plan.describe(), "metric": metric, "models": rows}
     if args.blend and len(oofs) > 1:
-        res = crossfit_blend(np.stack(oofs, axis=1), plan.y, plan.plan[0])
-        ladder = " -> ".join(f"{step} {loss:.5f}" for step, loss in res.ladder)
+        res = crossfit_blend(np.stack(oofs, axis=1), plan.y, plan.plan[0], metric=metric)
         weights = ", ".join(f"{m} {w:.2f}" for m, w in zip(args.model, res.blender.weights) if w)
+        ladder = " -> ".join(f"{step} {value:.5f}" for step, value in res.ladder)
         print(f"blend ({res.blender.method}): {ladder}\n  weights: {weights}")
         result["blend"] = {"method": res.blender.method, "ladder": dict(res.ladder)}
     if args.out:
@@ -357,29 +376,30 @@ def cmd_screen(args) -> None:
 
 
 def cmd_ladder(args) -> None:
-    """The kit's cross-fitted blend (:func:`kaggle_kit.blend.crossfit_blend`, as 'kaggle-kit blend' runs it) over
-    a subset of the experiment's cv models: each ``--recipe NAME=PATTERN[,PATTERN...]`` names the models by
-    shell patterns (``lite0_160_s[3-6]x__logreg``). One line per recipe; nothing is written."""
+    """The kit's cross-fitted blend (:func:`kaggle_kit.blend.crossfit_blend`, as 'kaggle-kit blend' runs it, in
+    the experiment's metric) over a subset of the experiment's cv models: each ``--recipe
+    NAME=PATTERN[,PATTERN...]`` names the models by shell patterns (``lite0_160_s[3-6]x__logreg``). One line
+    per recipe; nothing is written."""
     import fnmatch
 
     from kaggle_kit.blend import crossfit_blend, load_cv_inputs
 
-    inputs = load_cv_inputs(experiment_dir(args.exp), warn=lambda m: None)
+    exp_dir = experiment_dir(args.exp)
+    metric = experiment_metric(exp_dir)
+    inputs = load_cv_inputs(exp_dir, warn=lambda m: None)
     y, folds = inputs.folds.y, inputs.folds.plan[0]
     results = {}
     for recipe in args.recipe:
         name, _, patterns = recipe.partition("=")
         chosen = [i for i, m in enumerate(inputs.models) if any(fnmatch.fnmatchcase(m, p) for p in patterns.split(","))]
         if not chosen:
-            raise KitError(f"recipe {name!r}: no cv model matches {patterns!r}")
-        res = crossfit_blend(inputs.oof[:, chosen], y, folds)
-        ladder = dict(res.ladder)
+            raise KitError(f"recipe {name!r}: no cv model matches {patterns!r}; the models are: "
+                           f"{', '.join(inputs.models)}")
+        res = crossfit_blend(inputs.oof[:, chosen], y, folds, metric=metric)
         weights = {inputs.models[i]: round(float(w), 3) for i, w in zip(chosen, res.blender.weights) if w}
         results[name] = {"models": [inputs.models[i] for i in chosen], "method": res.blender.method,
-                         "ladder": ladder, "weights": weights}
-        print(f"{name:<28}{len(chosen):>4} models  single {ladder['best single model']:.5f}  "
-              f"blend {ladder['blend']:.5f}  calibrated {ladder['calibrated']:.5f}  clipped {ladder['clipped']:.5f}"
-              f"  ({res.blender.method})", flush=True)
+                         "metric": metric, "ladder": dict(res.ladder), "weights": weights}
+        print(f"{name:<28}{len(chosen):>4} models  {ladder_line(res.ladder)}  ({res.blender.method})", flush=True)
         if args.verbose:
             print("    " + ", ".join(f"{m} {w}" for m, w in weights.items()))
     if args.out:

@@ -1,4 +1,5 @@
-"""bench/recipe.py: the cuts it finds, that its one-pass extractor gives the kit's own features, the patient ids."""
+"""bench/recipe.py: the cuts it finds, that its one-pass extractor gives the kit's own features, the patient ids,
+and its screen and ladder on the kit's stores (feature sets, fold plan, cv models) in the experiment's metric."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SHARED, SQUEEZENET_H5
+from conftest import SHARED, SQUEEZENET_H5, make_competition, write_cv_model
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "recipe.py"
 MALARIA = SHARED / "data" / "malaria-mini"
@@ -85,3 +86,71 @@ def test_patient_ids_of_malaria_mini_group_every_training_cell(recipe):
     assert sorted(set(plan.tolist())) == [0, 1, 2, 3, 4]
     for k in range(5):  # stratified: every fold holds both classes in about the overall ratio
         assert 0.35 < dataset.y[plan == k].mean() < 0.65
+
+
+@pytest.fixture
+def screened_exp(tmp_path, monkeypatch):
+    """An experiment in ``tmp_path`` (the working directory) with two feature sets written by the kit's
+    ``write_feature_set`` (one with a flip view), its data remembered and a 5-fold plan: 'signal' separates the
+    classes, 'noise' does not."""
+    from kaggle_kit.data import discover
+    from kaggle_kit.features import write_feature_set
+    from kaggle_kit.folds import ensure_plan
+    from kaggle_kit.store import experiment_dir, features_dir, remember_data
+
+    dataset = discover(make_competition(tmp_path / "comp", n_per_class=30, n_test=6, empty=True))
+    monkeypatch.chdir(tmp_path)
+    exp_dir = experiment_dir("t")
+    rng = np.random.default_rng(0)
+    shift = np.where(dataset.y[:, None] == 1, 1.0, -1.0)
+    signal = {"train": rng.normal(size=(dataset.n_train, 4)) + shift, "test": rng.normal(size=(dataset.n_test, 4))}
+    signal.update(train_flip=signal["train"] + 0.1 * rng.normal(size=(dataset.n_train, 4)),
+                  test_flip=signal["test"] + 0.1 * rng.normal(size=(dataset.n_test, 4)))
+    noise = {"train": rng.normal(size=(dataset.n_train, 3)), "test": rng.normal(size=(dataset.n_test, 3))}
+    write_feature_set(features_dir(exp_dir, "signal"), dataset, signal, backbone="synthetic", note="test: signal")
+    write_feature_set(features_dir(exp_dir, "noise"), dataset, noise, backbone="synthetic", note="test: noise")
+    remember_data(exp_dir, dataset, metric=None)
+    plan, _ = ensure_plan(exp_dir, y=dataset.y, train_ids=dataset.train_ids, test_ids=dataset.test_ids,
+                          n_folds=5, repeats=1, seed=0)
+    return exp_dir, plan
+
+
+def test_screen_scores_sets_side_by_side_out_of_fold_and_blends_them(recipe, screened_exp, tmp_path):
+    import json
+
+    recipe.main(["screen", "--exp", "t", "--model", "signal", "--model", "noise:logreg", "--model",
+                 "signal+noise:logreg", "--blend", "--out", str(tmp_path / "screen.json")])
+    result = json.loads((tmp_path / "screen.json").read_text())
+    assert result["metric"] == "logloss" and result["plan"] == "5 folds x 1 repeat, seed 0"
+    rows = {r["model"]: r for r in result["models"]}
+    assert [rows[m]["width"] for m in ("signal", "noise:logreg", "signal+noise:logreg")] == [4, 3, 7]
+    assert rows["signal"]["oof_logloss"] < 0.3 < 0.6 < rows["noise:logreg"]["oof_logloss"]
+    assert rows["signal"]["oof_accuracy"] > 0.9
+    ladder = result["blend"]["ladder"]
+    assert list(ladder) == ["best single model", "blend", "calibrated", "clipped"]
+    assert ladder["best single model"] < 0.3
+
+
+def test_ladder_blends_the_cv_models_a_recipe_names_in_the_experiments_metric(recipe, screened_exp, tmp_path):
+    import json
+
+    from kaggle_kit.store import remember_metric
+
+    exp_dir, plan = screened_exp
+    rng = np.random.default_rng(1)
+    good = np.clip(np.where(plan.y == 1, 0.8, 0.2) + 0.1 * rng.normal(size=plan.n_train), 0.01, 0.99)
+    for model, oof in (("signal__logreg", good), ("noise__logreg", rng.uniform(0.3, 0.7, plan.n_train))):
+        write_cv_model(exp_dir, model, plan, oof[None, :], np.full(plan.n_test, 0.5, np.float32))
+    out = tmp_path / "ladder.json"
+    recipe.main(["ladder", "--exp", "t", "--recipe", "all=*__logreg", "--recipe", "one=signal_*", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["all"]["models"] == ["noise__logreg", "signal__logreg"] and result["one"]["models"] == ["signal__logreg"]
+    assert list(result["all"]["ladder"]) == ["best single model", "blend", "calibrated", "clipped"]
+    assert result["one"]["ladder"]["best single model"] < 0.35
+    remember_metric(exp_dir, "auc")  # an AUC competition: no calibration, no clip, scores higher-is-better
+    recipe.main(["ladder", "--exp", "t", "--recipe", "all=*__logreg", "--out", str(out)])
+    auc = json.loads(out.read_text())["all"]
+    assert auc["metric"] == "auc" and list(auc["ladder"]) == ["best single model", "blend"]
+    assert auc["ladder"]["best single model"] > 0.95
+    with pytest.raises(SystemExit, match="no cv model matches 'mlp_\\*'; the models are: noise__logreg"):
+        recipe.main(["ladder", "--exp", "t", "--recipe", "x=mlp_*"])
