@@ -13,7 +13,10 @@ Sections:
 4. quality on the real mini competition: the kit's default pipeline vs the classic recipe, same features,
    scored against the answer key;
 5. ray: `features --engine ray` with 1 and 2 workers on this machine against the local engine, same photos,
-   back to back: the engine's overhead, and per-shard times from which to extrapolate to N GPU workers.
+   back to back: the engine's overhead, and per-shard times from which to extrapolate to N GPU workers;
+6. new_feature_sets: `features` end to end for efficientnet_lite1 (384 px) and efficientnet_lite2 (320 px) at
+   their default sizes, and one multi-layer pass (lite0 320 px, --layer block5 block6 last: one decode, one
+   forward pass, three feature sets) beside the single-set lite0 320 px run, same 256 mini photos, batch 32.
 
     .venv/bin/python bench/run.py [--quick] [--only quality ...]   (one section: results-<section>.json)
 """
@@ -247,6 +250,48 @@ def bench_ray(work: Path, *, quick: bool) -> dict:
     return out
 
 
+# ------------------------------------------------------------------------------------- 6. new feature sets
+MULTI_LAYERS = ("block5", "block6", "last")
+
+
+def bench_new_feature_sets(work: Path, *, quick: bool) -> list[dict]:
+    """End-to-end img/s of the Lite1/Lite2 feature sets and of one multi-layer pass, all on the same photos."""
+    from kaggle_kit.backbones import get_backbone
+    from kaggle_kit.store import default_feature_set_name, experiment_dir, features_dir, load_features
+
+    per_class, n_test = (16, 32) if quick else (96, 64)  # 256 photos, or 64 with --quick
+    data = subset_competition(MINI, work / "data-new-sets", n_per_class=per_class, n_test=n_test)
+    cases = [  # label, backbone, size, layers
+        ("lite0 single set", "efficientnet_lite0", 320, None),
+        ("lite0 3 layers, one pass", "efficientnet_lite0", 320, MULTI_LAYERS),
+        ("lite1", "efficientnet_lite1", get_backbone("efficientnet_lite1").input_size, None),
+        ("lite2", "efficientnet_lite2", get_backbone("efficientnet_lite2").input_size, None),
+    ]
+    rows = []
+    for label, backbone, size, layers in cases:
+        extra = [x for layer in layers for x in ("--layer", layer)] if layers else []
+        exp = f"new-{backbone}-{'multi' if layers else 'single'}"
+        log(f"new feature sets: {label} ({backbone} {size} px) on {2 * per_class + n_test} photos")
+        r = features_end_to_end(data, work, backbone=backbone, weights="imagenet", size=size, batch=32, exp=exp,
+                                extra=extra)
+        row = {"case": label, "backbone": backbone, "size": size, "batch": 32, "layers": list(layers or ["last"]),
+               **r}
+        if layers:  # every set of the pass is on disk; their records share the pass's figures
+            spec = get_backbone(backbone)
+            widths = {}
+            for layer in layers:
+                name = default_feature_set_name(spec.name, input_size=spec.input_size, image_size=size,
+                                                layer=None if layer == "last" else layer)
+                fs = load_features(features_dir(experiment_dir(exp, root=work), name))
+                widths[name] = fs.width
+            row["feature_sets"] = widths
+        rows.append(row)
+    single = rows[0]["images_per_second"]
+    for row in rows:
+        row["over_lite0_single"] = round(row["images_per_second"] / single, 3)
+    return rows
+
+
 # ----------------------------------------------------------------------------------------------- report
 SECTIONS = {
     "extraction": bench_extraction,
@@ -254,6 +299,7 @@ SECTIONS = {
     "kaggle_size": bench_later_stages,
     "quality": bench_quality,
     "ray": bench_ray,
+    "new_feature_sets": bench_new_feature_sets,
 }
 
 
@@ -270,6 +316,8 @@ def print_table(results: dict) -> None:
         _print_quality(results["quality"])
     if "ray" in results:
         _print_ray(results["ray"])
+    if "new_feature_sets" in results:
+        _print_new_feature_sets(results["new_feature_sets"])
     print(f"\n{results['seconds']:.0f} s in all")
 
 
@@ -315,6 +363,16 @@ def _print_ray(r: dict) -> None:
         print(f"{case:<16}{x['images_per_second']:>8.1f}{x.get('over_local', 1.0):>8.3f}{start:>9.1f}"
               f"{x['wall_seconds']:>8.1f}{e.get('shard_seconds_median', float('nan')):>18.3f}"
               f"{e.get('worker_images_per_second', float('nan')):>14.1f}")
+
+
+def _print_new_feature_sets(rows: list[dict]) -> None:
+    print(f"\n== new feature sets, end to end ({rows[0]['images']} mini photos, batch 32, no flip)")
+    print(f"{'case':<28}{'size':>5}{'img/s':>8}{'/lite0':>8}{'wall s':>8}{'peak MiB':>10}")
+    for r in rows:
+        print(f"{r['case']:<28}{r['size']:>5}{r['images_per_second']:>8.1f}{r['over_lite0_single']:>8.3f}"
+              f"{r['wall_seconds']:>8.1f}{r['peak_rss_mib']:>10.0f}")
+        if "feature_sets" in r:
+            print("    sets: " + ", ".join(f"{k} ({v} wide)" for k, v in r["feature_sets"].items()))
 
 
 def main() -> None:
