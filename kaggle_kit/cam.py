@@ -45,6 +45,7 @@ from kaggle_kit.store import (
     features_dir,
     load_features,
 )
+from kaggle_kit.views import array_name
 from kaggle_kit.weights import ENV_VAR
 
 if TYPE_CHECKING:
@@ -282,9 +283,9 @@ def gallery_cams(exp_dir: Path, *, plan: FoldPlan, results: Mapping[str, CvResul
     if len(Cs) != int(plan.plan[0].max()) + 1:
         raise KitError(f"{model}'s manifest lists {len(Cs)} C values for {int(plan.plan[0].max()) + 1} folds; "
                        f"re-run '{rerun} --force'")
-    train = [fs.arrays["train"]] + ([fs.arrays["train_flip"]] if "train_flip" in fs.arrays else [])
-    fit_views = train[:2 if result.tta_train else 1]
-    pred_views = train[:2 if result.tta_predict else 1]
+    train = [fs.arrays[array_name("train", suffix)] for suffix in fs.view_suffixes]  # as cv took them
+    fit_views = train if result.tta_train else train[:1]
+    pred_views = train if result.tta_predict else train[:1]
     y = np.asarray(fs.y, dtype=np.int64)
     mapped = rows[fold[rows] >= 0]
     heads = fold_heads(fit_views, y, fold, Cs=Cs, folds=fold[mapped])

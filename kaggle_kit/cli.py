@@ -29,6 +29,7 @@ from kaggle_kit.features import DEFAULT_BACKBONE, ENGINES, TTA_MODES
 from kaggle_kit.kaggle_api import DEFAULT_COMPETITION
 from kaggle_kit.metrics import METRICS
 from kaggle_kit.store import experiment_dir
+from kaggle_kit.views import DEFAULT_VIEW_KIND, VIEW_KINDS
 
 app = typer.Typer(
     help="Turn a folder of competition images into a validated Kaggle submission: "
@@ -51,6 +52,7 @@ Head = _choices("Head", HEAD_CHOICES)
 BlendMethod = _choices("BlendMethod", METHODS)
 Metric = _choices("Metric", METRICS)
 Layout = _choices("Layout", LAYOUTS)
+ViewKind = _choices("ViewKind", VIEW_KINDS)
 
 ExpOption = typer.Option("default", "--exp", help="Experiment name: results go to experiments/<exp>/.")
 DataOption = typer.Option(
@@ -151,6 +153,15 @@ def features(
     ),
     image_size: Optional[int] = typer.Option(None, "--image-size", min=8, help="Override the backbone's input size."),
     tta: Tta = typer.Option(Tta("none"), "--tta", help="'flip' also extracts horizontally flipped images."),
+    views: int = typer.Option(
+        0, "--views", min=0,
+        help="Extra views of each image (each flipped too with --tta flip); cv trains on and averages over all.",
+    ),
+    view_kind: ViewKind = typer.Option(
+        ViewKind(DEFAULT_VIEW_KIND), "--view-kind",
+        help="'crops': zooms and corner crops of a larger resize (photos, up to 6). 'rotations': quarter turns "
+        "(cells, tiles: images without an up, up to 3).",
+    ),
     positive: Optional[str] = typer.Option(
         None, "--positive", help="Class whose label is 1 (default: dog; 1 for a 0/1 target)."),
     layout: Optional[Layout] = typer.Option(
@@ -201,7 +212,8 @@ def features(
     from kaggle_kit.features import run_feature_sets
 
     results = run_feature_sets(experiment_dir(exp), backbone=backbone, data=data, weights=weights,
-                               image_size=image_size, tta=tta.value, positive=positive,
+                               image_size=image_size, tta=tta.value, views=views, view_kind=view_kind.value,
+                               positive=positive,
                                layout=layout.value if layout else None, labels=labels, id_col=id_col,
                                target_col=target_col, metric=metric.value if metric else None,
                                batch_size=batch_size, workers=workers, decoder=decoder.value, shard_size=shard_size,

@@ -55,6 +55,7 @@ from kaggle_kit.store import (
     stale_cv_models,
     write_cv_result,
 )
+from kaggle_kit.views import array_name
 
 # Every head a model may use: the plain ones and their pseudo-labelling twins ('logreg_pl', 'mlp_pl').
 HEADS = {**PLAIN_HEADS, **PSEUDO_HEADS}
@@ -194,11 +195,22 @@ def model_specs(feature_sets: Sequence[str], heads: Sequence[str] | None = None,
     return specs
 
 
-def _views(members: Sequence[FeatureSet], *, flip: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Training and test views (n, d)/(m, d) of a model's feature sets, side by side when there are several;
-    with ``flip`` the flipped view too."""
-    train = [_side_by_side([fs.arrays[k] for fs in members]) for k in ("train", "train_flip")[:1 + flip]]
-    test = [_side_by_side([fs.arrays[k] for fs in members]) for k in ("test", "test_flip")[:1 + flip]]
+def shared_views(members: Sequence[FeatureSet]) -> list[str]:
+    """The views every feature set of a model has, as array suffixes in cv's order ('', 'flip', 'zoom', ...): the
+    longest common start of their lists, so that view i of one set is view i of the others."""
+    common: list[str] = []
+    for suffixes in zip(*(fs.view_suffixes for fs in members)):
+        if len(set(suffixes)) != 1:
+            break
+        common.append(suffixes[0])
+    return common
+
+
+def _views(members: Sequence[FeatureSet], suffixes: Sequence[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Training and test views (n, d)/(m, d) of a model's feature sets, side by side when there are several: one
+    per suffix of ``suffixes`` (see :func:`shared_views`)."""
+    train = [_side_by_side([fs.arrays[array_name("train", v)] for fs in members]) for v in suffixes]
+    test = [_side_by_side([fs.arrays[array_name("test", v)] for fs in members]) for v in suffixes]
     return train, test
 
 
@@ -222,13 +234,15 @@ def run_model(exp_dir: Path, spec: ModelSpec, sets: dict[str, FeatureSet], plan:
     """Cross-validate one model on loaded feature sets ``sets`` (name -> FeatureSet) and write its result.
 
     ``dataset`` gives the rows' files (to find those of unreadable images); ``settings`` the head's settings
-    (default: its defaults); ``tta_train``/``tta_predict`` None: the defaults, where the features are flipped.
+    (default: its defaults); ``tta_train``/``tta_predict`` None: the defaults, where the features have several
+    views (flip, ``--views``): then the head trains on all of them and predicts their mean.
     """
     settings = HEADS[spec.head][1]() if settings is None else settings
     members = [sets[name] for name in spec.features]
-    flip = all("train_flip" in fs.arrays for fs in members)
-    tta_train = flip and (TTA_TRAIN if tta_train is None else tta_train)
-    tta_predict = flip and (TTA_PREDICT if tta_predict is None else tta_predict)
+    suffixes = shared_views(members)
+    several = len(suffixes) > 1
+    tta_train = several and (TTA_TRAIN if tta_train is None else tta_train)
+    tta_predict = several and (TTA_PREDICT if tta_predict is None else tta_predict)
     feature_keys = {fs.name: fs.key for fs in members}
     key = _model_key(spec, feature_keys, plan, settings, tta_train=tta_train, tta_predict=tta_predict)
     if not force and (result := cached_cv_result(exp_dir, spec.name, key=key, plan=plan)) is not None:
@@ -238,7 +252,7 @@ def run_model(exp_dir: Path, spec: ModelSpec, sets: dict[str, FeatureSet], plan:
     unreadable = {split: frozenset().union(*(fs.unreadable(split) for fs in members)) for split in ("train", "test")}
     usable = np.array([f not in unreadable["train"] for f in dataset.train_files])
     test_usable = np.array([f not in unreadable["test"] for f in dataset.test_files])
-    train_views, test_views = _views(members, flip=tta_train or tta_predict)
+    train_views, test_views = _views(members, suffixes if tta_train or tta_predict else suffixes[:1])
     try:
         result = cross_validate(train_views, plan.y, plan.plan, test_views, head=spec.head, settings=settings,
                                 usable=usable, tta_train=tta_train, tta_predict=tta_predict,

@@ -13,6 +13,7 @@ that made it (same key, same files), and a run of one engine resumes from or reu
 
 from __future__ import annotations
 
+import collections
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 
 from kaggle_kit.artifacts import KitError
-from kaggle_kit.store import ClusterRun, save_shard, shard_is_complete, shard_path
+from kaggle_kit.store import ClusterRun, save_shard, shard_is_complete, shard_key, shard_path
 
 if TYPE_CHECKING:
     from kaggle_kit.backbones import Backbone, WeightsChoice
@@ -110,14 +111,19 @@ def predict_batches(
     tta: str,
     workers: int | None,
     decoder: str = "opencv",
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
-    """Decode ``paths`` with ``decoder`` and yield ``(feats, ok, flip)`` per batch, in order: float32 (n, width),
-    bool (n,), and with flip TTA float32 (n, width) else None. Every engine computes features through this loop.
+    views: Sequence[str] = (),
+) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+    """Decode ``paths`` with ``decoder`` and yield ``(feats, ok)`` per batch, in order: ``feats`` maps each view's
+    shard key (:func:`kaggle_kit.store.shard_key` of :func:`kaggle_kit.views.view_suffixes`: 'feats', 'flip',
+    'rot90', 'rot90_flip', ...) to float32 (n, width); ``ok`` bool (n,). Every engine computes features through
+    this loop.
 
     ``predict`` maps uint8 (batch_size, s, s, 3) to float (batch_size, width); the last batch is padded to
-    ``batch_size`` (so a compiled function never retraces) and the padding rows dropped.
+    ``batch_size`` (so a compiled function never retraces) and the padding rows dropped. ``views``: the extra
+    views (:mod:`kaggle_kit.views`), each made from the decoded batch, each flipped too with flip TTA.
     """
     from kaggle_kit.decoders import iter_batches
+    from kaggle_kit.views import apply_view, flipped
 
     def padded(batch: np.ndarray) -> np.ndarray:
         if len(batch) == batch_size:
@@ -125,15 +131,20 @@ def predict_batches(
         pad = np.zeros((batch_size - len(batch), *batch.shape[1:]), dtype=batch.dtype)
         return np.concatenate([batch, pad])
 
+    flip = tta == "flip"
     for batch, ok in iter_batches(paths, decoder=decoder, size=image_size, batch_size=batch_size, workers=workers):
         n = len(batch)
-        feats = np.asarray(predict(padded(batch)), dtype=np.float32)[:n]
-        flip = None
-        if tta == "flip":
-            flip = np.asarray(predict(padded(np.ascontiguousarray(batch[:, :, ::-1]))), dtype=np.float32)[:n]
-        if feats.shape != (n, width):
-            raise KitError(f"the model returned features of shape {feats.shape[1:]}, expected ({width},)")
-        yield feats, ok, flip
+        feats: dict[str, np.ndarray] = {}
+        for view in ("", *views):
+            images = apply_view(batch, view) if view else batch
+            feats[shard_key(view)] = np.asarray(predict(padded(images)), dtype=np.float32)[:n]
+            if flip:
+                feats[shard_key(f"{view}_flip" if view else "flip")] = np.asarray(
+                    predict(padded(flipped(images))), dtype=np.float32)[:n]
+        shape = feats["feats"].shape
+        if shape != (n, width):
+            raise KitError(f"the model returned features of shape {shape[1:]}, expected ({width},)")
+        yield feats, ok
 
 
 def run_extraction(
@@ -148,13 +159,15 @@ def run_extraction(
     tta: str,
     workers: int | None,
     decoder: str = "opencv",
+    views: Sequence[str] = (),
     widths: Sequence[int] | None = None,
     on_images: Callable[[int], None] = lambda n: None,
 ) -> int:
     """Compute the shards listed in ``todo`` (see :func:`pending_shards`); return how many images were decoded.
 
-    Batches run across shard boundaries (see :func:`predict_batches` for ``predict``). ``widths``: the width
-    of each layer whose features sit side by side in ``predict``'s output (default: one layer, ``width``).
+    Batches run across shard boundaries (see :func:`predict_batches` for ``predict`` and ``views``). ``widths``:
+    the width of each layer whose features sit side by side in ``predict``'s output (default: one layer,
+    ``width``).
     """
     flat = [p for split, _, a, b in todo for p in paths[split][a:b]]
     if not flat:
@@ -163,34 +176,28 @@ def run_extraction(
     if layer_widths.sum() != width:
         raise ValueError(f"the layers' widths {layer_widths.tolist()} do not add up to {width}")
 
-    buffers: dict[str, list[np.ndarray]] = {"feats": [], "ok": [], "flip": []}
+    buffers: dict[str, list[np.ndarray]] = collections.defaultdict(list)
     unit = 0  # index into todo of the shard being filled
     filled = 0
 
     def flush():
         nonlocal unit, filled
         split, index, a, b = todo[unit]
-        arrays = {"feats": np.concatenate(buffers["feats"])[: b - a], "ok": np.concatenate(buffers["ok"])[: b - a],
-                  "widths": layer_widths}
-        if tta == "flip":
-            arrays["flip"] = np.concatenate(buffers["flip"])[: b - a]
-        save_shard(shard_path(partial, split, index), arrays)
+        arrays = {key: np.concatenate(parts)[: b - a] for key, parts in buffers.items()}
+        save_shard(shard_path(partial, split, index), {**arrays, "widths": layer_widths})
         unit, filled = unit + 1, 0
-        for v in buffers.values():
-            v.clear()
+        buffers.clear()
 
-    for feats, ok, flip in predict_batches(predict, flat, width=width, image_size=image_size,
-                                           batch_size=batch_size, tta=tta, workers=workers, decoder=decoder):
-        n = len(feats)
+    for feats, ok in predict_batches(predict, flat, width=width, image_size=image_size, batch_size=batch_size,
+                                     tta=tta, workers=workers, decoder=decoder, views=views):
+        n = len(ok)
         # A batch may straddle shard boundaries: hand its rows to the shards in order.
         start = 0
         while start < n:
             split, index, a, b = todo[unit]
             take = min(n - start, (b - a) - filled)
-            buffers["feats"].append(feats[start:start + take])
-            buffers["ok"].append(ok[start:start + take])
-            if flip is not None:
-                buffers["flip"].append(flip[start:start + take])
+            for key, values in (*feats.items(), ("ok", ok)):
+                buffers[key].append(values[start:start + take])
             filled += take
             start += take
             if filled == b - a:
@@ -229,7 +236,8 @@ def run_local(settings: FeatureSettings, paths: dict[str, list[Path]], partial: 
     t0 = time.perf_counter()
     n_new = run_extraction(predictor.predict, paths, partial, todo, width=predictor.width, widths=predictor.widths,
                            image_size=settings.image_size, batch_size=settings.batch_size, tta=settings.tta,
-                           workers=settings.workers, decoder=settings.decoder, on_images=on_images)
+                           workers=settings.workers, decoder=settings.decoder, views=settings.views,
+                           on_images=on_images)
     seconds = time.perf_counter() - t0
     return EngineRun(engine="local", images=n_new, seconds=seconds, widths=predictor.widths,
                      build_seconds=predictor.build_seconds, warmup_seconds=predictor.warmup_seconds,

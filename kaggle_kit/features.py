@@ -5,7 +5,8 @@ experiment's lock and extracts a feature set (its files and manifest: :mod:`kagg
 'test' float32 (n_train, width) and (n_test, width) in the data set's fixed row order; with ``--tta flip``
 also 'train_flip' and 'test_flip', the same rows computed on horizontally flipped images. Later stages use
 them as a second view of each image: ``cv`` can train heads on both views (augmentation) and average a model's
-predictions over both views (test-time augmentation). The pixels come from :mod:`kaggle_kit.decoders`
+predictions over both views (test-time augmentation). ``--views N`` adds N more views of each image (crops of a
+larger resize, or quarter turns: :mod:`kaggle_kit.views`), each flipped too under flip TTA, used the same way. The pixels come from :mod:`kaggle_kit.decoders`
 (``--decoder``: OpenCV on CPU threads, or NVIDIA DALI on a GPU); the decoder is part of the cache key.
 
 Extraction is written in shards (``.partial/<key>/<split>-<i>.npz``, each written atomically). A run that is
@@ -55,8 +56,10 @@ from kaggle_kit.store import (
     partial_dir,
     remember_data,
     save_feature_set,
+    shard_key,
     shard_path,
 )
+from kaggle_kit.views import DEFAULT_VIEW_KIND, array_name, view_names, view_suffixes
 
 if TYPE_CHECKING:
     from kaggle_kit.ray_engine import RaySettings
@@ -80,6 +83,7 @@ class FeatureSettings:
     decoder: str = "opencv"  # kaggle_kit.decoders.DECODERS
     ray: RaySettings | None = None  # None: the local engine; else the shards run on a Ray cluster (ray_engine.py)
     layer: str | None = None  # None: the backbone's default (last-layer) features; else a layer to pool
+    views: tuple[str, ...] = ()  # extra views of each image (kaggle_kit/views.py), each flipped too under flip TTA
 
     def __post_init__(self):
         if self.decoder not in DECODERS:
@@ -90,6 +94,7 @@ class FeatureSettings:
         # per pixel), so it is part of the key; OpenCV's key keeps its old form, so existing caches stay valid.
         decoder = {} if self.decoder == "opencv" else {"decoder": self.decoder}
         layer = {} if self.layer is None else {"layer": self.layer}  # keys of last-layer sets stay as they were
+        views = {"views": list(self.views)} if self.views else {}  # so do keys of sets without extra views
         return sha256_json({
             "format": FEATURES_FORMAT,
             "backbone": self.backbone.name,
@@ -101,6 +106,7 @@ class FeatureSettings:
             "images": image_list_hash,
             **decoder,
             **layer,
+            **views,
         })
 
 
@@ -123,8 +129,17 @@ class FeatureResult:
                     f"in {self.out_dir}; --force recomputes"]
         rate = fs.images_per_second
         return [f"{fs.name}: {fs.n_train} train + {fs.n_test} test images -> {fs.width} features"
-                f"{' x2 (flip)' if fs.tta == 'flip' else ''}, {rate if rate is not None else '-'} img/s end to end, "
+                f"{self._views_summary()}, {rate if rate is not None else '-'} img/s end to end, "
                 f"{fs.extract_seconds} s{self._cluster_summary()} -> {self.out_dir}"]
+
+    def _views_summary(self) -> str:
+        """' x2 (flip)', ' x8 (flip, rot90, rot180, rot270 and their flips)' or ''."""
+        fs = self.features
+        count = len(fs.view_suffixes)
+        if count == 1:
+            return ""
+        named = ", ".join(["flip"] * (fs.tta == "flip") + list(fs.views))
+        return f" x{count} ({named}{' and their flips' if fs.views and fs.tta == 'flip' else ''})"
 
     def _cluster_summary(self) -> str:
         cluster = self.features.cluster
@@ -146,7 +161,7 @@ def _shard_widths(partial: Path, paths: dict[str, list[Path]]) -> list[int]:
 
 
 def _assemble(targets: Sequence[tuple[Path, int]], partial: Path, paths: dict[str, list[Path]], *,
-              shard_size: int, tta: str) -> dict[str, np.ndarray]:
+              shard_size: int, tta: str, views: Sequence[str] = ()) -> dict[str, np.ndarray]:
     """Stream the shards into the final arrays (memory-mapped, atomic); return the ok mask of each split.
 
     ``targets``: (feature set folder, its width) per layer, in the order the shards hold the layers' features
@@ -155,7 +170,7 @@ def _assemble(targets: Sequence[tuple[Path, int]], partial: Path, paths: dict[st
     edges = np.cumsum([0, *(width for _, width in targets)])
     ok_masks = {}
     for split, split_paths in paths.items():
-        sources = {"feats": split, **({"flip": f"{split}_flip"} if tta == "flip" else {})}
+        sources = {shard_key(suffix): array_name(split, suffix) for suffix in view_suffixes(tta == "flip", views)}
         n = len(split_paths)
         with contextlib.ExitStack() as stack:
             outs = []
@@ -291,7 +306,8 @@ def extract_feature_sets(
     if len(widths) != len(out_dirs):
         raise KitError(f"the shards in {partial} hold {len(widths)} layers, not {len(out_dirs)}; run again with "
                        "--force")
-    ok = _assemble(list(zip(out_dirs, widths)), partial, paths, shard_size=settings.shard_size, tta=settings.tta)
+    ok = _assemble(list(zip(out_dirs, widths)), partial, paths, shard_size=settings.shard_size, tta=settings.tta,
+                   views=settings.views)
     unreadable = {
         "train": [dataset.train_files[i] for i in np.flatnonzero(~ok["train"])],
         "test": [dataset.test_files[i] for i in np.flatnonzero(~ok["test"])],
@@ -304,7 +320,7 @@ def extract_feature_sets(
     for i, out_dir, width in zip(todo_jobs, out_dirs, widths):
         features = finish_feature_set(
             out_dir, dataset, key=keys[i], image_list_hash=image_hash, width=width, tta=settings.tta,
-            unreadable=unreadable,
+            views=settings.views, unreadable=unreadable,
             backbone=backbone.name, weights=settings.weights.identity, weights_kind=settings.weights.kind,
             weights_path=settings.weights.path, preprocess=backbone.preprocess, input_size=settings.image_size,
             decoder=settings.decoder, engine=run.engine, cluster=run.cluster, layer=jobs[i][1].layer,
@@ -336,6 +352,8 @@ def run_feature_sets(
     weights: str = "imagenet",
     image_size: int | None = None,
     tta: str = "none",
+    views: int = 0,
+    view_kind: str = DEFAULT_VIEW_KIND,
     positive: str | None = None,
     layout: str | None = None,
     labels: Path | str | None = None,
@@ -371,13 +389,15 @@ def run_feature_sets(
     workers, each with ``cpus_per_worker`` CPUs (also its decoder threads; default 1) and ``gpus_per_worker`` GPUs
     (default 0), on the cluster at ``address`` (see ray_engine.RaySettings). Everything is checked before the
     experiment's lock is taken, so a refused run leaves nothing behind; ``warn`` gets the data folder's and the
-    decoder's warnings.
+    decoder's warnings. ``views`` extra views of each image from the catalogue ``view_kind`` (see
+    :mod:`kaggle_kit.views`), cached beside the others; cv trains on and averages over all of them.
     """
     from kaggle_kit.backbones import LAST, get_backbone, resolve_weights
     from kaggle_kit.data import discover_remembered
 
     if tta not in TTA_MODES:
         raise KitError(f"--tta {tta!r} is not one of: {', '.join(TTA_MODES)}", code=2)
+    view_list = view_names(views, view_kind)
     if engine not in ENGINES:
         raise KitError(f"--engine {engine!r} is not one of: {', '.join(ENGINES)}", code=2)
     ray = None
@@ -402,7 +422,8 @@ def run_feature_sets(
     jobs = [(features_dir(exp_dir, check_name("feature set", name) if name else default_feature_set_name(
                 spec.name, input_size=spec.input_size, image_size=size, layer=layer)),
              FeatureSettings(backbone=spec, weights=choice, image_size=size, tta=tta, batch_size=batch_size,
-                             workers=workers, shard_size=shard_size, decoder=decoder, ray=ray, layer=layer))
+                             workers=workers, shard_size=shard_size, decoder=decoder, ray=ray, layer=layer,
+                             views=view_list))
             for layer in wanted]
     with experiment_lock(exp_dir, command=f"features --backbone {backbone}"):
         # Warnings only once the lock is held: a run refused as busy says so in one line.

@@ -102,9 +102,9 @@ class ShardWorker:
     """
 
     def __init__(self, *, backbone, weights, image_size: int, batch_size: int, tta: str, decode_threads: int,
-                 data_root: str, decoder: str = "opencv", layers: tuple = (None,)):
+                 data_root: str, decoder: str = "opencv", layers: tuple = (None,), views: tuple = ()):
         self.settings = {"width": backbone.width, "image_size": image_size, "batch_size": batch_size, "tta": tta,
-                         "workers": decode_threads, "decoder": decoder}
+                         "workers": decode_threads, "decoder": decoder, "views": tuple(views)}
         self.facts = {"pid": os.getpid(), "node": socket.gethostname()}
         self.error = None
         self.predictor = None
@@ -129,16 +129,15 @@ class ShardWorker:
         return {**self.facts, "error": self.error}
 
     def extract(self, paths: list[str]) -> dict:
-        """Features of one shard: {'arrays': {'feats', 'ok', 'widths'[, 'flip']}, 'seconds', 'pid'}, rows in
-        ``paths`` order (the shard's arrays: :func:`kaggle_kit.store.save_shard`)."""
+        """Features of one shard: {'arrays': {'feats', 'ok', 'widths'[, 'flip', each view's]}, 'seconds', 'pid'},
+        rows in ``paths`` order (the shard's arrays: :func:`kaggle_kit.store.save_shard`)."""
         if self.error:
             raise KitError(self.error)
         t0 = time.perf_counter()
         parts = list(predict_batches(self.predictor.predict, paths, **self.settings))
-        arrays = {"feats": np.concatenate([f for f, _, _ in parts]), "ok": np.concatenate([o for _, o, _ in parts]),
-                  "widths": np.asarray(self.predictor.widths, dtype=np.int64)}
-        if self.settings["tta"] == "flip":
-            arrays["flip"] = np.concatenate([f for _, _, f in parts])
+        arrays = {key: np.concatenate([feats[key] for feats, _ in parts]) for key in parts[0][0]} if parts else {}
+        arrays.update(ok=np.concatenate([ok for _, ok in parts]) if parts else np.zeros(0, bool),
+                      widths=np.asarray(self.predictor.widths, dtype=np.int64))
         return {"arrays": arrays, "seconds": time.perf_counter() - t0, "pid": os.getpid()}
 
 
@@ -305,7 +304,7 @@ def run_on_ray(settings: FeatureSettings, paths: dict[str, list[Path]], partial:
             worker_cls.remote(backbone=settings.backbone, weights=settings.weights, image_size=settings.image_size,
                               batch_size=settings.batch_size, tta=settings.tta,
                               decode_threads=max(1, math.ceil(rs.cpus_per_worker)), data_root=str(data_root),
-                              decoder=settings.decoder, layers=tuple(layers))
+                              decoder=settings.decoder, layers=tuple(layers), views=settings.views)
             for _ in range(n_workers)
         ]
         try:

@@ -486,8 +486,9 @@ def _cam_caption_html(cams: CamGallery, classes: tuple[str, str]) -> str:
     """What the heatmaps are, which model they come from, and how faithful its refit is."""
     neg, pos = classes
     h, w = cams.grid
-    flips = " and their flipped copies" if cams.views_fitted == 2 else ""
-    mean = " (the mean over the photo and its flip, as cv predicts)" if cams.views_predicted == 2 else ""
+    flips = {1: "", 2: " and their flipped copies"}.get(cams.views_fitted, f" in all {cams.views_fitted} views")
+    mean = {1: "", 2: " (the mean over the photo and its flip, as cv predicts)"}.get(
+        cams.views_predicted, f" (the mean over the photo's {cams.views_predicted} views, as cv predicts)")
     cs = ", ".join(f"{c:.3g}" for c in sorted(set(cams.Cs.values())))
     return (
         f'<p id="cam-caption">Beside each photo: the class activation map of <b>{_e(cams.model)}</b>, the '

@@ -210,7 +210,7 @@ def _features(exp_dir: Path, image_hash: str | None) -> list[FeatureInfo]:
             fs = store.load_features(out)
             info = FeatureInfo(
                 name=name, command=rerun, backbone=fs.backbone, size=fs.input_size,
-                layer=fs.layer, tta=fs.tta, views=2 if fs.tta == "flip" else 1, n_train=fs.n_train,
+                layer=fs.layer, tta=fs.tta, views=len(fs.view_suffixes), n_train=fs.n_train,
                 n_test=fs.n_test, width=fs.width, images_per_second=fs.images_per_second,
                 unreadable=len(fs.unreadable("train")) + len(fs.unreadable("test")),
             )

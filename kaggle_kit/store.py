@@ -13,11 +13,14 @@ Layout::
     experiments/<exp>/features/<name>/    kaggle-kit/features/1
         train.npy, test.npy               float32 (n_train, width), (n_test, width)
         train_flip.npy, test_flip.npy     the same rows on horizontally flipped images (``--tta flip``)
+        train_<view>[_flip].npy, ...      each extra view (``--views N``: train_zoom.npy, test_rot90_flip.npy;
+                                          kaggle_kit/views.py), flipped too under flip TTA
         ids.json                          the row order: train_ids, train_labels, test_ids
         .partial/<key>/<split>-<i>.npz    shards of an unfinished extraction: 'feats' float32 (rows, width), 'ok'
-                                          bool (rows,), with flip TTA 'flip' float32 (rows, width); 'widths'
-                                          int64 (layers,): the layers extracted in one pass (``--layer``) side
-                                          by side in 'feats'/'flip', kept in the first set's folder
+                                          bool (rows,), with flip TTA 'flip' float32 (rows, width), each extra
+                                          view under its own key ('zoom', 'zoom_flip'); 'widths' int64
+                                          (layers,): the layers extracted in one pass (``--layer``) side by side
+                                          in every view's array, kept in the first set's folder
     experiments/<exp>/folds/              kaggle-kit/folds/1: the one fold plan of the experiment
         plan.npy                          int8 (repeats, n_train): the fold of each training row per repeat
         y.npy, ids.json                   int8 (n_train,) labels; train_ids, test_ids
@@ -257,9 +260,16 @@ def shard_path(partial: Path, split: str, index: int) -> Path:
     return partial / f"{split}-{index:05d}.npz"
 
 
+def shard_key(suffix: str) -> str:
+    """The key of a view's features in a shard: 'feats' for the images as they are (suffix ''), else the view's
+    suffix (:func:`kaggle_kit.views.view_suffixes`: 'flip', 'zoom', 'zoom_flip', ...)."""
+    return suffix or "feats"
+
+
 def save_shard(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """Write one shard atomically: 'feats' float32 (rows, width), 'ok' bool (rows,), with flip TTA 'flip', and
-    'widths' int64 (layers,): the width of each layer whose features sit side by side in 'feats' and 'flip'."""
+    """Write one shard atomically: 'feats' float32 (rows, width), 'ok' bool (rows,), each further view's features
+    under its :func:`shard_key` ('flip', ...), and 'widths' int64 (layers,): the width of each layer whose
+    features sit side by side in every view's array."""
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
@@ -303,12 +313,18 @@ def feature_set_names(exp_dir: Path) -> list[str]:
     return names
 
 
-def feature_array_files(tta: str) -> dict[str, str]:
-    """Logical array -> file name: 'train', 'test', and with flip TTA 'train_flip', 'test_flip'."""
-    names = {split: f"{split}.npy" for split in FEATURE_SPLITS}
-    if tta == "flip":
-        names.update({f"{split}_flip": f"{split}_flip.npy" for split in FEATURE_SPLITS})
-    return names
+def feature_array_files(tta: str, views: Sequence[str] = ()) -> dict[str, str]:
+    """Logical array -> file name: 'train', 'test', with flip TTA 'train_flip', 'test_flip', and each extra view's
+    ('train_zoom', 'train_zoom_flip', ...; :func:`kaggle_kit.views.view_suffixes`)."""
+    from kaggle_kit.views import array_name, view_suffixes
+
+    return {array_name(split, suffix): f"{array_name(split, suffix)}.npy"
+            for suffix in view_suffixes(tta == "flip", views) for split in FEATURE_SPLITS}
+
+
+def feature_views(manifest: Mapping[str, Any]) -> tuple[str, ...]:
+    """A feature set's extra views (``--views``), from its manifest: () for sets made before views existed."""
+    return tuple(manifest.get("views", ()))
 
 
 def feature_array_path(out_dir: Path, logical: str) -> Path:
@@ -347,6 +363,11 @@ def features_command(out_dir: Path, manifest: Mapping[str, Any] | None = None, *
         options += ["--weights", "none" if manifest["weights_kind"] == "none" else "FILE"]
     if manifest.get("tta") == "flip":
         options += ["--tta", "flip"]
+    if manifest.get("views"):
+        from kaggle_kit.views import views_options
+
+        count, kind = views_options(manifest["views"])
+        options += ["--views", str(count), "--view-kind", kind]
     if manifest.get("decoder") not in (None, DEFAULT_DECODER):
         options += ["--decoder", manifest["decoder"]]
     if layer is not None:
@@ -403,8 +424,8 @@ class ClusterRun:
 
 @dataclass(frozen=True)
 class FeatureSet:
-    """A finished feature set, memory-mapped: ``arrays`` maps 'train', 'test' (+ '_flip') to (rows, width)
-    float32; ``train_ids``, ``y`` (int8 (n_train,)) and ``test_ids`` give the row order."""
+    """A finished feature set, memory-mapped: ``arrays`` maps 'train', 'test' (+ '_flip', + each extra view's:
+    :func:`feature_array_files`) to (rows, width) float32; ``train_ids``, ``y`` (int8 (n_train,)) and ``test_ids`` give the row order."""
 
     path: Path
     manifest: dict[str, Any]
@@ -433,6 +454,18 @@ class FeatureSet:
     @property
     def tta(self) -> str:
         return self.manifest["tta"]
+
+    @property
+    def views(self) -> tuple[str, ...]:
+        """The extra views (``--views``; kaggle_kit/views.py), () when there are none."""
+        return feature_views(self.manifest)
+
+    @property
+    def view_suffixes(self) -> list[str]:
+        """Every view's array suffix, in cv's order ('', 'flip', 'zoom', 'zoom_flip', ...)."""
+        from kaggle_kit.views import view_suffixes
+
+        return view_suffixes(self.tta == "flip", self.views)
 
     @property
     def n_train(self) -> int:
@@ -536,7 +569,7 @@ def load_features(out_dir: Path, *, image_list_hash: str | None = None) -> Featu
     if ids is None or sha256_json(ids) != manifest["ids_sha256"]:
         raise KitError(f"{ids_path} does not match its manifest; {again}")
     arrays = {}
-    for logical in feature_array_files(manifest["tta"]):
+    for logical in feature_array_files(manifest["tta"], feature_views(manifest)):
         path = feature_array_path(out_dir, logical)
         try:
             arr = load_npy(path)
@@ -568,7 +601,7 @@ def begin_feature_set(out_dir: Path) -> None:
 
 
 def finish_feature_set(out_dir: Path, dataset: Dataset, *, key: str, image_list_hash: str, width: int, tta: str,
-                       unreadable: Mapping[str, Sequence[str]], backbone: str, weights: str, weights_kind: str,
+                       views: Sequence[str] = (), unreadable: Mapping[str, Sequence[str]], backbone: str, weights: str, weights_kind: str,
                        preprocess: str | None, input_size: int | None, weights_path: Path | str | None = None,
                        decoder: str | None = None, engine: str | None = None, cluster: ClusterRun | None = None,
                        layer: str | None = None, details: Mapping[str, Any] | None = None) -> FeatureSet:
@@ -582,7 +615,8 @@ def finish_feature_set(out_dir: Path, dataset: Dataset, *, key: str, image_list_
     ``image_list_hash`` is the data set's as it was when the extraction began (so images changed during it make
     the set stale). ``weights_path``: the local weights file loaded, if any (the report's heatmaps rebuild the
     backbone from it). ``layer``: the layer the features were pooled from (``--layer``), None for the
-    backbone's default features (:attr:`FeatureSet.layer`; the key is written only for a layer).
+    backbone's default features (:attr:`FeatureSet.layer`; the key is written only for a layer). ``views``: the
+    extra views (:attr:`FeatureSet.views`; the key is written only when there are some).
     """
     ids = {"train_ids": list(dataset.train_ids), "train_labels": dataset.y.tolist(), "test_ids": list(dataset.test_ids)}
     write_json_atomic(out_dir / "ids.json", ids)
@@ -591,7 +625,7 @@ def finish_feature_set(out_dir: Path, dataset: Dataset, *, key: str, image_list_
         "train": [i for f, i in zip(dataset.train_files, dataset.train_ids) if f in bad["train"]],
         "test": [i for f, i in zip(dataset.test_files, dataset.test_ids) if f in bad["test"]],
     }
-    files = feature_array_files(tta)
+    files = feature_array_files(tta, views)
     fields = dict(
         key=key, name=out_dir.name, tta=tta, width=width, data_dir=str(dataset.root), layout=dataset.layout,
         classes=list(dataset.classes), positive=dataset.positive, image_list_hash=image_list_hash,
@@ -602,7 +636,7 @@ def finish_feature_set(out_dir: Path, dataset: Dataset, *, key: str, image_list_
         backbone=backbone, weights=weights, weights_kind=weights_kind,
         weights_path=str(weights_path) if weights_path is not None else None, preprocess=preprocess,
         input_size=input_size, decoder=decoder, engine=engine, **(cluster.fields() if cluster is not None else {}),
-        **({} if layer is None else {"layer": layer}),
+        **({} if layer is None else {"layer": layer}), **({"views": list(views)} if views else {}),
     )
     clash = set(details or {}) & set(fields)
     if clash:
@@ -617,10 +651,15 @@ def save_feature_set(out_dir: Path, dataset: Dataset, arrays: Mapping[str, np.nd
                      weights_path: Path | str | None = None, unreadable: Mapping[str, Sequence[str]] | None = None,
                      details: Mapping[str, Any] | None = None) -> FeatureSet:
     """Write a whole feature set from arrays in memory: 'train' (n_train, width), 'test' (n_test, width), and
-    optionally 'train_flip'/'test_flip', rows in ``dataset``'s order (see :func:`finish_feature_set`)."""
+    optionally 'train_flip'/'test_flip' and extra views' ('train_zoom', ...: :func:`feature_array_files`), rows in
+    ``dataset``'s order (see :func:`finish_feature_set`)."""
+    from kaggle_kit.views import check_views
+
     tta = "flip" if "train_flip" in arrays else "none"
-    if set(arrays) != set(feature_array_files(tta)):
-        raise KitError(f"feature arrays must be {sorted(feature_array_files(tta))}, got {sorted(arrays)}")
+    extra = [k[len("train_"):] for k in arrays if k.startswith("train_") and not k.endswith("flip")]
+    views = check_views(extra)
+    if set(arrays) != set(feature_array_files(tta, views)):
+        raise KitError(f"feature arrays must be {sorted(feature_array_files(tta, views))}, got {sorted(arrays)}")
     width = arrays["train"].shape[1]
     for logical, arr in arrays.items():
         rows = _rows(logical, dataset.n_train, dataset.n_test)
@@ -630,7 +669,7 @@ def save_feature_set(out_dir: Path, dataset: Dataset, arrays: Mapping[str, np.nd
     for logical, arr in arrays.items():
         save_npy_atomic(feature_array_path(out_dir, logical), np.asarray(arr, dtype=np.float32))
     return finish_feature_set(out_dir, dataset, key=key, image_list_hash=image_list_hash, width=width, tta=tta,
-                              unreadable=unreadable or {"train": [], "test": []}, backbone=backbone, weights=weights,
+                              views=views, unreadable=unreadable or {"train": [], "test": []}, backbone=backbone, weights=weights,
                               weights_kind=weights_kind, weights_path=weights_path, preprocess=preprocess,
                               input_size=input_size, details=details)
 

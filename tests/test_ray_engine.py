@@ -201,16 +201,21 @@ def test_a_worker_computes_every_asked_layer_side_by_side_and_refuses_an_unknown
     spec = get_backbone("efficientnet_lite0")
     common = dict(backbone=spec, image_size=32, batch_size=4, tta="flip", decode_threads=1,
                   data_root=str(small_comp), weights=resolve_weights(spec, "none"))
-    worker = ShardWorker(layers=("block2", None), **common)
+    worker = ShardWorker(layers=("block2", None), views=("rot90",), **common)
     assert worker.info()["error"] is None and worker.info()["widths"] == [24, 1280]
     paths = [str(p) for p in discover(small_comp).train_paths()[:6]]
     arrays = worker.extract(paths)["arrays"]
     assert arrays["feats"].shape == arrays["flip"].shape == (6, 24 + 1280) and arrays["widths"].tolist() == [24, 1280]
+    assert arrays["rot90"].shape == arrays["rot90_flip"].shape == (6, 24 + 1280)  # --views reach the workers
     alone = build_predictor(spec, image_size=32, weights=common["weights"], batch_size=4, layers=("block2",))
     from kaggle_kit.images import decode_image
 
     photos = np.stack([decode_image(p, 32) for p in paths])
     np.testing.assert_allclose(arrays["feats"][:, :24], alone.predict(photos)[:6], rtol=1e-5, atol=1e-6)
+    from kaggle_kit.views import apply_view
+
+    np.testing.assert_allclose(arrays["rot90"][:, :24], alone.predict(apply_view(photos, "rot90"))[:6], rtol=1e-5,
+                               atol=1e-6)
     bad = ShardWorker(layers=("block9",), **common)
     assert "cannot start: unknown layer 'block9' of efficientnet_lite0" in bad.info()["error"]
     assert "\n" not in bad.info()["error"]

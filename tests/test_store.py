@@ -185,6 +185,9 @@ def test_every_re_run_hint_is_a_command_line_the_cli_accepts(tmp_path):
         store.features_command(store.features_dir(default, "resnet50"), {
             "backbone": "resnet50", "input_size": 224, "weights_kind": "imagenet", "tta": "none", "decoder": "dali"}):
             {"command": "features", "backbone": "resnet50", "decoder": "dali", "name": None},
+        store.features_command(store.features_dir(default, "squeezenet_128"), {
+            "backbone": "squeezenet", "input_size": 128, "weights_kind": "imagenet", "tta": "flip",
+            "views": ["rot90", "rot180"]}): {"command": "features", "backbone": "squeezenet", "views": 2, "name": None},
     }
     for hint, expected in hints.items():
         params = parses(hint)
@@ -193,6 +196,8 @@ def test_every_re_run_hint_is_a_command_line_the_cli_accepts(tmp_path):
                                                      features=["a", "b"]))["head"]] == ["concat_mlp"]
     assert parses(store.features_command(store.features_dir(default, "mine"), {"backbone": "squeezenet",
                                                                                 "tta": "flip"}))["tta"].value == "flip"
+    assert parses(store.features_command(store.features_dir(default, "squeezenet_128"), {
+        "backbone": "squeezenet", "input_size": 128, "tta": "none", "views": ["rot90"]}))["view_kind"].value == "rotations"
 
 
 def test_a_features_hint_falls_back_to_the_folder_name_without_a_manifest(tmp_path):
