@@ -235,6 +235,12 @@ def cv(
     ),
     repeats: Optional[int] = typer.Option(None, "--repeats", min=1, help="Repeats of the k-fold split (default 1)."),
     seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Seed of the split and the heads (default 0)."),
+    groups: Optional[str] = typer.Option(
+        None, "--groups",
+        help="Group-wise folds: a regex whose first group, searched in each training file's name, names its "
+        "group (patient, slide...); a group's images share a fold. 'none': folds by image again. Default: the "
+        "current plan's.",
+    ),
     backbone: Optional[list[str]] = typer.Option(
         None, "--backbone", "-b", help="Feature set(s), repeatable (default: every cached one).",
     ),
@@ -254,7 +260,8 @@ def cv(
     """Fit k-fold heads on the cached features: out-of-fold and test predictions for every model (cached)."""
     from kaggle_kit.cv import run_cv
 
-    run = run_cv(experiment_dir(exp), n_folds=folds, repeats=repeats, seed=seed, feature_sets=backbone or None,
+    run = run_cv(experiment_dir(exp), n_folds=folds, repeats=repeats, seed=seed, groups=groups,
+                 feature_sets=backbone or None,
                  heads=[h.value for h in head] if head else None, pseudo=pseudo, force=force,
                  progress=not quiet)
     _echo(run.lines())

@@ -29,7 +29,7 @@ import numpy as np
 
 from kaggle_kit.artifacts import KitError, experiment_lock, sha256_json
 from kaggle_kit.data import Dataset
-from kaggle_kit.folds import ensure_plan
+from kaggle_kit.folds import NO_GROUPS, ensure_plan, file_groups
 from kaggle_kit.heads import HEADS as PLAIN_HEADS
 from kaggle_kit.metrics import METRICS, NAMES, crossfit_score, score
 from kaggle_kit.pseudo import HEADS as PSEUDO_HEADS
@@ -315,6 +315,7 @@ def run_cv(
     n_folds: int | None = None,
     repeats: int | None = None,
     seed: int | None = None,
+    groups: str | None = None,
     feature_sets: Sequence[str] | None = None,
     heads: Sequence[str] | None = None,
     pseudo: bool = False,
@@ -324,7 +325,8 @@ def run_cv(
     """``kaggle-kit cv``: cross-validate the models of ``feature_sets`` (default: every cached one) x ``heads``
     (see :func:`model_specs`; ``pseudo`` adds the pseudo-labelling twins) on the experiment's fold plan, made
     or replaced as asked (see :func:`kaggle_kit.folds.ensure_plan`); write each model's result unless it is
-    cached.
+    cached. ``groups``: a ``--groups`` pattern for a group-wise plan (see :mod:`kaggle_kit.folds`; None keeps the
+    plan's, '' or 'none' asks for a plan by row).
 
     ``data_dir``/``positive`` default to the experiment's, and the folder is read as the experiment remembers
     (its layout, labels file and columns: :func:`kaggle_kit.store.experiment_data`). Every model is scored in
@@ -341,6 +343,8 @@ def run_cv(
             raise KitError(f"no cached feature set {name!r} in {features_root(exp_dir)} (cached: "
                            f"{', '.join(available)}); run 'kaggle-kit features --backbone {name}' first", code=2)
     specs = model_specs(chosen, heads, pseudo=pseudo)
+    if groups not in (None, *NO_GROUPS):
+        file_groups([], groups)  # a bad pattern is refused before the lock
     settings = experiment_data(exp_dir, data=data_dir, positive=positive)
     metric = experiment_metric(exp_dir)
     with experiment_lock(exp_dir, command="cv"):
@@ -348,7 +352,8 @@ def run_cv(
         image_list_hash = dataset.image_list_hash()
         sets = {name: load_features(features_dir(exp_dir, name), image_list_hash=image_list_hash) for name in chosen}
         plan, plan_status = ensure_plan(exp_dir, y=dataset.y, train_ids=dataset.train_ids,
-                                        test_ids=dataset.test_ids, n_folds=n_folds, repeats=repeats, seed=seed)
+                                        test_ids=dataset.test_ids, n_folds=n_folds, repeats=repeats, seed=seed,
+                                        groups=groups, train_files=dataset.train_files)
         per_model = plan.repeats * plan.n_folds
         results = []
         with tqdm(total=len(specs) * per_model, unit="fold", disable=not progress) as bar:

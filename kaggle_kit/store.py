@@ -746,16 +746,26 @@ class FoldPlan:
     def n_test(self) -> int:
         return self.manifest["n_test"]
 
+    @property
+    def groups(self) -> str | None:
+        """The ``--groups`` pattern of a group-wise plan, None for a plan by row (and plans made before groups)."""
+        return self.manifest.get("groups")
+
+    @property
+    def n_groups(self) -> int | None:
+        return self.manifest.get("n_groups")
+
     def describe(self) -> str:
         r = self.repeats
-        return f"{self.n_folds} folds x {r} repeat{'s' if r > 1 else ''}, seed {self.seed}"
+        grouped = f", grouped by --groups {shlex.quote(self.groups)} ({self.n_groups} groups)" if self.groups else ""
+        return f"{self.n_folds} folds x {r} repeat{'s' if r > 1 else ''}, seed {self.seed}{grouped}"
 
     def matches(self, *, y: np.ndarray, train_ids: Sequence[str], test_ids: Sequence[str], n_folds: int,
-                repeats: int, seed: int) -> bool:
+                repeats: int, seed: int, groups: str | None = None) -> bool:
         """True when this plan was made with these settings for these labels and ids."""
         m = self.manifest
-        return ((m["n_folds"], m["repeats"], m["seed"], m["y_sha256"], m["ids_sha256"])
-                == (n_folds, repeats, seed, sha256_array(np.asarray(y, dtype=np.int8)),
+        return ((m["n_folds"], m["repeats"], m["seed"], m.get("groups"), m["y_sha256"], m["ids_sha256"])
+                == (n_folds, repeats, seed, groups, sha256_array(np.asarray(y, dtype=np.int8)),
                     plan_ids_sha256(train_ids, test_ids)))
 
 
@@ -802,10 +812,13 @@ def has_plan(exp_dir: Path) -> bool:
 
 
 def write_plan(exp_dir: Path, *, plan: np.ndarray, y: np.ndarray, train_ids: Sequence[str],
-               test_ids: Sequence[str], n_folds: int, repeats: int, seed: int) -> FoldPlan:
+               test_ids: Sequence[str], n_folds: int, repeats: int, seed: int, groups: str | None = None,
+               n_groups: int | None = None) -> FoldPlan:
     """Write ``<exp>/folds/`` (replacing any plan there) and return it as loaded.
 
-    ``plan`` int8 (repeats, n_train) from :func:`kaggle_kit.folds.make_plan`; ``y`` (n_train,) 0/1.
+    ``plan`` int8 (repeats, n_train) from :func:`kaggle_kit.folds.make_plan`; ``y`` (n_train,) 0/1; ``groups``
+    the ``--groups`` pattern of a group-wise plan and ``n_groups`` the groups it found (manifest keys written
+    only for such a plan, so plans by row keep their old manifest).
     """
     y = np.asarray(y, dtype=np.int8)
     if plan.shape != (repeats, len(y)) or len(train_ids) != len(y):
@@ -819,7 +832,8 @@ def write_plan(exp_dir: Path, *, plan: np.ndarray, y: np.ndarray, train_ids: Seq
     write_json_atomic(out / "ids.json", ids)
     manifest = new_manifest(FOLDS_FORMAT, n_folds=n_folds, repeats=repeats, seed=seed,
                             y_sha256=sha256_array(y), ids_sha256=sha256_json(ids), n_train=len(y),
-                            n_test=len(test_ids), plan_sha256=sha256_array(plan))
+                            n_test=len(test_ids), plan_sha256=sha256_array(plan),
+                            **({"groups": groups, "n_groups": n_groups} if groups is not None else {}))
     write_json_atomic(out / MANIFEST, manifest)
     return FoldPlan(plan=plan, y=y, train_ids=tuple(ids["train_ids"]), test_ids=tuple(ids["test_ids"]),
                     manifest=manifest)

@@ -226,3 +226,22 @@ def test_cli_warns_about_stale_results(project):
     result = runner.invoke(app, ["cv", "--backbone", "alpha", "--head", "logreg", "--seed", "1", "--quiet"])
     assert result.exit_code == 0, result.output
     assert "beta__logreg" in result.output and "re-run 'kaggle-kit cv'" in result.output
+
+
+def test_cli_group_wise_folds_keep_each_group_in_one_fold(project):
+    from kaggle_kit.store import load_plan
+
+    _, exp_dir, dataset = project
+    result = runner.invoke(app, ["cv", "--folds", "3", "--head", "logreg", "--groups", r"(\d)\.jpg$", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert r"grouped by --groups '(\d)\.jpg$' (10 groups) (new)" in result.output
+    plan = load_plan(exp_dir)
+    last_digit = [f[-5] for f in dataset.train_files]
+    for digit in set(last_digit):
+        assert len({int(plan.plan[0, i]) for i, d in enumerate(last_digit) if d == digit}) == 1
+    bad = runner.invoke(app, ["cv", "--groups", "(", "--quiet"])
+    assert bad.exit_code == 2 and len(bad.output.strip().splitlines()) == 1
+    assert "--groups '(' is not a regular expression" in bad.output
+    unmatched = runner.invoke(app, ["cv", "--groups", "^(dog)", "--quiet", "--head", "logreg"])
+    assert unmatched.exit_code == 2 and "finds no group in the file name 'cat.1.jpg'" in unmatched.output
+    assert load_plan(exp_dir).sha256 == plan.sha256  # a refused pattern leaves the plan as it was

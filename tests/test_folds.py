@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from kaggle_kit.artifacts import KitError, read_json, save_npy_atomic, sha256_array, sha256_json, write_json_atomic
-from kaggle_kit.folds import ensure_plan, make_plan
+from kaggle_kit.folds import ensure_plan, file_groups, make_plan
 from kaggle_kit.store import load_plan
 
 
@@ -129,3 +129,60 @@ def test_the_loaded_plan_is_the_written_one(tmp_path):
     assert np.array_equal(loaded.plan, written.plan) and np.array_equal(loaded.y, y) and loaded.y.dtype == np.int8
     assert (loaded.train_ids, loaded.test_ids) == (tuple(train_ids), tuple(test_ids))
     assert loaded.manifest == written.manifest and loaded.describe() == "3 folds x 2 repeats, seed 1"
+
+
+# ------------------------------------------------------------------------------------------- group-wise plans
+def patient_files(n_patients: int = 23, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """Cell images named like malaria-mini's: C<patient>P<n>thinF_..., some patients with both classes."""
+    rng = np.random.default_rng(seed)
+    files, y = [], []
+    for p in range(n_patients):
+        share = rng.choice([0.0, 1.0, 0.5])
+        for c in range(int(rng.integers(3, 15))):
+            label = int(rng.random() < share)
+            files.append(f"train/{'Parasitized' if label else 'Uninfected'}/50x50C{p}P{p + 40}thinF_IMG_{c}.png")
+            y.append(label)
+    return files, np.asarray(y, dtype=np.int8)
+
+
+def test_file_groups_come_from_the_file_name_and_bad_patterns_say_so():
+    files, _ = patient_files()
+    groups = file_groups(files, r"^(.*?)[Tt]hin")
+    assert groups[0] == "50x50C0P40" and len(set(groups)) == 23  # the class folder is not part of the name
+    assert file_groups(["a/x-1.png"], r"x-\d") == ["x-1"]  # no capture group: the whole match
+    with pytest.raises(KitError) as info:
+        file_groups(files + ["train/Uninfected/other.png"], r"^(.*?)[Tt]hin")
+    assert "\n" not in str(info.value) and "finds no group in the file name 'other.png'" in str(info.value)
+    with pytest.raises(KitError, match=r"--groups '\(' is not a regular expression"):
+        file_groups(files, "(")
+
+
+def test_a_group_wise_plan_never_splits_a_group_and_is_reproducible():
+    files, y = patient_files()
+    groups = file_groups(files, r"^(.*?)thin")
+    plan = make_plan(y, n_folds=5, repeats=2, seed=1, groups=groups)
+    for r in range(2):
+        for g in set(groups):
+            assert len({plan[r, i] for i, h in enumerate(groups) if h == g}) == 1
+        assert set(plan[r]) == set(range(5))
+    np.testing.assert_array_equal(plan, make_plan(y, n_folds=5, repeats=2, seed=1, groups=groups))
+    by_row = make_plan(y, n_folds=5, repeats=1, seed=1)[0]
+    assert any(len({by_row[i] for i, h in enumerate(groups) if h == g}) > 1 for g in set(groups))
+    with pytest.raises(KitError, match="--folds 5 is more than the 3 groups --groups finds"):
+        make_plan(y[:30], n_folds=5, repeats=1, seed=0, groups=["a", "b", "c"] * 10)
+
+
+def test_the_groups_pattern_is_part_of_the_plan_and_kept_until_changed(tmp_path):
+    files, y = patient_files()
+    train_ids, test_ids = [str(i) for i in range(len(y))], ["t1", "t2"]
+    common = dict(y=y, train_ids=train_ids, test_ids=test_ids, n_folds=None, repeats=None, seed=None,
+                  train_files=files)
+    by_row, status = ensure_plan(tmp_path, **common)
+    assert status == "new" and by_row.groups is None and "groups" not in by_row.manifest
+    grouped, status = ensure_plan(tmp_path, groups=r"^(.*?)thin", **common)
+    assert status == "replaced" and grouped.groups == r"^(.*?)thin" and grouped.n_groups == 23
+    assert "grouped by --groups '^(.*?)thin' (23 groups)" in grouped.describe()
+    kept, status = ensure_plan(tmp_path, **common)  # no --groups: the plan's own
+    assert status == "kept" and load_plan(tmp_path).groups == r"^(.*?)thin"
+    again, status = ensure_plan(tmp_path, groups="none", **common)
+    assert status == "replaced" and again.groups is None and again.sha256 == by_row.sha256
