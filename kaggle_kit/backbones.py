@@ -361,7 +361,8 @@ LAST = "last"  # the layer name that stands for the backbone's default (last-lay
 CURATED_CUTS = {
     "inception_v3": tuple(f"mixed{i}" for i in range(10)),
     "squeezenet": tuple(f"fire{i}_concat" for i in range(2, 9)),
-    **{name: tuple(f"block{i}" for i in range(1, 8))
+    # the stage ends and (but the last) each expanded by the next block's 1x1 conv: block1, block1x, ..., block7
+    **{name: tuple(f"block{i}{x}" for i in range(1, 8) for x in ("", "x") if (i, x) != (7, "x"))
        for name in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")},
 }
 

@@ -4,7 +4,10 @@ Each builder returns a ``keras.Model`` from the **preprocessed** float input (ba
 pooled features (batch, 512) for SqueezeNet and (batch, 1280) for the Lites, or to a Lite's ImageNet logits
 (batch, 1000) with ``include_top``. The preprocessing itself is the registry's in-graph ``Preprocess`` layer.
 The Lite graphs also name their seven stage ends ``block1`` ... ``block7`` (identity layers; strides 2, 4, 8, 16,
-16, 32, 32), so that features can be cut there (``kaggle-kit features --layer block5``).
+16, 32, 32), so that features can be cut there (``kaggle-kit features --layer block5``), and ``block1x`` ...
+``block6x``: the same stage ends after the next block's 1x1 expansion conv (BN, ReLU6; 6x wider, same map). On
+malaria-mini's cells the expanded cuts score far better than the narrow ones (Lite1 at 160 px, logreg, OOF log
+loss: block5 0.208, block5x 0.156; bench/recipe-results.md).
 
 Their weights come in two foreign formats, read here without their frameworks:
 
@@ -445,6 +448,8 @@ def _lite_graph(keras, variant: LiteVariant, input_shape, include_top: bool):
             block_in = x
             if expand != 1:
                 x = bn(conv(x, channels * expand, 1, 1, p + "_expand_conv"), p + "_bn0")
+                if repeat == 0 and stage > 1:  # the previous stage's output, expanded 6x: a richer cut
+                    x = layers.Identity(name=f"block{stage - 1}x")(x)
             depthwise = layers.DepthwiseConv2D(kernel, strides=stride if repeat == 0 else 1, padding="same",
                                                use_bias=False, name=_keras_name(p + "_depthwise_conv"))
             x = bn(add(depthwise, p + "_depthwise_conv", "depthwise")(x), p + "_bn1")

@@ -162,11 +162,34 @@ def test_backbone_is_frozen_config():
 
 
 # ------------------------------------------------------------------------------------- cutting at a layer
-def test_lite_cuts_are_the_seven_stage_ends_then_the_default_features():
+def test_lite_cuts_are_the_seven_stage_ends_their_expansions_then_the_default_features():
     cuts = cut_layers(REGISTRY["efficientnet_lite0"], image_size=320)
-    assert [c.name for c in cuts] == [f"block{i}" for i in range(1, 8)] + [LAST]
-    assert [c.width for c in cuts] == [16, 24, 40, 80, 112, 192, 320, 1280]
-    assert [c.map_size[0] for c in cuts] == [160, 80, 40, 20, 20, 10, 10, 10]  # strides 2 4 8 16 16 32 32
+    narrow = [c for c in cuts if not c.name.endswith("x")]
+    assert [c.name for c in narrow] == [f"block{i}" for i in range(1, 8)] + [LAST]
+    assert [c.width for c in narrow] == [16, 24, 40, 80, 112, 192, 320, 1280]
+    assert [c.map_size[0] for c in narrow] == [160, 80, 40, 20, 20, 10, 10, 10]  # strides 2 4 8 16 16 32 32
+    # each stage end but the last, expanded 6x by the next block's 1x1 conv, in model order after its stage end
+    assert [c.name for c in cuts] == ["block1", "block1x", "block2", "block2x", "block3", "block3x", "block4",
+                                      "block4x", "block5", "block5x", "block6", "block6x", "block7", LAST]
+    expanded = {c.name: c for c in cuts if c.name.endswith("x")}
+    assert [expanded[f"block{i}x"].width for i in range(1, 7)] == [96, 144, 240, 480, 672, 1152]
+    # the expansion belongs to the next stage's first block: same map as the stage end, but before its stride
+    assert [expanded[f"block{i}x"].map_size[0] for i in range(1, 7)] == [160, 80, 40, 20, 20, 10]
+
+
+def test_an_expanded_cut_is_the_next_blocks_expansion_output():
+    """block5x is named for the cut; its features are exactly those of the Keras layer it follows (Lite0: the
+    expansion ReLU6 of block 11, the first block of stage 6)."""
+    from kaggle_kit.backbones import build_base, extractor_on
+
+    b = REGISTRY["efficientnet_lite0"]
+    base = build_base(b, image_size=64, weights=NONE)
+    images = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3)).astype(np.uint8)
+    named = np.asarray(extractor_on(base, b, image_size=64, layers=["block5x"]).predict_on_batch(images))
+    keras_name = np.asarray(extractor_on(base, b, image_size=64, layers=["blocks_11_bn0_relu6"]).predict_on_batch(
+        images))
+    np.testing.assert_array_equal(named, keras_name)
+    assert named.shape == (2, 672) and named.std() > 0
 
 
 @pytest.mark.slow  # builds InceptionV3
