@@ -1,5 +1,6 @@
-"""bench/recipe.py: the cuts it finds, that its one-pass extractor gives the kit's own features, the patient ids,
-and its screen and ladder on the kit's stores (feature sets, fold plan, cv models) in the experiment's metric."""
+"""bench/recipe.py: its screen (every view the sets share, the experiment's plan or a group-wise one) and ladder on
+the kit's stores (feature sets, fold plan, cv models) in the experiment's metric, and its speed bench through the
+kit's own extractor."""
 
 from __future__ import annotations
 
@@ -10,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SHARED, SQUEEZENET_H5, make_competition, write_cv_model
+from conftest import make_competition, write_cv_model
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "recipe.py"
-MALARIA = SHARED / "data" / "malaria-mini"
 
 
 @pytest.fixture(scope="module")
@@ -25,74 +25,11 @@ def recipe():
     return module
 
 
-def test_lite0_cuts_are_the_seven_stage_ends_their_expansions_and_the_head(recipe):
-    from kaggle_kit.backbones import WeightsChoice, build_base, get_backbone
-
-    base = build_base(get_backbone("efficientnet_lite0"), image_size=64, weights=WeightsChoice("none", None, "none"))
-    cuts = {c.short: c for c in recipe.stage_ends(base)}
-    # Lite0's stage outputs (Tan & Le 2019), and each expanded 6x by the next block's 1x1 conv.
-    narrow = {"s1": 16, "s2": 24, "s3": 40, "s4": 80, "s5": 112, "s6": 192, "s7": 320}
-    assert {k: cuts[k].width for k in narrow} == narrow
-    assert {k: cuts[k + "x"].width for k in narrow if k != "s7"} == {k: 6 * w for k, w in narrow.items() if k != "s7"}
-    assert cuts["head"].width == 1280 and cuts["head"].layer == "bn1_relu6"
-    assert len(cuts) == 14
-    # A stage end is the last block before the width changes: its next block is the expansion's owner.
-    assert cuts["s5"].layer == "blocks_10_add" and cuts["s5x"].layer == "blocks_11_bn0_relu6"
-
-
-def test_unknown_layer_is_refused_with_the_choices(recipe):
-    from kaggle_kit.artifacts import KitError
-
-    with pytest.raises(KitError, match="choose from: .*s5x"):
-        recipe.build_multi_extractor("efficientnet_lite0", image_size=64, weights="none", shorts=["s9"])
-
-
-@pytest.mark.slow
-def test_one_pass_head_cut_equals_the_kits_extractor_on_real_photos(recipe, mini):
-    """The multi-output model's last cut, fed by the kit's decoder, is the kit's own default feature vector."""
-    from kaggle_kit.backbones import build_extractor, get_backbone, resolve_weights
-    from kaggle_kit.images import iter_batches
-
-    paths = sorted((mini / "train").glob("*.jpg"))[:8]
-    spec = get_backbone("squeezenet")
-    weights = str(SQUEEZENET_H5)
-    model, cuts = recipe.build_multi_extractor("squeezenet", image_size=96, weights=weights, shorts=None)
-    plain, flipped, ok = recipe.extract(paths, model, image_size=96, batch_size=4, flip=True, n_cuts=len(cuts))
-    assert ok.all() and [c.short for c in cuts][-1] == "fire9"
-    kit = build_extractor(spec, image_size=96, weights=resolve_weights(spec, weights))
-    batch = np.concatenate([b for b, _ in iter_batches(paths, size=96, batch_size=4)])
-    np.testing.assert_allclose(plain[-1], kit.predict_on_batch(batch), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(flipped[-1], kit.predict_on_batch(np.ascontiguousarray(batch[:, :, ::-1])),
-                               rtol=1e-5, atol=1e-5)
-    assert not np.allclose(plain[-1], flipped[-1])  # the flip view is a different view
-    assert [a.shape for a in plain] == [(8, c.width) for c in cuts]
-
-
-def test_patient_ids_of_malaria_mini_group_every_training_cell(recipe):
-    from kaggle_kit.data import discover
-
-    if not (MALARIA / "train").is_dir():
-        pytest.fail(f"malaria-mini is missing at {MALARIA}")
-    dataset = discover(MALARIA, positive="Parasitized")
-    patients = [recipe.patient_of(f) for f in dataset.train_files]
-    assert recipe.patient_of("train/Uninfected/50x50C3thin_original_IMG_20150608_162835_cell_36.png") == "C3"
-    assert recipe.patient_of("train/Parasitized/50x50C102P63ThinF_IMG_20150918_162051_cell_141.png") == "C102P63"
-    assert 50 < len(set(patients)) < len(patients)  # many cells per patient, many patients
-    plan = recipe.grouped_plan(dataset, n_folds=5, seed=0)[0]
-    by_patient = {}
-    for p, f in zip(patients, plan):
-        by_patient.setdefault(p, set()).add(int(f))
-    assert all(len(folds) == 1 for folds in by_patient.values())  # no patient on both sides of a split
-    assert sorted(set(plan.tolist())) == [0, 1, 2, 3, 4]
-    for k in range(5):  # stratified: every fold holds both classes in about the overall ratio
-        assert 0.35 < dataset.y[plan == k].mean() < 0.65
-
-
 @pytest.fixture
 def screened_exp(tmp_path, monkeypatch):
-    """An experiment in ``tmp_path`` (the working directory) with two feature sets written by the kit's
-    ``write_feature_set`` (one with a flip view), its data remembered and a 5-fold plan: 'signal' separates the
-    classes, 'noise' does not."""
+    """An experiment in ``tmp_path`` (the working directory) with three feature sets written by the kit's
+    ``write_feature_set``, its data remembered and a 5-fold plan: 'signal' (with a flip view) separates the
+    classes, 'noise' (no flip) does not, 'turned' (flip and the rot90 view, flipped too: four views) does."""
     from kaggle_kit.data import discover
     from kaggle_kit.features import write_feature_set
     from kaggle_kit.folds import ensure_plan
@@ -109,6 +46,11 @@ def screened_exp(tmp_path, monkeypatch):
     noise = {"train": rng.normal(size=(dataset.n_train, 3)), "test": rng.normal(size=(dataset.n_test, 3))}
     write_feature_set(features_dir(exp_dir, "signal"), dataset, signal, backbone="synthetic", note="test: signal")
     write_feature_set(features_dir(exp_dir, "noise"), dataset, noise, backbone="synthetic", note="test: noise")
+    turned = {}
+    for suffix in ("", "_flip", "_rot90", "_rot90_flip"):  # each view a different noisy copy of the signal
+        turned["train" + suffix] = shift[:, :2] + rng.normal(size=(dataset.n_train, 2))
+        turned["test" + suffix] = rng.normal(size=(dataset.n_test, 2))
+    write_feature_set(features_dir(exp_dir, "turned"), dataset, turned, backbone="synthetic", note="test: turned")
     remember_data(exp_dir, dataset, metric=None)
     plan, _ = ensure_plan(exp_dir, y=dataset.y, train_ids=dataset.train_ids, test_ids=dataset.test_ids,
                           n_folds=5, repeats=1, seed=0)
@@ -154,3 +96,120 @@ def test_ladder_blends_the_cv_models_a_recipe_names_in_the_experiments_metric(re
     assert auc["ladder"]["best single model"] > 0.95
     with pytest.raises(SystemExit, match="no cv model matches 'mlp_\\*'; the models are: noise__logreg"):
         recipe.main(["ladder", "--exp", "t", "--recipe", "x=mlp_*"])
+
+
+def spy_cross_validate(monkeypatch) -> list[dict]:
+    """Record every call of the kit's cross_validate (which the script imports from kaggle_kit.cv when it runs)."""
+    import kaggle_kit.cv
+
+    calls, real = [], kaggle_kit.cv.cross_validate
+
+    def spy(views, y, plan, test_views, **kwargs):
+        calls.append({"views": views, "plan": plan, "test_views": test_views, **kwargs})
+        return real(views, y, plan, test_views, **kwargs)
+
+    monkeypatch.setattr(kaggle_kit.cv, "cross_validate", spy)
+    return calls
+
+
+def test_screen_fits_on_every_view_the_sets_share_in_cvs_order_and_scores_as_cv(recipe, screened_exp, tmp_path,
+                                                                                 monkeypatch):
+    import json
+
+    from kaggle_kit.cv import run_cv
+    from kaggle_kit.store import features_dir, load_features
+    from kaggle_kit.views import array_name
+
+    exp_dir, _ = screened_exp
+    calls = spy_cross_validate(monkeypatch)
+    out = tmp_path / "screen.json"
+    recipe.main(["screen", "--exp", "t", "--model", "turned", "--model", "turned+signal", "--model", "noise+turned",
+                 "--out", str(out)])
+    rows = json.loads(out.read_text())["models"]
+    assert [r["views"] for r in rows] == [4, 2, 1]
+    turned, signal, noise = (load_features(features_dir(exp_dir, n)) for n in ("turned", "signal", "noise"))
+    alone, with_signal, with_noise = calls
+    assert alone["tta_train"] and alone["tta_predict"]
+    order = ("", "flip", "rot90", "rot90_flip")  # cv's order
+    for got, test, suffix in zip(alone["views"], alone["test_views"], order, strict=True):
+        np.testing.assert_array_equal(got, turned.arrays[array_name("train", suffix)])
+        np.testing.assert_array_equal(test, turned.arrays[array_name("test", suffix)])
+    # beside a set with the flip view only: the two views both have, each side by side
+    assert with_signal["tta_train"] and len(with_signal["views"]) == 2
+    np.testing.assert_array_equal(with_signal["views"][1], np.concatenate(
+        [turned.arrays["train_flip"], signal.arrays["train_flip"]], axis=1))
+    # beside a set without flip: the images alone, no TTA
+    assert not with_noise["tta_train"] and not with_noise["tta_predict"] and len(with_noise["views"]) == 1
+    np.testing.assert_array_equal(with_noise["views"][0], np.concatenate(
+        [noise.arrays["train"], turned.arrays["train"]], axis=1))
+    # the screen of a model is what 'kaggle-kit cv' scores for it
+    cv = run_cv(exp_dir, feature_sets=["turned"], heads=["logreg"], progress=False).results[0]
+    assert rows[0]["oof_logloss"] == pytest.approx(cv.score("logloss"), abs=1e-6)
+
+
+def test_screen_with_groups_scores_on_a_group_wise_plan_and_says_so(recipe, screened_exp, tmp_path, monkeypatch):
+    import json
+    import re
+
+    from kaggle_kit.data import discover_remembered
+    from kaggle_kit.store import experiment_data
+
+    exp_dir, plan = screened_exp
+    calls = spy_cross_validate(monkeypatch)
+    out = tmp_path / "grouped.json"
+    recipe.main(["screen", "--exp", "t", "--groups", r"(\d)\.jpg$", "--model", "signal", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["plan"] == r"5 folds x 1 repeat, seed 0, grouped by --groups '(\d)\.jpg$' (10 groups)"
+    assert result["models"][0]["oof_logloss"] < 0.3
+    folds = calls[0]["plan"]
+    files = discover_remembered(experiment_data(exp_dir)).train_files
+    groups = np.array([re.search(r"(\d)\.jpg$", f).group(1) for f in files])  # cat.17.jpg -> '7'
+    assert folds.shape == (1, len(files)) and sorted(set(folds[0].tolist())) == [0, 1, 2, 3, 4]
+    assert all(len(set(folds[0, groups == g].tolist())) == 1 for g in set(groups))  # a group sits in one fold
+    assert any(len(set(plan.plan[0, groups == g].tolist())) > 1 for g in set(groups))  # the by-row plan splits them
+    recipe.main(["screen", "--exp", "t", "--model", "signal", "--out", str(out)])  # without --groups: the plan's
+    assert json.loads(out.read_text())["plan"] == "5 folds x 1 repeat, seed 0"
+    with pytest.raises(SystemExit, match=r"--groups thin finds no group in the file name 'cat\.1\.jpg'"):
+        recipe.main(["screen", "--exp", "t", "--groups", "thin", "--model", "signal"])
+
+
+def test_speed_refuses_a_bad_config_or_view_count_in_one_line_before_building_anything(recipe, mini):
+    with pytest.raises(SystemExit, match="--config 'efficientnet_lite0:big': the size must be a whole number"):
+        recipe.main(["speed", "--data", str(mini), "--config", "efficientnet_lite0:big"])
+    with pytest.raises(SystemExit, match="unknown backbone 'lite9'; choose one of: .*efficientnet_lite0"):
+        recipe.main(["speed", "--data", str(mini), "--config", "lite9:64"])
+    with pytest.raises(SystemExit, match="--views 4 is out of range for --view-kind rotations: use 0 to 3"):
+        recipe.main(["speed", "--data", str(mini), "--config", "efficientnet_lite0:64", "--views", "4",
+                     "--view-kind", "rotations"])
+    with pytest.raises(SystemExit, match="--rounds 0 .* must each be 1 or more"):
+        recipe.main(["speed", "--data", str(mini), "--config", "efficientnet_lite0:64", "--rounds", "0"])
+
+
+@pytest.mark.slow  # builds Lite0 three times (7-15 s on this shared machine)
+def test_speed_times_configs_through_the_kits_extractor_with_layers_and_views(recipe, mini, tmp_path, monkeypatch):
+    import json
+
+    import kaggle_kit.engine
+
+    seen, real = [], kaggle_kit.engine.predict_batches
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(kaggle_kit.engine, "predict_batches", spy)
+    out = tmp_path / "speed.json"
+    configs = ["efficientnet_lite0:32", "efficientnet_lite0:48"]
+    recipe.main(["speed", "--data", str(mini), *[a for c in configs for a in ("--config", c)], "--weights", "none",
+                 "--layer", "block5x", "--layer", "last", "--views", "1", "--view-kind", "rotations",
+                 "--images", "8", "--rounds", "2", "--batch-size", "4", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert list(result["img_per_s"]) == configs and all(r > 0 for r in result["img_per_s"].values())
+    assert result["widths"] == {c: [672, 1280] for c in configs}  # Lite0's block5x, then its default features
+    assert result["decoded"] == {c: 8 for c in configs} and result["views"] == 4
+    # interleaved rounds: config 1, config 2, config 1, config 2; each with flip and the rot90 view
+    assert [(k["image_size"], k["tta"], tuple(k["views"])) for k in seen] == [
+        (32, "flip", ("rot90",)), (48, "flip", ("rot90",))] * 2
+    with pytest.raises(SystemExit, match="unknown layer 'block9x' of efficientnet_lite0; choose one of: .*block6x"):
+        recipe.main(["speed", "--data", str(mini), "--config", "efficientnet_lite0:32", "--weights", "none",
+                     "--layer", "block9x", "--images", "4"])
