@@ -9,8 +9,9 @@ the figures and the recipe as kit commands. This script adds what the kit does n
 
 - ``screen``: score candidate models (``set[+set...]:head``) out of fold with the kit's
   :func:`kaggle_kit.cv.cross_validate`, writing nothing: on every view the sets share, as ``cv`` does, on the
-  experiment's fold plan or (``--groups REGEX``) on a group-wise plan made like ``cv --groups`` would; optional
-  signed-square-root transform; ``--blend``: the kit's cross-fitted blend of the screened models.
+  experiment's fold plan or (``--groups REGEX``) on a group-wise plan made like ``cv --groups`` would;
+  ``--power P``: the logreg head's power normalisation (default: the kit's, ``LogregSettings.power``; 1 turns
+  it off); ``--blend``: the kit's cross-fitted blend of the screened models.
 - ``ladder``: the kit's cross-fitted blend over subsets of the experiment's cv models, in its metric.
 - ``speed``: extraction img/s of several ``backbone:size`` configurations back to back in one process, through
   the kit's own extractor (:func:`kaggle_kit.engine.build_predictor`, :func:`kaggle_kit.engine.predict_batches`:
@@ -93,9 +94,9 @@ def cmd_screen(args) -> None:
     key = oof_key(metric)
     print(f"fold plan: {plan.describe()}; metric {metric}", flush=True)
     cache: dict = {}
-    # 'sqrt': signed square root of every feature (power normalisation, Perronnin et al. 2010), an evidence
-    # probe for pooled activations that are skewed; not a kit option.
-    transform = (lambda X: np.sign(X) * np.sqrt(np.abs(X))) if args.transform == "sqrt" else (lambda X: X)
+    from kaggle_kit.heads import LogregSettings
+
+    logreg = LogregSettings() if args.power is None else LogregSettings(power=args.power)
     oofs, rows = [], []
     for model in args.model:
         sets, _, head = model.partition(":")
@@ -113,14 +114,14 @@ def cmd_screen(args) -> None:
         several = len(suffixes) > 1
 
         def side_by_side(split: str, suffix: str) -> np.ndarray:
-            return transform(np.concatenate([np.asarray(fs.arrays[array_name(split, suffix)]) for fs in members],
-                                            axis=1))
+            return np.concatenate([np.asarray(fs.arrays[array_name(split, suffix)]) for fs in members], axis=1)
 
         views = [side_by_side("train", s) for s in suffixes]
         tviews = [side_by_side("test", s) for s in suffixes]
         t0 = time.perf_counter()
         out = cross_validate(views, plan.y, plan.plan, tviews, head=head, tta_train=several and TTA_TRAIN,
-                             tta_predict=several and TTA_PREDICT, seed=plan.seed)
+                             tta_predict=several and TTA_PREDICT, seed=plan.seed,
+                             settings=logreg if head == "logreg" else None)
         took = time.perf_counter() - t0
         oofs.append(out.oof[0])
         rows.append({"model": model, "width": views[0].shape[1], "views": len(views),
@@ -238,7 +239,7 @@ def main(argv=None) -> None:
     p.add_argument("--exp", required=True)
     p.add_argument("--model", action="append", required=True)
     p.add_argument("--blend", action="store_true")
-    p.add_argument("--transform", choices=("none", "sqrt"), default="none")
+    p.add_argument("--power", type=float, default=None, help="logreg power normalisation (default: the kit's)")
     p.add_argument("--groups", default=None, metavar="REGEX",
                    help="score on a group-wise plan (as 'kaggle-kit cv --groups REGEX' makes it) instead of the "
                         "experiment's; same folds, repeats and seed")

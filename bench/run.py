@@ -11,7 +11,9 @@ Sections:
    n_jobs=2) on one of the feature sets, cut to SKLEARN_ROWS random training rows (scikit-learn at full size
    took 605 s where the kit took 53 s: longer than the rest of the bench);
 4. quality on the real mini competition: the kit's default pipeline vs the classic recipe, same features,
-   scored against the answer key;
+   scored against the answer key; quality_options: the default pipeline's features with and without
+   ``cv --pseudo`` and ``features --views`` on both dev sets (dogs-vs-cats-mini: crops, malaria-mini: quarter
+   turns), blend OOF beside test log loss, extraction img/s and cv seconds;
 5. ray: `features --engine ray` with 1 and 2 workers on this machine against the local engine, same photos,
    back to back: the engine's overhead, and per-shard times from which to extrapolate to N GPU workers;
 6. new_feature_sets: `features` end to end for efficientnet_lite1 (384 px) and efficientnet_lite2 (320 px) at
@@ -214,6 +216,79 @@ def bench_quality(work: Path, *, quick: bool) -> dict:
             "ladder": [line.strip() for line in blend_out.splitlines() if line.startswith("  ")]}
 
 
+# ------------------------------------------------------------------------- 4b. quality of cv --pseudo and --views
+MALARIA = SHARED / "data" / "malaria-mini"
+# The views each dev set gets (chosen out of fold: bench/views_defaults.py; README "Augmented views").
+QUALITY_VIEWS = {"dogs-vs-cats-mini": ["--views", "{dogs_views}", "--view-kind", "crops"],
+                 "malaria-mini": ["--views", "3", "--view-kind", "rotations"]}
+
+
+def subset_folders(src: Path, dest: Path, *, n_per_class: int, n_test: int) -> Path:
+    """Symlink the first images of each class folder and the first test images of a folder-layout competition."""
+    for folder in sorted(p for p in (src / "train").iterdir() if p.is_dir()):
+        (dest / "train" / folder.name).mkdir(parents=True, exist_ok=True)
+        for f in sorted(folder.iterdir())[:n_per_class]:
+            (dest / "train" / folder.name / f.name).symlink_to(f)
+    (dest / "test").mkdir(parents=True, exist_ok=True)
+    for f in sorted((src / "test").iterdir())[:n_test]:
+        (dest / "test" / f.name).symlink_to(f)
+    return dest
+
+
+def _pipeline_row(work: Path, exp: str, answers: Path, *, cv_extra: list[str]) -> dict:
+    """cv (with ``cv_extra``), blend and submit on the experiment's features: the blend's OOF score, the test
+    log loss of the submission against the answer key (reporting only), and the cv seconds."""
+    import pandas as pd
+
+    from kaggle_kit.metrics import log_loss
+    from kaggle_kit.store import experiment_dir, load_blend
+
+    t0 = time.perf_counter()
+    run_kit(["cv", "--exp", exp, "--folds", "5", "--quiet", *cv_extra], cwd=work)
+    cv_seconds = time.perf_counter() - t0
+    run_kit(["blend", "--exp", exp], cwd=work)
+    out, _ = run_kit(["submit", "--exp", exp, "--name", f"{exp}-{int(time.time())}.csv"], cwd=work)
+    csv = work / out.strip().splitlines()[-1]
+    sub = pd.read_csv(csv)
+    truth = pd.read_csv(answers)
+    truth = truth.set_index(truth.columns[0])[truth.columns[1]]
+    t = truth.loc[[type(truth.index[0])(i) for i in sub.iloc[:, 0]]].to_numpy()
+    p = sub.iloc[:, 1].to_numpy()
+    csv.unlink()
+    blend = load_blend(experiment_dir(exp, root=work))
+    return {"blend_oof_logloss": round(float(blend.ladder[-1].value), 5), "blend_models": list(blend.weights),
+            "test_logloss": round(float(log_loss(t, p)), 5), "test_accuracy": round(float(np.mean((p > 0.5) == t)), 4),
+            "cv_seconds": round(cv_seconds, 1)}
+
+
+def bench_quality_options(work: Path, *, quick: bool, dogs_views: int = 1) -> dict:
+    """cv --pseudo and features --views on both dev sets: the default pipeline's features (Lite0 320 px, flip,
+    logreg + mlp heads, blend) with and without each option, through the CLI; OOF decides, the answer keys only
+    report. Extraction img/s is per image (all of its views)."""
+    from kaggle_kit.store import experiment_dir, features_dir, load_features
+
+    rows = []
+    for data, positive in ((MINI, "dog"), (MALARIA, "Parasitized")):
+        name = data.name
+        src = data
+        if quick:
+            src = (subset_competition(MINI, work / "q-dogs", n_per_class=60, n_test=40) if data == MINI else
+                   subset_folders(MALARIA, work / "q-malaria", n_per_class=60, n_test=40))
+        views = [v.format(dogs_views=dogs_views) for v in QUALITY_VIEWS[name]]
+        for label, extra in (("flip", []), (" ".join(views), views)):
+            exp = f"q-{name}-{'views' if extra else 'flip'}"
+            log(f"quality options: {name} features lite0 --tta flip {' '.join(extra)}")
+            run_kit(["features", "--data", str(src), "--positive", positive, "--exp", exp, "-b", "efficientnet_lite0",
+                     "--tta", "flip", *extra, "--quiet"], cwd=work)
+            fs = load_features(features_dir(experiment_dir(exp, root=work), "efficientnet_lite0"))
+            for pseudo in (False, True):
+                log(f"quality options: {name} {label}{' + pseudo' if pseudo else ''}: cv, blend, submit")
+                row = _pipeline_row(work, exp, data / "test_labels.csv", cv_extra=["--pseudo"] if pseudo else [])
+                rows.append({"data": name, "views": label, "pseudo": pseudo,
+                             "extract_img_per_s": fs.images_per_second, "n_views": len(fs.view_suffixes), **row})
+    return {"rows": rows}
+
+
 # ------------------------------------------------------------------------------------------ 5. Ray engine
 def bench_ray(work: Path, *, quick: bool) -> dict:
     """The Ray engine's overhead: the same photos, settings and shards through the local engine, then through
@@ -298,6 +373,7 @@ SECTIONS = {
     "extraction_memory": bench_extraction_memory,
     "kaggle_size": bench_later_stages,
     "quality": bench_quality,
+    "quality_options": bench_quality_options,
     "ray": bench_ray,
     "new_feature_sets": bench_new_feature_sets,
 }
@@ -314,6 +390,8 @@ def print_table(results: dict) -> None:
         _print_kaggle_size(results["kaggle_size"])
     if "quality" in results:
         _print_quality(results["quality"])
+    if "quality_options" in results:
+        _print_quality_options(results["quality_options"])
     if "ray" in results:
         _print_ray(results["ray"])
     if "new_feature_sets" in results:
@@ -350,6 +428,15 @@ def _print_quality(q: dict) -> None:
         print(f"classic recipe on {name} features (logistic regression, clip 0.005): {loss:.5f}")
     for line in q["ladder"]:
         print(f"    {line}")
+
+
+def _print_quality_options(q: dict) -> None:
+    print("\n== cv --pseudo and features --views (Lite0 320 px, logreg + mlp, blend; test: answer key, report only)")
+    print(f"{'data':<20}{'views':<34}{'pseudo':<8}{'blend OOF':>10}{'test':>9}{'acc':>8}{'img/s':>7}{'cv s':>7}")
+    for r in q["rows"]:
+        print(f"{r['data']:<20}{r['views']:<34}{'yes' if r['pseudo'] else 'no':<8}{r['blend_oof_logloss']:>10.5f}"
+              f"{r['test_logloss']:>9.5f}{r['test_accuracy']:>8.2%}{r['extract_img_per_s'] or 0:>7.1f}"
+              f"{r['cv_seconds']:>7.1f}")
 
 
 def _print_ray(r: dict) -> None:

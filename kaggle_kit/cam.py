@@ -34,6 +34,7 @@ import numpy as np
 from scipy.special import expit
 
 from kaggle_kit.artifacts import KitError
+from kaggle_kit.heads import power_normalise
 from kaggle_kit.store import (
     CvResult,
     FeatureSet,
@@ -60,18 +61,29 @@ OVERLAY_ALPHA = 0.55
 
 
 # ------------------------------------------------------------------------------------------------ the core
-def cam(feature_map: np.ndarray, weights: np.ndarray, bias: float) -> np.ndarray:
+def cam(feature_map: np.ndarray, weights: np.ndarray, bias: float, *, power: float = 1.0) -> np.ndarray:
     """The class activation map of a linear head: (h, w) float64, ``feature_map[i, j] . weights + bias``.
 
     ``feature_map`` (h, w, c) is the backbone's last feature map before global average pooling, ``weights``
     (c,) and ``bias`` the head's on the raw pooled features. The map's mean over positions equals the head's
     logit for the photo: ``cam(F, w, b).mean() == w . F.mean(axis=(0, 1)) + b``.
+
+    With ``power`` p != 1 the head sees z = sign(g) |g|^p of the pooled features g (the logreg head's power
+    normalisation), which is not linear in the positions; the map is then the head linearised at this photo's
+    g: ``w . (z + p |g|^(p-1) (F[i, j] - g)) + b``. Its mean is still exactly the logit (the deviations from g
+    average to zero) and each position shows what its difference from the photo's average adds.
     """
     F = np.asarray(feature_map, dtype=np.float64)
     w = np.asarray(weights, dtype=np.float64)
     if F.ndim != 3 or w.shape != (F.shape[-1],):
         raise ValueError(f"feature_map must be (h, w, c) and weights (c,), got {F.shape} and {w.shape}")
-    return F @ w + float(bias)
+    if power == 1.0:
+        return F @ w + float(bias)
+    g = F.mean(axis=(0, 1))
+    z = np.sign(g) * np.abs(g) ** power
+    # subtle: a channel whose mean is 0 is 0 everywhere (ReLU maps), so its slope never counts; keep it finite
+    slope = power * np.maximum(np.abs(g), 1e-12) ** (power - 1.0)
+    return float(z @ w + bias) + (F - g) @ (w * slope)
 
 
 def fold_standardisation(coef: np.ndarray, intercept: float, *, mean: np.ndarray,
@@ -115,9 +127,10 @@ def fit_linear_head(views: Sequence[np.ndarray], y: np.ndarray, rows: np.ndarray
                     tol: float = REFIT_TOL, max_iter: int = REFIT_MAX_ITER) -> LinearHead:
     """Standardisation + L2 logistic regression on ``rows`` of every view, weights taken back to raw features.
 
-    ``views``: (n, d) arrays of the same rows (the photos, their flips); ``y`` (n,) 0/1; ``rows`` (k,) indices.
-    The objective of the cv stage's ``logreg`` head (:mod:`kaggle_kit.heads`): mean log loss over the fitting
-    rows + ||w||^2 / (2 C n), intercept unpenalised, which is scikit-learn's ``C``.
+    ``views``: (n, d) arrays of the same rows (the photos, their flips), power-normalised already where the cv
+    head was (see :func:`fold_heads`); ``y`` (n,) 0/1; ``rows`` (k,) indices. The objective of the cv stage's
+    ``logreg`` head (:mod:`kaggle_kit.heads`): mean log loss over the fitting rows + ||w||^2 / (2 C n),
+    intercept unpenalised, which is scikit-learn's ``C``.
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -135,10 +148,12 @@ def fit_linear_head(views: Sequence[np.ndarray], y: np.ndarray, rows: np.ndarray
 
 
 def fold_heads(views: Sequence[np.ndarray], y: np.ndarray, fold: np.ndarray, *, Cs: Sequence[float],
-               folds: Sequence[int]) -> dict[int, LinearHead]:
+               folds: Sequence[int], power: float = 1.0) -> dict[int, LinearHead]:
     """The fold models ``folds`` of a cv plan: fold f's head is fitted on the rows of the other folds (``fold``
-    (n,) holds each row's fold, -1 for rows left out) with ``Cs[f]``. The model that predicted fold f's rows."""
+    (n,) holds each row's fold, -1 for rows left out) with ``Cs[f]``. The model that predicted fold f's rows.
+    ``power``: the cv head's power normalisation; the heads' weights are then on the normalised features."""
     fold = np.asarray(fold)
+    views = [power_normalise(v, power) for v in views]
     return {int(f): fit_linear_head(views, y, np.flatnonzero((fold >= 0) & (fold != f)), C=float(Cs[f]))
             for f in sorted(set(int(f) for f in folds))}
 
@@ -288,12 +303,16 @@ def gallery_cams(exp_dir: Path, *, plan: FoldPlan, results: Mapping[str, CvResul
     pred_views = train if result.tta_predict else train[:1]
     y = np.asarray(fs.y, dtype=np.int64)
     mapped = rows[fold[rows] >= 0]
-    heads = fold_heads(fit_views, y, fold, Cs=Cs, folds=fold[mapped])
+    power = float(result.params.get("settings", {}).get("power", 1.0))  # cv results made before it existed: 1
+    heads = fold_heads(fit_views, y, fold, Cs=Cs, folds=fold[mapped], power=power)
 
     backbone = get_backbone(fs.backbone)
     size = int(fs.input_size)
     weights = weights_for_features(fs)
     net = build_feature_map(backbone, image_size=size, weights=weights)
+    if net.layer_norm is not None and power != 1.0:
+        raise KitError(f"no heatmaps for {model}: its head power-normalises {backbone.name}'s layer-normalised "
+                       "features, which the maps cannot follow yet")
     ids = [plan.train_ids[r] for r in rows]
     maps: list[np.ndarray | None] = [None] * len(rows)
     logits: list[float | None] = [None] * len(rows)
@@ -317,9 +336,9 @@ def gallery_cams(exp_dir: Path, *, plan: FoldPlan, results: Mapping[str, CvResul
                 gamma, beta, eps = net.layer_norm
                 w, b = fold_layer_norm(w, b, pooled=F.mean(axis=(0, 1), dtype=np.float64), gamma=gamma, beta=beta,
                                        epsilon=eps)
-            maps[i] = cam(F, w, b)
+            maps[i] = cam(F, w, b, power=power)
             logits[i] = float(maps[i].mean())
-            p[i] = float(np.mean([expit(head.logits(v[r:r + 1])[0]) for v in pred_views]))
+            p[i] = float(np.mean([expit(head.logits(power_normalise(v[r:r + 1], power))[0]) for v in pred_views]))
             p_gap = max(p_gap, abs(p[i] - float(result.oof[0, r])))
             feature_gap = max(feature_gap, float(np.abs(g - fs.arrays["train"][r]).max()) / max(scale_ref, 1e-12))
         bar.update(len(batch))

@@ -16,7 +16,7 @@ from kaggle_kit.artifacts import KitError, sha256_file
 from kaggle_kit.backbones import WeightsChoice, build_extractor, build_feature_map, get_backbone
 from kaggle_kit.data import discover
 from kaggle_kit.folds import ensure_plan
-from kaggle_kit.heads import LogregSettings, fit_logreg
+from kaggle_kit.heads import LogregSettings, fit_logreg, power_normalise
 from kaggle_kit.images import decode_image
 from kaggle_kit.keras_loader import load_keras
 from kaggle_kit.store import experiment_dir, features_dir, load_cv_results, save_feature_set
@@ -72,6 +72,25 @@ def test_fit_linear_head_is_the_standardised_logistic_regression():
     assert head.n_fit == 120
 
 
+def test_the_map_of_a_power_normalised_head_averages_to_its_logit_and_is_the_plain_map_at_power_1():
+    rng = np.random.default_rng(3)
+    F = np.maximum(rng.normal(size=(5, 4, 6)), 0)  # a ReLU map: some channels all zero somewhere
+    F[..., 2] = 0.0  # a channel that never fires
+    w, b = rng.normal(size=6), 0.3
+    g = F.mean(axis=(0, 1))
+    for power in (0.5, 0.75):
+        m = C.cam(F, w, b, power=power)
+        assert np.isfinite(m).all() and m.shape == (5, 4)
+        assert m.mean() == pytest.approx(float((np.sign(g) * np.abs(g) ** power) @ w + b), abs=1e-12)
+    np.testing.assert_allclose(C.cam(F, w, b, power=1.0), F @ w + b)
+    # a photo that looks the same everywhere: every position is the logit
+    flat = np.broadcast_to(g, F.shape)
+    np.testing.assert_allclose(C.cam(flat, w, b, power=0.5), float((np.sign(g) * np.abs(g) ** 0.5) @ w + b))
+    # positions differ by their deviation from the average, through the slope of |g|^p at the photo's g
+    d = C.cam(F, w, b, power=0.5) - C.cam(flat, w, b, power=0.5)
+    np.testing.assert_allclose(d, (F - g) @ (w * 0.5 * np.maximum(g, 1e-12) ** -0.5))
+
+
 def test_fold_heads_reproduce_the_cv_stage_logreg_oof():
     """The refit is the cv stage's fold model: same rows, views, standardisation and C give its OOF predictions."""
     rng = np.random.default_rng(4)
@@ -83,11 +102,11 @@ def test_fold_heads_reproduce_the_cv_stage_logreg_oof():
     fold[7] = -1  # a row left out (an unreadable photo)
     out = fit_logreg(views, y, fold, [v[:5] for v in views], settings=LogregSettings(), tta_train=True,
                      tta_predict=True, seed=0)
-    heads = C.fold_heads(views, y, fold, Cs=out.params["C"], folds=range(4))
+    heads = C.fold_heads(views, y, fold, Cs=out.params["C"], folds=range(4), power=LogregSettings().power)
     p = np.full(n, np.nan)
     for f, head in heads.items():
         rows = np.flatnonzero(fold == f)
-        p[rows] = np.mean([1 / (1 + np.exp(-head.logits(v[rows]))) for v in views], axis=0)
+        p[rows] = np.mean([1 / (1 + np.exp(-head.logits(power_normalise(v[rows], 0.5)))) for v in views], axis=0)
     ok = fold >= 0
     assert np.isnan(out.oof[~ok]).all()
     np.testing.assert_allclose(p[ok], out.oof[ok], atol=2e-3)

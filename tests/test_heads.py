@@ -78,20 +78,26 @@ def test_rows_with_fold_minus_one_are_left_out():
     assert log_loss(np.delete(y, [0, 10, 20]), np.delete(out.oof, [0, 10, 20])) < 0.1
 
 
-def test_logreg_is_sklearns_pipeline_at_the_chosen_C():
+@pytest.mark.parametrize("power", [0.5, 1.0])
+def test_logreg_is_sklearns_pipeline_at_the_chosen_C(power):
+    """The default (power 0.5) and plain (power 1) heads are scikit-learn's signed-power transform, scaler and
+    logistic regression at the C each fold chose."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
     rng = np.random.default_rng(5)
     X = (rng.standard_normal((400, 12)) * rng.uniform(0.1, 10, 12) + rng.uniform(-5, 5, 12)).astype(np.float32)
     y = (X[:, 0] / X[:, 0].std() + rng.standard_normal(400) > 0.3).astype(np.int8)
     fold = make_plan(y, n_folds=4, repeats=1, seed=0)[0]
-    out = fit_logreg([X], y, fold, [X[:25]], seed=0)
+    settings = LogregSettings(power=power)
+    assert LogregSettings().power == 0.5
+    out = fit_logreg([X], y, fold, [X[:25]], settings=settings, seed=0)
     X64 = X.astype(np.float64)  # sklearn fits float32 input in float32, which is less exact than the kit
+    signed_power = FunctionTransformer(lambda Z: np.sign(Z) * np.abs(Z) ** power)
     for f, C in enumerate(out.params["C"]):
         train = fold != f
-        pipe = make_pipeline(StandardScaler(), LogisticRegression(C=C, tol=1e-10, max_iter=10_000))
+        pipe = make_pipeline(signed_power, StandardScaler(), LogisticRegression(C=C, tol=1e-10, max_iter=10_000))
         pipe.fit(X64[train], y[train])
         np.testing.assert_allclose(out.oof[fold == f], pipe.predict_proba(X64[fold == f])[:, 1], atol=1e-4)
 
