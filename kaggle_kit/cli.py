@@ -350,25 +350,56 @@ def demo(
         help="Competition folder. Default: the public cats_and_dogs_filtered sample (downloaded once into "
         "--cache); offline, a synthetic SMOKE RUN.",
     ),
-    exp: str = typer.Option("demo", "--exp", help="Experiment name (a smoke run uses <exp>-smoke)."),
-    backbone: list[str] = typer.Option(
-        ["efficientnet_lite0"], "--backbone", "-b", help="Backbone(s), repeatable; see 'kaggle-kit backbones'.",
+    exp: Optional[str] = typer.Option(
+        None, "--exp", help="Experiment name (default: demo, or demo-recipe with --recipe; a smoke run adds -smoke).",
+    ),
+    recipe: bool = typer.Option(
+        False, "--recipe",
+        help="Run the kit's recommended recipe for a new competition instead of one backbone: six feature sets "
+        "(EfficientNet-Lite0 320 px and Lite2 224 px last layers, Lite0 128 px block5x, SqueezeNet 128 and 160 px "
+        "fire6_concat and 192 px last layer), a logreg head on each and a concat head on the three SqueezeNet "
+        "sets. SqueezeNet's weights file must be in $KAGGLE_KIT_WEIGHTS or --weights-dir.",
+    ),
+    backbone: Optional[list[str]] = typer.Option(
+        None, "--backbone", "-b",
+        help="Backbone(s), repeatable (default: efficientnet_lite0); see 'kaggle-kit backbones'. Not with --recipe.",
     ),
     folds: int = typer.Option(5, "--folds", min=2, help="Folds of the cross-validation."),
     head: Optional[list[Head]] = typer.Option(
-        None, "--head", help="Head(s) for 'kaggle-kit cv', repeatable (default: cv's; 'logreg' alone is fastest).",
+        None, "--head",
+        help="Head(s) for 'kaggle-kit cv', repeatable (default: cv's; 'logreg' alone is fastest). Not with --recipe.",
+    ),
+    views: int = typer.Option(
+        0, "--views", min=0,
+        help="Extra views of each image for every features stage (default 0: the flip only). Images without an "
+        "up (cells, tiles): --views 3 --view-kind rotations.",
+    ),
+    view_kind: ViewKind = typer.Option(
+        ViewKind(DEFAULT_VIEW_KIND), "--view-kind", help="'crops' (photos) or 'rotations'; see 'features --help'.",
+    ),
+    groups: Optional[str] = typer.Option(
+        None, "--groups",
+        help="Group-wise folds: a regex whose first group, searched in each training file's name, names its group "
+        "(patient, slide...); see 'cv --help'.",
+    ),
+    weights_dir: Optional[Path] = typer.Option(
+        None, "--weights-dir", exists=True, file_okay=False,
+        help="A folder holding SqueezeNet's published weights file, passed as --weights to the SqueezeNet stages "
+        "only (default: it is looked for in $KAGGLE_KIT_WEIGHTS and Keras's cache).",
     ),
     cache: Path = typer.Option(
         Path("~/.cache/kaggle-kit"), "--cache", file_okay=False, help="Where the sample competition is kept.",
     ),
     positive: Optional[str] = typer.Option(None, "--positive", help="Class whose label is 1 (default: dog)."),
 ):
-    """Run the whole pipeline (features --tta flip, cv, blend, submit) on a sample competition; print each
-    stage's command, the ladder, the score against an answer key (test_labels.csv) if any, and the path last."""
+    """Run the whole pipeline (features --tta flip, cv, blend, submit) on a sample competition, or with --recipe
+    the kit's recommended recipe; print each stage's command, the ladder, the score against an answer key
+    (test_labels.csv) if any, and the path last."""
     from kaggle_kit.demo import run_demo
 
-    run_demo(data=data, exp=exp, backbones=backbone, folds=folds, heads=[h.value for h in head or ()], cache=cache,
-             positive=positive, echo=typer.echo, progress=_err)
+    run_demo(data=data, exp=exp, backbones=backbone or None, recipe=recipe, folds=folds,
+             heads=[h.value for h in head or ()], cache=cache, positive=positive, views=views,
+             view_kind=view_kind.value, groups=groups, weights_dir=weights_dir, echo=typer.echo, progress=_err)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

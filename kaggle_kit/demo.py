@@ -34,7 +34,7 @@ import zipfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -46,6 +46,7 @@ from kaggle_kit.artifacts import (
     read_manifest,
     write_json_atomic,
 )
+from kaggle_kit.views import DEFAULT_VIEW_KIND
 
 CATS_AND_DOGS_URL = "https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip"
 CATS_AND_DOGS = "cats_and_dogs_filtered"
@@ -370,31 +371,123 @@ def score_submission(submission: Path, answer_key: Path) -> Score:
     return Score(n=len(ids), logloss=float(log_loss(y, p)), accuracy=float(accuracy(y, p)), auc=float(auc(y, p)))
 
 
+# ------------------------------------------------------------------------------------------------ the recipe
+class RecipeStep(NamedTuple):
+    """One features stage: ``backbone`` at ``image_size`` (None: the backbone's own), pooling each of ``layers``
+    (``last``: the backbone's default features) into its own feature set, from one pass."""
+
+    backbone: str
+    image_size: int | None
+    layers: tuple[str, ...]
+
+
+# The kit's recommended recipe for a new competition (``kaggle-kit demo --recipe``), chosen out of fold on both dev
+# sets, dogs-vs-cats-mini (photos) and malaria-mini (cells under a microscope, 50 px), where last-layer features of
+# ImageNet networks are weak (per-set screens: bench/recipe-results.md, OOF log loss of a logreg head on malaria):
+# 1. Lite0 at its default 320 px, last layer: the demo's default set, the strongest on photos (on
+#    dogs-vs-cats-mini the blend gives it all the weight, so the recipe is no worse there than the default);
+# 2. Lite2 at 224 px, last layer: the best last layer of the Lites on cells (.167, against .195 for step 1);
+# 3. Lite0 at 128 px, block5x (stage 5's end expanded by the next block's 1x1 conv): a mid-level cut (.168);
+# 4-6. SqueezeNet at 128 and 160 px, fire6_concat (.175 at 128 px), and at 192 px, last layer: another network's
+#    features, cheap (179 img/s at 128 px against 9.7 for step 1 on this 2-core machine), each in the blend alone
+#    and the three side by side in one concat head (RECIPE_CONCAT).
+# Every set is extracted with flip TTA (plus the --views asked for) and gets a logreg head (RECIPE_HEADS).
+RECIPE: tuple[RecipeStep, ...] = (
+    RecipeStep("efficientnet_lite0", None, ("last",)),
+    RecipeStep("efficientnet_lite2", 224, ("last",)),
+    RecipeStep("efficientnet_lite0", 128, ("block5x",)),
+    RecipeStep("squeezenet", 128, ("fire6_concat",)),
+    RecipeStep("squeezenet", 160, ("fire6_concat",)),
+    RecipeStep("squeezenet", 192, ("last",)),
+)
+RECIPE_HEADS = ("logreg",)  # cv's heads on each of the recipe's feature sets
+RECIPE_CONCAT = ("squeezenet_192", "squeezenet_128-fire6_concat", "squeezenet_160-fire6_concat")  # one concat head
+DEMO_BACKBONES = ("efficientnet_lite0",)  # the default demo: one step, the backbone's default features
+DEMO_EXP, RECIPE_EXP = "demo", "demo-recipe"  # separate experiments: a blend takes every cv model of its experiment
+# Backbones whose ImageNet weights come only as a file (nothing downloads them): ``--weights-dir`` is for them.
+FILE_WEIGHTS_BACKBONES = ("squeezenet",)
+
+
+def step_feature_sets(step: RecipeStep) -> list[str]:
+    """The names of the feature sets ``step`` makes (:func:`kaggle_kit.store.default_feature_set_name`)."""
+    from kaggle_kit.backbones import LAST, get_backbone
+    from kaggle_kit.store import default_feature_set_name
+
+    spec = get_backbone(step.backbone)
+    size = step.image_size or spec.input_size
+    return [default_feature_set_name(spec.name, input_size=spec.input_size, image_size=size,
+                                     layer=None if layer == LAST else layer)
+            for layer in dict.fromkeys(step.layers)]
+
+
+def _step_weights(backbone: str, weights_dir: Path | None) -> str | None:
+    """``--weights`` for a step of ``backbone``: ``weights_dir`` for the backbones that need a file, else None
+    (the default, 'imagenet')."""
+    return str(weights_dir) if weights_dir is not None and backbone in FILE_WEIGHTS_BACKBONES else None
+
+
+def features_argv(step: RecipeStep, *, data_dir: Path, exp: str, weights: str | None = None, views: int = 0,
+                  view_kind: str = DEFAULT_VIEW_KIND, positive: str | None = None) -> list[str]:
+    """The ``kaggle-kit features`` arguments of ``step`` with flip TTA; options left at their defaults are not
+    written (a default step's line is the demo's line from before recipes)."""
+    from kaggle_kit.backbones import LAST
+
+    return ["features", "--data", str(data_dir), "--exp", exp, "--backbone", step.backbone,
+            *(["--image-size", str(step.image_size)] if step.image_size is not None else []),
+            *(a for layer in step.layers if layer != LAST for a in ("--layer", layer)),
+            *(["--weights", weights] if weights is not None else []),
+            "--tta", "flip",
+            *(["--views", str(views), "--view-kind", view_kind] if views else []),
+            *(["--positive", positive] if positive else [])]
+
+
+def _check_weights_files(steps: Sequence[RecipeStep], weights_dir: Path | None) -> None:
+    """Refuse, before any stage runs, a step whose backbone's weights file cannot be found (in ``weights_dir`` or
+    the folders of $KAGGLE_KIT_WEIGHTS): one line that says what to attach and where it was looked for."""
+    from kaggle_kit.backbones import get_backbone, resolve_weights
+
+    for backbone in dict.fromkeys(s.backbone for s in steps if s.backbone in FILE_WEIGHTS_BACKBONES):
+        try:
+            resolve_weights(get_backbone(backbone), _step_weights(backbone, weights_dir) or "imagenet")
+        except KitError as exc:  # subtle: the demo's option is --weights-dir (features' is --weights)
+            raise KitError(f"demo: {str(exc).replace('--weights DIR', '--weights-dir DIR')}", code=exc.code) from None
+
+
 # --------------------------------------------------------------------------------------------- the run
 def _stage(argv: list[str], run: Callable[[], Any], *, echo: Callable[[str], None],
            warn: Callable[[str], None]) -> Any:
     """Print ``$ kaggle-kit ARGV`` (the command that does what ``run`` does), run it, print what the command
-    prints (its warnings to ``warn``). A failing stage's error says that the demo stopped there."""
+    prints (its warnings to ``warn``); ``run`` returns a result or a list of them (one per feature set). A failing
+    stage's error says that the demo stopped there."""
     echo(f"$ kaggle-kit {shlex.join(argv)}")
     try:
         result = run()
     except KitError as exc:
         raise KitError(f"{exc} (the demo stopped at 'kaggle-kit {argv[0]}'; finished stages are cached: run the "
                        "demo again once it is fixed)", code=exc.code) from None
-    for line in getattr(result, "warnings", list)():
-        warn(line)
-    for line in result.lines():
-        echo(line)
+    for part in result if isinstance(result, list) else [result]:
+        for line in getattr(part, "warnings", list)():
+            warn(line)
+        for line in part.lines():
+            echo(line)
     return result
 
 
-def run_demo(*, data: Path | None, exp: str, backbones: Sequence[str], folds: int = DEFAULT_FOLDS,
-             heads: Sequence[str] = (), cache: Path = DEFAULT_CACHE, positive: str | None = None,
+def run_demo(*, data: Path | None, exp: str | None = None, backbones: Sequence[str] | None = None,
+             recipe: bool = False, folds: int = DEFAULT_FOLDS, heads: Sequence[str] = (),
+             cache: Path = DEFAULT_CACHE, positive: str | None = None, views: int = 0,
+             view_kind: str = DEFAULT_VIEW_KIND, groups: str | None = None, weights_dir: Path | None = None,
              root: Path | str = ".", echo: Callable[[str], None] = print,
              progress: Callable[[str], None] = print) -> Path:
     """Run features (flip TTA) for each backbone -> cv -> blend -> submit; return the submission's path.
 
-    ``heads`` are cv's heads (none: its default heads). Experiments and submissions go under ``root``.
+    ``backbones`` default to :data:`DEMO_BACKBONES`; ``heads`` are cv's heads (none: its default heads). With
+    ``recipe`` the features stages are the steps of :data:`RECIPE` instead, cv fits :data:`RECIPE_HEADS` on each
+    of their sets and a concat head on :data:`RECIPE_CONCAT` (``backbones`` and ``heads`` are then refused: the
+    recipe fixes them). ``exp`` defaults to :data:`DEMO_EXP`, or :data:`RECIPE_EXP` with ``recipe``. ``views``
+    and ``view_kind`` go to every features stage, ``groups`` (group-wise folds) to the first cv stage,
+    ``weights_dir`` (as ``--weights``) to the stages of :data:`FILE_WEIGHTS_BACKBONES`, whose weights file is
+    looked for before any stage runs. Experiments and submissions go under ``root``.
 
     Without ``data`` the competition comes from :func:`prepare_demo_data`; a smoke run uses the experiment
     ``<exp>-smoke`` (so it never mixes with real results) and a submission named ``SMOKE-RUN-...``. Prints
@@ -404,13 +497,28 @@ def run_demo(*, data: Path | None, exp: str, backbones: Sequence[str], folds: in
     """
     from kaggle_kit.blend import run_blend
     from kaggle_kit.cv import run_cv
-    from kaggle_kit.features import run_features
+    from kaggle_kit.features import run_feature_sets
+    from kaggle_kit.folds import NO_GROUPS, file_groups
     from kaggle_kit.store import experiment_dir
     from kaggle_kit.submit import make_submission, submission_path
+    from kaggle_kit.views import view_names
 
-    if not backbones:
+    if recipe and backbones is not None:
+        raise KitError(f"--recipe runs its own backbones; drop --backbone {' '.join(backbones)} (or drop --recipe)",
+                       code=2)
+    if recipe and heads:
+        raise KitError(f"--recipe fixes its heads ({', '.join(RECIPE_HEADS)} on each feature set, concat on "
+                       f"{', '.join(RECIPE_CONCAT)}); drop --head {' '.join(heads)} (or drop --recipe)", code=2)
+    backbones = DEMO_BACKBONES if backbones is None else backbones
+    if not recipe and not backbones:
         raise KitError("--backbone: give at least one backbone", code=2)
+    exp = exp or (RECIPE_EXP if recipe else DEMO_EXP)
     check_name("experiment", exp)
+    view_names(views, view_kind)  # a bad --views is refused before anything is made
+    if groups not in (None, *NO_GROUPS):
+        file_groups([], groups)  # so is a bad --groups pattern
+    steps = RECIPE if recipe else tuple(RecipeStep(b, None, ("last",)) for b in backbones)
+    _check_weights_files(steps, weights_dir)
     if data is None:
         prepared = prepare_demo_data(cache, progress=progress)
         echo(prepared.note)
@@ -419,17 +527,27 @@ def run_demo(*, data: Path | None, exp: str, backbones: Sequence[str], folds: in
         data_dir, smoke = Path(data), False
     exp = f"{exp}-smoke" if smoke else exp
     exp_dir = experiment_dir(exp, root=root)
-    with_positive = ["--positive", positive] if positive else []
-    for backbone in backbones:
-        _stage(["features", "--data", str(data_dir), "--exp", exp, "--backbone", backbone, "--tta", "flip",
-                *with_positive],
-               lambda: run_features(exp_dir, backbone=backbone, data=data_dir, tta="flip", positive=positive,
-                                    warn=progress), echo=echo, warn=progress)
+    for step in steps:
+        weights = _step_weights(step.backbone, weights_dir)
+        _stage(features_argv(step, data_dir=data_dir, exp=exp, weights=weights, views=views, view_kind=view_kind,
+                             positive=positive),
+               lambda: run_feature_sets(exp_dir, backbone=step.backbone, data=data_dir, weights=weights or "imagenet",
+                                        image_size=step.image_size, tta="flip", views=views, view_kind=view_kind,
+                                        positive=positive, layers=list(step.layers), warn=progress),
+               echo=echo, warn=progress)
     # subtle: cv is told the demo's feature sets, or it would also fit every other one cached in the experiment.
-    _stage(["cv", "--exp", exp, "--folds", str(folds), *(a for b in backbones for a in ("--backbone", b)),
-            *(a for h in heads for a in ("--head", h))],
-           lambda: run_cv(exp_dir, n_folds=folds, feature_sets=list(backbones), heads=list(heads) or None),
+    feature_sets = [name for step in steps for name in step_feature_sets(step)]
+    heads = list(RECIPE_HEADS if recipe else heads)
+    with_groups = ["--groups", groups] if groups is not None else []
+    _stage(["cv", "--exp", exp, "--folds", str(folds), *with_groups,
+            *(a for s in feature_sets for a in ("--backbone", s)), *(a for h in heads for a in ("--head", h))],
+           lambda: run_cv(exp_dir, n_folds=folds, groups=groups, feature_sets=feature_sets, heads=heads or None),
            echo=echo, warn=progress)
+    if recipe:  # the plan made (or kept) by the first cv stage holds: no --groups here
+        _stage(["cv", "--exp", exp, "--folds", str(folds), *(a for s in RECIPE_CONCAT for a in ("--backbone", s)),
+                "--head", "concat"],
+               lambda: run_cv(exp_dir, n_folds=folds, feature_sets=list(RECIPE_CONCAT), heads=["concat"]),
+               echo=echo, warn=progress)
     blended = _stage(["blend", "--exp", exp], lambda: run_blend(exp_dir, warn=progress), echo=echo, warn=progress)
     path = submission_path(exp=exp, name=None, now=datetime.now(), root=root)
     if smoke:
