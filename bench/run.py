@@ -256,7 +256,7 @@ def _pipeline_row(work: Path, exp: str, answers: Path, *, cv_extra: list[str]) -
     p = sub.iloc[:, 1].to_numpy()
     csv.unlink()
     blend = load_blend(experiment_dir(exp, root=work))
-    return {"blend_oof_logloss": round(float(blend.ladder[-1].value), 5), "blend_models": list(blend.weights),
+    return {"blend_oof_logloss": round(float(blend.ladder[-1].score), 5), "blend_models": list(blend.weights),
             "test_logloss": round(float(log_loss(t, p)), 5), "test_accuracy": round(float(np.mean((p > 0.5) == t)), 4),
             "cv_seconds": round(cv_seconds, 1)}
 

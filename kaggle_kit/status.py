@@ -86,6 +86,8 @@ class PlanInfo:
     state: str = OK
     reason: str | None = None
     command: str | None = None
+    groups: str | None = None  # the --groups pattern of a group-wise plan
+    n_groups: int | None = None
 
 
 @dataclass(frozen=True)
@@ -229,10 +231,10 @@ def _plan(exp_dir: Path, dataset: Any) -> tuple[PlanInfo | None, Any]:
     try:
         plan = store.load_plan(exp_dir)
         info = PlanInfo(command=fix, n_folds=plan.n_folds, repeats=plan.repeats, seed=plan.seed,
-                        n_train=plan.n_train, n_test=plan.n_test)
+                        n_train=plan.n_train, n_test=plan.n_test, groups=plan.groups, n_groups=plan.n_groups)
         current = dataset is None or plan.matches(y=dataset.y, train_ids=dataset.train_ids,
                                                   test_ids=dataset.test_ids, n_folds=plan.n_folds,
-                                                  repeats=plan.repeats, seed=plan.seed)
+                                                  repeats=plan.repeats, seed=plan.seed, groups=plan.groups)
     except _READ_ERRORS as exc:
         return PlanInfo(state=BROKEN, reason=_describe(exc), command=fix), None
     if not current:
@@ -552,8 +554,9 @@ def render_text(status: Status) -> list[str]:
     elif p.state == BROKEN:
         out.append("fold plan: broken")
     else:
+        grouped = f", by {p.n_groups} groups of --groups {shlex.quote(p.groups)}" if p.groups else ""
         out += _wrap(f"fold plan: {p.n_folds} folds x {p.repeats} repeat{'s' if p.repeats != 1 else ''}, seed "
-                     f"{p.seed} ({p.n_train:,} train, {p.n_test:,} test rows)")
+                     f"{p.seed}{grouped} ({p.n_train:,} train, {p.n_test:,} test rows)")
     if p is not None:
         _flag(out, p, "  ")
 

@@ -228,6 +228,15 @@ def test_a_new_fold_plan_makes_the_models_made_on_the_old_one_stale(comp):
     assert st.next.command == f"kaggle-kit cv --backbone {FEATURES} --head logreg"
 
 
+def test_a_group_wise_plan_is_current_and_shown_with_its_pattern(comp):
+    extract(comp)
+    run_cv(store.experiment_dir("default"), heads=["logreg"], groups=r"(\d)\.jpg$", progress=False)
+    st = status()
+    assert (st.plan.state, st.plan.groups, st.plan.n_groups) == (OK, r"(\d)\.jpg$", 10)
+    assert [m.state for m in st.models] == [OK]
+    assert "by 10 groups of --groups '(\\d)\\.jpg$'" in " ".join(" ".join(render_text(st)).split())
+
+
 def test_several_stale_models_are_refreshed_by_one_command_that_adds_no_new_model(comp):
     extract(comp)
     extract(comp, "squeezenet", backbone="squeezenet", key="k2", seed=1)
