@@ -382,15 +382,17 @@ class RecipeStep(NamedTuple):
 
 
 # The kit's recommended recipe for a new competition (``kaggle-kit demo --recipe``), chosen out of fold on both dev
-# sets, dogs-vs-cats-mini (photos) and malaria-mini (cells under a microscope, 50 px), where last-layer features of
-# ImageNet networks are weak (per-set screens: bench/recipe-results.md, OOF log loss of a logreg head on malaria):
+# sets: dogs-vs-cats-mini (photos) and malaria-mini (cells under a microscope, 50 px), where last-layer features
+# of ImageNet networks are weak. Figures: malaria-mini, patient-grouped folds (cv --groups), rotation views,
+# logreg head OOF log loss per set (bench/recipe-results.md, 2026-11-30):
 # 1. Lite0 at its default 320 px, last layer: the demo's default set, the strongest on photos (on
-#    dogs-vs-cats-mini the blend gives it all the weight, so the recipe is no worse there than the default);
-# 2. Lite2 at 224 px, last layer: the best last layer of the Lites on cells (.167, against .195 for step 1);
-# 3. Lite0 at 128 px, block5x (stage 5's end expanded by the next block's 1x1 conv): a mid-level cut (.168);
-# 4-6. SqueezeNet at 128 and 160 px, fire6_concat (.175 at 128 px), and at 192 px, last layer: another network's
-#    features, cheap (179 img/s at 128 px against 9.7 for step 1 on this 2-core machine), each in the blend alone
-#    and the three side by side in one concat head (RECIPE_CONCAT).
+#    dogs-vs-cats-mini the blend gives it all the weight, so the recipe's submission is the default's); .199;
+# 2. Lite2 at 224 px, last layer: the best last layer of the Lites on cells, .170;
+# 3. Lite0 at 128 px, block5x (stage 5's end expanded by the next block's 1x1 conv): a mid-level cut, .178;
+# 4-6. SqueezeNet at 128 and 160 px, fire6_concat (.156, .162), and at 192 px, last layer (.154): another
+#    network's features, cheap (210 / 145 / 115 img/s against 9.8 for step 1 on this 2-core machine), each alone
+#    and the three side by side in one concat head (RECIPE_CONCAT, .141).
+# Their blend: .137 (the default's Lite0 320 set alone: .199); on malaria-mini's test cells 0.134 against 0.163.
 # Every set is extracted with flip TTA (plus the --views asked for) and gets a logreg head (RECIPE_HEADS).
 RECIPE: tuple[RecipeStep, ...] = (
     RecipeStep("efficientnet_lite0", None, ("last",)),
