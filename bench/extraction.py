@@ -34,6 +34,16 @@ def subset_competition(src: Path, dest: Path, *, n_per_class: int, n_test: int) 
     return dest
 
 
+def answer_labels(answers: Path, ids) -> np.ndarray:
+    """The 0/1 labels of ``ids`` in an answer key CSV (first column the id, second the label), in ``ids``' order.
+    For reporting only: the benches read a key once, at the end, and never choose anything with it."""
+    import pandas as pd
+
+    key = pd.read_csv(answers)
+    truth = key.set_index(key.columns[0])[key.columns[1]]
+    return truth.loc[[type(truth.index[0])(i) for i in ids]].to_numpy()
+
+
 def run_kit(args: list[str], *, cwd: Path, env: dict | None = None, timeout: float | None = None) -> tuple[str, float]:
     """Run ``kaggle-kit ARGS`` in a fresh process; return (stdout, peak RSS in MiB). Raises on failure."""
     with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from extraction import answer_labels  # bench/, this script's folder
 
 from kaggle_kit.folds import make_plan
 from kaggle_kit.heads import MlpSettings, fit_logreg, fit_mlp
@@ -70,10 +71,7 @@ def run_grid(features: Path, *, logreg: bool, mlp: bool) -> dict:
 
 def score_test(results: dict, answers: Path) -> None:
     """Print the test log loss of the plain heads and of the default pseudo-labelling (run once, at the end)."""
-    import pandas as pd
-
-    truth = pd.read_csv(answers).set_index("id")["label"]
-    t = truth.loc[[type(truth.index[0])(i) for i in results["test_ids"]]].to_numpy()
+    t = answer_labels(answers, results["test_ids"])
     default = name(PseudoSettings())
     for r in results["rows"]:
         if r["config"] in ("plain", default):

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cv import compare_with_sklearn, print_comparison  # noqa: E402
 from extraction import (  # noqa: E402
     REPO,
+    answer_labels,
     classic_pipeline,
     decoded_batch,
     features_end_to_end,
@@ -250,9 +251,7 @@ def _pipeline_row(work: Path, exp: str, answers: Path, *, cv_extra: list[str]) -
     out, _ = run_kit(["submit", "--exp", exp, "--name", f"{exp}-{int(time.time())}.csv"], cwd=work)
     csv = work / out.strip().splitlines()[-1]
     sub = pd.read_csv(csv)
-    truth = pd.read_csv(answers)
-    truth = truth.set_index(truth.columns[0])[truth.columns[1]]
-    t = truth.loc[[type(truth.index[0])(i) for i in sub.iloc[:, 0]]].to_numpy()
+    t = answer_labels(answers, sub.iloc[:, 0])
     p = sub.iloc[:, 1].to_numpy()
     csv.unlink()
     blend = load_blend(experiment_dir(exp, root=work))

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from extraction import answer_labels  # bench/, this script's folder
 
 from kaggle_kit.folds import make_plan
 from kaggle_kit.heads import fit_logreg
@@ -88,10 +89,7 @@ def run(features: Path, *, groups: str | None, pseudo: bool) -> dict:
 
 def score_test(results: dict, answers: Path) -> None:
     """Every configuration's test log loss on the by-row plan (run once, at the end; never used to choose)."""
-    import pandas as pd
-
-    truth = pd.read_csv(answers).set_index("id")["label"]
-    t = truth.loc[[type(truth.index[0])(i) for i in results["test_ids"]]].to_numpy()
+    t = answer_labels(answers, results["test_ids"])
     for r in results["rows"]:
         if r["plan"] == "by row":
             p = np.clip(np.asarray(r["test"]), 1e-15, 1 - 1e-15)

@@ -29,7 +29,7 @@ import numpy as np
 
 from kaggle_kit.artifacts import KitError, experiment_lock, sha256_json
 from kaggle_kit.data import Dataset
-from kaggle_kit.folds import NO_GROUPS, ensure_plan, file_groups
+from kaggle_kit.folds import NO_GROUPS, ensure_plan, groups_regex
 from kaggle_kit.heads import HEADS as PLAIN_HEADS
 from kaggle_kit.metrics import METRICS, NAMES, crossfit_score, score
 from kaggle_kit.pseudo import HEADS as PSEUDO_HEADS
@@ -344,7 +344,7 @@ def run_cv(
                            f"{', '.join(available)}); run 'kaggle-kit features --backbone {name}' first", code=2)
     specs = model_specs(chosen, heads, pseudo=pseudo)
     if groups not in (None, *NO_GROUPS):
-        file_groups([], groups)  # a bad pattern is refused before the lock
+        groups_regex(groups)  # a bad pattern is refused before the lock
     settings = experiment_data(exp_dir, data=data_dir, positive=positive)
     metric = experiment_metric(exp_dir)
     with experiment_lock(exp_dir, command="cv"):

@@ -500,7 +500,7 @@ def run_demo(*, data: Path | None, exp: str | None = None, backbones: Sequence[s
     from kaggle_kit.blend import run_blend
     from kaggle_kit.cv import run_cv
     from kaggle_kit.features import run_feature_sets
-    from kaggle_kit.folds import NO_GROUPS, file_groups
+    from kaggle_kit.folds import NO_GROUPS, groups_regex
     from kaggle_kit.store import experiment_dir
     from kaggle_kit.submit import make_submission, submission_path
     from kaggle_kit.views import view_names
@@ -518,7 +518,7 @@ def run_demo(*, data: Path | None, exp: str | None = None, backbones: Sequence[s
     check_name("experiment", exp)
     view_names(views, view_kind)  # a bad --views is refused before anything is made
     if groups not in (None, *NO_GROUPS):
-        file_groups([], groups)  # so is a bad --groups pattern
+        groups_regex(groups)  # so is a bad --groups pattern
     steps = RECIPE if recipe else tuple(RecipeStep(b, None, ("last",)) for b in backbones)
     _check_weights_files(steps, weights_dir)
     if data is None:

@@ -30,13 +30,18 @@ DEFAULT_FOLDS, DEFAULT_REPEATS, DEFAULT_SEED = 5, 1, 0
 NO_GROUPS = ("", "none")  # --groups values that ask for a plan by row again
 
 
+def groups_regex(pattern: str) -> re.Pattern:
+    """The compiled ``--groups`` pattern; a one-line error when it is not a regular expression."""
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise KitError(f"--groups {shlex.quote(pattern)} is not a regular expression: {exc}", code=2) from None
+
+
 def file_groups(files: Sequence[str], pattern: str) -> list[str]:
     """The group of each training file: ``pattern``'s first capture group (else its whole match) searched in the
     file's name (no folders). A bad pattern, or a file it does not match, is a one-line error."""
-    try:
-        regex = re.compile(pattern)
-    except re.error as exc:
-        raise KitError(f"--groups {shlex.quote(pattern)} is not a regular expression: {exc}", code=2) from None
+    regex = groups_regex(pattern)
     groups = []
     for f in files:
         match = regex.search(Path(f).name)

@@ -135,9 +135,9 @@ class ShardWorker:
             raise KitError(self.error)
         t0 = time.perf_counter()
         parts = list(predict_batches(self.predictor.predict, paths, **self.settings))
-        arrays = {key: np.concatenate([feats[key] for feats, _ in parts]) for key in parts[0][0]} if parts else {}
-        arrays.update(ok=np.concatenate([ok for _, ok in parts]) if parts else np.zeros(0, bool),
-                      widths=np.asarray(self.predictor.widths, dtype=np.int64))
+        arrays = {key: np.concatenate([feats[key] for feats, _ in parts]) for key in parts[0][0]}  # every view
+        arrays.update(ok=np.concatenate([ok for _, ok in parts]), widths=np.asarray(self.predictor.widths,
+                                                                                   dtype=np.int64))
         return {"arrays": arrays, "seconds": time.perf_counter() - t0, "pid": os.getpid()}
 
 

@@ -80,3 +80,22 @@ def intercept_keras_weights_requests(monkeypatch) -> list[tuple[str, str | None]
     monkeypatch.setattr(file_utils, "get_file", get_file)
     monkeypatch.setattr(keras.Model, "load_weights", lambda self, *args, **kwargs: None)
     return requests
+
+
+def cli_params(command_line: str) -> dict:
+    """The options ``kaggle-kit ...`` would run with, as the CLI's parser gives them (choices as their enums);
+    raises click's UsageError where the CLI would refuse the line (an unknown option or choice)."""
+    import shlex
+
+    import typer
+
+    from kaggle_kit.cli import app
+
+    words = shlex.split(command_line)
+    assert words[0] == "kaggle-kit"
+    group = typer.main.get_command(app)
+    with group.make_context("kaggle-kit", words[1:]) as ctx:
+        command = group.get_command(ctx, words[1])
+        assert command is not None, f"no command {words[1]!r}"
+        with command.make_context(words[1], words[2:], parent=ctx) as sub:
+            return {"command": words[1], **sub.params}

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import SQUEEZENET_H5
+from conftest import SQUEEZENET_H5, cli_params
 
 from kaggle_kit import demo
 from kaggle_kit.artifacts import KitError
@@ -199,19 +199,8 @@ RECIPE_SETS = ["efficientnet_lite0", "efficientnet_lite2_224", "efficientnet_lit
 
 
 def parses(command_line: str) -> dict:
-    """The options ``kaggle-kit ...`` would run with; raises click's UsageError if the CLI refuses the line."""
-    import shlex
-
-    import typer
-
-    words = shlex.split(command_line)
-    assert words[0] == "kaggle-kit"
-    group = typer.main.get_command(app)
-    with group.make_context("kaggle-kit", words[1:]) as ctx:
-        command = group.get_command(ctx, words[1])
-        assert command is not None, f"no command {words[1]!r}"
-        with command.make_context(words[1], words[2:], parent=ctx) as sub:
-            return {"command": words[1], **{k: getattr(v, "value", v) for k, v in sub.params.items()}}
+    """The options ``kaggle-kit ...`` would run with, choices as their plain values (see conftest.cli_params)."""
+    return {k: getattr(v, "value", v) for k, v in cli_params(command_line).items()}
 
 
 def printed_commands(stdout: str) -> list[str]:

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from conftest import make_competition
+from conftest import cli_params, make_competition
 from kaggle_kit import store
 from kaggle_kit.artifacts import experiment_lock, new_manifest, write_json_atomic
 from kaggle_kit.blend import run_blend
@@ -75,12 +74,7 @@ def follow(command: str) -> None:
 
 def parses(command: str) -> None:
     """Refuse a command line the CLI would refuse (an unknown option or choice)."""
-    words = shlex.split(command)
-    group = typer.main.get_command(app)
-    with group.make_context("kaggle-kit", words[1:]) as ctx:
-        sub = group.get_command(ctx, words[1])
-        with sub.make_context(words[1], words[2:], parent=ctx):
-            pass
+    cli_params(command)
 
 
 def check_text(st) -> list[str]:

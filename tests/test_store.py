@@ -4,32 +4,20 @@ is a command line the CLI accepts."""
 from __future__ import annotations
 
 import json
-import shlex
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-import typer
 
-from conftest import make_competition
+from conftest import cli_params, make_competition
 from kaggle_kit import store
 from kaggle_kit.artifacts import KitError, new_manifest, write_json_atomic
-from kaggle_kit.cli import app
 from kaggle_kit.data import discover
 from kaggle_kit.folds import ensure_plan
 
 
-def parses(command_line: str) -> dict:
-    """The options ``kaggle-kit ...`` would run with; raises click's UsageError if the CLI refuses the line."""
-    words = shlex.split(command_line)
-    assert words[0] == "kaggle-kit"
-    group = typer.main.get_command(app)
-    with group.make_context("kaggle-kit", words[1:]) as ctx:
-        command = group.get_command(ctx, words[1])
-        assert command is not None, f"no command {words[1]!r}"
-        with command.make_context(words[1], words[2:], parent=ctx) as sub:
-            return {"command": words[1], **sub.params}
+parses = cli_params  # the options the CLI would run a re-run hint with
 
 
 @pytest.fixture
