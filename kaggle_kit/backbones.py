@@ -273,6 +273,11 @@ def _import(spec: str):
     return getattr(importlib.import_module(module), attr)
 
 
+LAST = "last"  # the layer name that stands for the backbone's default (last-layer, pooled) features
+POOLS = ("avg", "max", "avgmax")  # how a feature map becomes features (--pool); see pool_map
+DEFAULT_POOL = "avg"  # the backbones' own (global average pooling); store.DEFAULT_POOL reads manifests without one
+
+
 def build_base(backbone: Backbone, *, image_size: int, weights: WeightsChoice, include_top: bool = False):
     """The backbone alone: preprocessed float input -> pooled features (or ImageNet logits with ``include_top``)."""
     if image_size < backbone.min_size:  # refused before TensorFlow is even loaded
@@ -312,31 +317,74 @@ def build_base(backbone: Backbone, *, image_size: int, weights: WeightsChoice, i
 
 
 def build_extractor(backbone: Backbone, *, image_size: int, weights: WeightsChoice,
-                    layers: Sequence[str] | None = None):
+                    layers: Sequence[str] | None = None, pool: str = DEFAULT_POOL):
     """uint8 RGB (batch, size, size, 3) -> float32 (batch, width): preprocessing in the graph, frozen.
 
     With ``layers`` (names from :func:`cut_layers`, any layer of the backbone with a feature map, or ``last``):
     one model with one output per name, in that order, each the global-average-pooled output of that layer,
     (batch, width of that layer); ``last`` is the default (batch, width) features. One forward pass computes all.
+    ``pool`` (one of :data:`POOLS`) pools every layer's map that way instead: 'max' its largest value per channel,
+    'avgmax' the average and the maximum side by side (twice the width); see :func:`pool_map`.
     """
     base = build_base(backbone, image_size=image_size, weights=weights)  # (checks the size before loading Keras)
-    return extractor_on(base, backbone, image_size=image_size, layers=layers)
+    return extractor_on(base, backbone, image_size=image_size, layers=layers, pool=pool)
 
 
-def extractor_on(base, backbone: Backbone, *, image_size: int, layers: Sequence[str] | None = None):
+def check_pool(pool: str) -> str:
+    """``pool`` if it is one of :data:`POOLS`, else a one-line error."""
+    if pool not in POOLS:
+        raise KitError(f"--pool {pool!r} is not one of: {', '.join(POOLS)}", code=2)
+    return pool
+
+
+def pool_width(width: int, pool: str) -> int:
+    """The number of features ``pool`` makes of a map with ``width`` channels."""
+    return 2 * width if check_pool(pool) == "avgmax" else width
+
+
+def pool_map(keras, feature_map, pool: str, *, name: str):
+    """Global pooling of a (batch, h, w, c) map: 'avg' (the mean per channel), 'max', or 'avgmax' (both side by
+    side, mean first). The maximum keeps a small, strong local response (a parasite in a cell, a defect on a
+    part) that the mean over the whole map dilutes."""
+    return _joined(keras, _pool_parts(keras, feature_map, pool, name=name), name=name)
+
+
+def _pool_parts(keras, feature_map, pool: str, *, name: str) -> list:
+    parts = []
+    if check_pool(pool) in ("avg", "avgmax"):
+        parts.append(keras.layers.GlobalAveragePooling2D(name=f"{name}_avg")(feature_map))
+    if pool in ("max", "avgmax"):
+        parts.append(keras.layers.GlobalMaxPooling2D(name=f"{name}_max")(feature_map))
+    return parts
+
+
+def _joined(keras, parts: list, *, name: str):
+    return parts[0] if len(parts) == 1 else keras.layers.Concatenate(name=f"{name}_joined")(parts)
+
+
+def extractor_on(base, backbone: Backbone, *, image_size: int, layers: Sequence[str] | None = None,
+                 pool: str = DEFAULT_POOL):
     """:func:`build_extractor` around a base already built by :func:`build_base` (its layers are shared)."""
     keras = load_keras()
     base.trainable = False
+    if check_pool(pool) != DEFAULT_POOL:
+        layers = list(layers or [LAST])
     if layers is not None:
         if not layers:
             raise ValueError("layers must name at least one layer")
         by_name = _cuttable(base)
         outputs = []
         for i, name in enumerate(layers):
-            if name == LAST:
+            if name == LAST and pool == DEFAULT_POOL:
                 outputs.append(base.output)
+            elif name == LAST:
+                gap, layer_norm = final_pooling(base, backbone)
+                parts = _pool_parts(keras, gap.input, pool, name=f"pool_{i}")
+                if layer_norm is not None:  # ConvNeXt: its LayerNorm after the pooling, on each part alike
+                    parts = [layer_norm(part) for part in parts]
+                outputs.append(_joined(keras, parts, name=f"pool_{i}"))
             elif name in by_name:
-                outputs.append(keras.layers.GlobalAveragePooling2D(name=f"pool_{i}")(by_name[name].output))
+                outputs.append(pool_map(keras, by_name[name].output, pool, name=f"pool_{i}"))
             else:
                 valid = ", ".join([c.name for c in _cut_points(base, backbone)] + [LAST])
                 raise KitError(f"unknown layer {name!r} of {backbone.name}; choose one of: {valid} (or any layer "
@@ -348,13 +396,13 @@ def extractor_on(base, backbone: Backbone, *, image_size: int, layers: Sequence[
     outputs = base(x, training=False)
     model = keras.Model(inputs, outputs, name=f"{backbone.name}_features")
     for name, output in zip(layers or [LAST], model.outputs):
-        if name == LAST and output.shape[-1] != backbone.width:
+        if name == LAST and output.shape[-1] != pool_width(backbone.width, pool):
             raise KitError(f"{backbone.name} gives {output.shape[-1]} features, registry says {backbone.width}")
     return model
 
 
 # ------------------------------------------------------------------------------------- cutting at a layer
-LAST = "last"  # the layer name that stands for the backbone's default (last-layer, pooled) features
+
 
 # Where the graph's own names say more than the stage-end rule of _cut_points: every Inception module
 # (mixed7 is the classic cut for cats and dogs), every SqueezeNet fire module, every EfficientNet-Lite stage.
@@ -501,6 +549,27 @@ class FeatureMapModel:
         return keras.ops.convert_to_numpy(maps), keras.ops.convert_to_numpy(pooled)
 
 
+def final_pooling(base, backbone: Backbone, *, purpose: str = "no other pooling"):
+    """The base's final GlobalAveragePooling2D layer (its ``input`` is the last feature map) and the
+    LayerNormalization over channels after it (ConvNeXt), else None; anything else is a one-line error that ends
+    with ``purpose``."""
+    keras = load_keras()
+    # subtle: a functional model lists its layers in graph order, so the pooling (and ConvNeXt's LayerNorm after
+    # it) are the last ones; each link is checked, not assumed.
+    layers = base.layers
+    last, layer_norm = layers[-1], None
+    if last.output is not base.output:
+        raise KitError(f"{backbone.name}: its last layer is not its output; {purpose}")
+    if isinstance(last, keras.layers.LayerNormalization):
+        axis = last.axis if isinstance(last.axis, (list, tuple)) else [last.axis]
+        if list(axis) not in ([-1], [3]) or getattr(last, "rms_scaling", False) or last.input is not layers[-2].output:
+            raise KitError(f"{backbone.name}: its final normalisation is not over channels; {purpose}")
+        layer_norm, last = last, layers[-2]
+    if not isinstance(last, keras.layers.GlobalAveragePooling2D) or last.keepdims:
+        raise KitError(f"{backbone.name} does not end in global average pooling ({type(last).__name__}); {purpose}")
+    return last, layer_norm
+
+
 def build_feature_map(backbone: Backbone, *, image_size: int, weights: WeightsChoice) -> FeatureMapModel:
     """The backbone of :func:`build_extractor` with its last feature map as a second output.
 
@@ -510,24 +579,13 @@ def build_feature_map(backbone: Backbone, *, image_size: int, weights: WeightsCh
     base = build_base(backbone, image_size=image_size, weights=weights)  # (checks the size before loading Keras)
     keras = load_keras()
     base.trainable = False
-    # subtle: a functional model lists its layers in graph order, so the pooling (and ConvNeXt's LayerNorm after
-    # it) are the last ones; each link is checked, not assumed.
-    layers = base.layers
-    last, layer_norm = layers[-1], None
-    if last.output is not base.output:
-        raise KitError(f"{backbone.name}: its last layer is not its output; no class activation map")
-    if isinstance(last, keras.layers.LayerNormalization):
-        axis = last.axis if isinstance(last.axis, (list, tuple)) else [last.axis]
-        if list(axis) not in ([-1], [3]) or getattr(last, "rms_scaling", False) or last.input is not layers[-2].output:
-            raise KitError(f"{backbone.name}: its final normalisation is not over channels; no class activation map")
+    last, norm = final_pooling(base, backbone, purpose="no class activation map")
+    layer_norm = None
+    if norm is not None:
         c = last.input.shape[-1]
-        gamma = np.asarray(keras.ops.convert_to_numpy(last.gamma), np.float64) if last.scale else np.ones(c)
-        beta = np.asarray(keras.ops.convert_to_numpy(last.beta), np.float64) if last.center else np.zeros(c)
-        layer_norm = (gamma, beta, float(last.epsilon))
-        last = layers[-2]
-    if not isinstance(last, keras.layers.GlobalAveragePooling2D) or last.keepdims:
-        raise KitError(f"{backbone.name} does not end in global average pooling ({type(last).__name__}); "
-                       "no class activation map")
+        gamma = np.asarray(keras.ops.convert_to_numpy(norm.gamma), np.float64) if norm.scale else np.ones(c)
+        beta = np.asarray(keras.ops.convert_to_numpy(norm.beta), np.float64) if norm.center else np.zeros(c)
+        layer_norm = (gamma, beta, float(norm.epsilon))
     trunk = keras.Model(base.inputs, [last.input, base.output], name=f"{backbone.name}_trunk")
     inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="rgb_uint8")
     feature_map, pooled = trunk(preprocess_layer(backbone.preprocess)(inputs), training=False)

@@ -36,6 +36,7 @@ from scipy.special import expit
 from kaggle_kit.artifacts import KitError
 from kaggle_kit.heads import power_normalise
 from kaggle_kit.store import (
+    DEFAULT_POOL,
     CvResult,
     FeatureSet,
     FoldPlan,
@@ -227,14 +228,15 @@ def choose_model(exp_dir: Path, results: Mapping[str, CvResult]) -> tuple[CvResu
             fs = load_features(features_dir(exp_dir, result.features[0]))
         except KitError:
             continue
-        if fs.backbone not in REGISTRY or not fs.input_size or fs.layer not in (None, "last"):
+        if (fs.backbone not in REGISTRY or not fs.input_size or fs.layer not in (None, "last")
+                or fs.pool != DEFAULT_POOL):  # the map is exact for the mean over positions only
             continue
         loss = result.scores.get("oof_logloss")
         candidates.append((loss if isinstance(loss, (int, float)) and math.isfinite(loss) else math.inf, model,
                            result, fs))
     if not candidates:
-        raise KitError("no model to map: heatmaps need a 'logreg' model on one backbone's last-layer features "
-                       f"(e.g. '{command(exp_dir, 'cv', '--head', 'logreg')}')")
+        raise KitError("no model to map: heatmaps need a 'logreg' model on one backbone's average-pooled "
+                       f"last-layer features (e.g. '{command(exp_dir, 'cv', '--head', 'logreg')}')")
     _, _, result, fs = min(candidates, key=lambda c: (c[0], c[1]))
     return result, fs
 

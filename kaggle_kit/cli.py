@@ -21,6 +21,7 @@ from typing import Iterable, Optional
 import typer
 
 from kaggle_kit.artifacts import KitError
+from kaggle_kit.backbones import POOLS
 from kaggle_kit.blend import METHODS
 from kaggle_kit.cv import HEAD_CHOICES
 from kaggle_kit.data import LAYOUTS
@@ -53,6 +54,7 @@ BlendMethod = _choices("BlendMethod", METHODS)
 Metric = _choices("Metric", METRICS)
 Layout = _choices("Layout", LAYOUTS)
 ViewKind = _choices("ViewKind", VIEW_KINDS)
+Pool = _choices("Pool", POOLS)
 
 ExpOption = typer.Option("default", "--exp", help="Experiment name: results go to experiments/<exp>/.")
 DataOption = typer.Option(
@@ -199,11 +201,16 @@ def features(
         None, "--gpus-per-worker", help="Ray engine: GPUs per worker (default 0; fractions share a GPU).",
     ),
     name: Optional[str] = typer.Option(
-        None, "--name", help="Feature set name (default: backbone[_size][-layer])."),
+        None, "--name", help="Feature set name (default: backbone[_size][-layer][.pool])."),
     layer: Optional[list[str]] = typer.Option(
         None, "--layer", "-l",
         help="Pool this layer's output instead of the last layer's, as its own feature set; repeatable (one pass). "
         "'last' is the default features; 'kaggle-kit backbones --layers BACKBONE' lists the layers.",
+    ),
+    pool: Pool = typer.Option(
+        Pool("avg"), "--pool",
+        help="How each layer's feature map becomes features: 'avg' (its mean), 'max', or 'avgmax' (both, twice the "
+        "width; keeps small local details, e.g. a parasite in a cell, that the mean dilutes).",
     ),
     force: bool = typer.Option(False, "--force", help="Recompute even if a matching cache exists."),
     quiet: bool = QuietOption,
@@ -213,7 +220,7 @@ def features(
 
     results = run_feature_sets(experiment_dir(exp), backbone=backbone, data=data, weights=weights,
                                image_size=image_size, tta=tta.value, views=views, view_kind=view_kind.value,
-                               positive=positive,
+                               pool=pool.value, positive=positive,
                                layout=layout.value if layout else None, labels=labels, id_col=id_col,
                                target_col=target_col, metric=metric.value if metric else None,
                                batch_size=batch_size, workers=workers, decoder=decoder.value, shard_size=shard_size,

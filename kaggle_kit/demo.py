@@ -46,6 +46,7 @@ from kaggle_kit.artifacts import (
     read_manifest,
     write_json_atomic,
 )
+from kaggle_kit.store import DEFAULT_POOL
 from kaggle_kit.views import DEFAULT_VIEW_KIND
 
 CATS_AND_DOGS_URL = "https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip"
@@ -374,11 +375,12 @@ def score_submission(submission: Path, answer_key: Path) -> Score:
 # ------------------------------------------------------------------------------------------------ the recipe
 class RecipeStep(NamedTuple):
     """One features stage: ``backbone`` at ``image_size`` (None: the backbone's own), pooling each of ``layers``
-    (``last``: the backbone's default features) into its own feature set, from one pass."""
+    (``last``: the backbone's default features) by ``pool`` (``--pool``) into its own feature set, from one pass."""
 
     backbone: str
     image_size: int | None
     layers: tuple[str, ...]
+    pool: str = DEFAULT_POOL
 
 
 # The kit's recommended recipe for a new competition (``kaggle-kit demo --recipe``), chosen out of fold on both dev
@@ -418,7 +420,7 @@ def step_feature_sets(step: RecipeStep) -> list[str]:
     spec = get_backbone(step.backbone)
     size = step.image_size or spec.input_size
     return [default_feature_set_name(spec.name, input_size=spec.input_size, image_size=size,
-                                     layer=None if layer == LAST else layer)
+                                     layer=None if layer == LAST else layer, pool=step.pool)
             for layer in dict.fromkeys(step.layers)]
 
 
@@ -437,6 +439,7 @@ def features_argv(step: RecipeStep, *, data_dir: Path, exp: str, weights: str | 
     return ["features", "--data", str(data_dir), "--exp", exp, "--backbone", step.backbone,
             *(["--image-size", str(step.image_size)] if step.image_size is not None else []),
             *(a for layer in step.layers if layer != LAST for a in ("--layer", layer)),
+            *(["--pool", step.pool] if step.pool != DEFAULT_POOL else []),
             *(["--weights", weights] if weights is not None else []),
             "--tta", "flip",
             *(["--views", str(views), "--view-kind", view_kind] if views else []),
@@ -535,7 +538,8 @@ def run_demo(*, data: Path | None, exp: str | None = None, backbones: Sequence[s
                              positive=positive),
                lambda: run_feature_sets(exp_dir, backbone=step.backbone, data=data_dir, weights=weights or "imagenet",
                                         image_size=step.image_size, tta="flip", views=views, view_kind=view_kind,
-                                        positive=positive, layers=list(step.layers), warn=progress),
+                                        positive=positive, layers=list(step.layers), pool=step.pool,
+                                        warn=progress),
                echo=echo, warn=progress)
     # subtle: cv is told the demo's feature sets, or it would also fit every other one cached in the experiment.
     feature_sets = [name for step in steps for name in step_feature_sets(step)]

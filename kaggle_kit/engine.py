@@ -65,23 +65,24 @@ class Predictor:
 
 
 def build_predictor(backbone: Backbone, *, image_size: int, weights: WeightsChoice, batch_size: int,
-                    layers: Sequence[str | None] = (None,)) -> Predictor:
+                    layers: Sequence[str | None] = (None,), pool: str = "avg") -> Predictor:
     """Build the extractor of ``layers`` (None: the default features; else a layer name, see
-    :func:`kaggle_kit.backbones.cut_layers`) and compile it on a blank batch of ``batch_size``.
+    :func:`kaggle_kit.backbones.cut_layers`), each map pooled by ``pool`` (:data:`kaggle_kit.backbones.POOLS`),
+    and compile it on a blank batch of ``batch_size``.
 
     An unknown layer is a one-line :class:`KitError` before anything runs.
     """
-    from kaggle_kit.backbones import LAST, build_extractor
+    from kaggle_kit.backbones import DEFAULT_POOL, LAST, build_extractor
     from kaggle_kit.keras_loader import load_keras
 
     t_build = time.perf_counter()
-    if list(layers) == [None]:
+    if list(layers) == [None] and pool == DEFAULT_POOL:
         model = build_extractor(backbone, image_size=image_size, weights=weights)
         widths: tuple[int, ...] = (backbone.width,)
         predict: Callable[[np.ndarray], Any] = model.predict_on_batch
     else:
         model = build_extractor(backbone, image_size=image_size, weights=weights,
-                                layers=[LAST if layer is None else layer for layer in layers])
+                                layers=[LAST if layer is None else layer for layer in layers], pool=pool)
         widths = tuple(int(output.shape[-1]) for output in model.outputs)
 
         def predict(batch: np.ndarray) -> np.ndarray:
@@ -232,7 +233,7 @@ def run_local(settings: FeatureSettings, paths: dict[str, list[Path]], partial: 
     :func:`build_predictor`), decoding with ``settings.decoder``."""
     if predictor is None:
         predictor = build_predictor(settings.backbone, image_size=settings.image_size, weights=settings.weights,
-                                    batch_size=settings.batch_size, layers=layers)
+                                    batch_size=settings.batch_size, layers=layers, pool=settings.pool)
     t0 = time.perf_counter()
     n_new = run_extraction(predictor.predict, paths, partial, todo, width=predictor.width, widths=predictor.widths,
                            image_size=settings.image_size, batch_size=settings.batch_size, tta=settings.tta,

@@ -19,7 +19,9 @@ manifest, cache and resume are shared and a set is the same whichever engine mad
 which: ``engine``).
 
 A feature set holds the backbone's default (last-layer) features, or with ``FeatureSettings.layer`` the pooled
-output of that layer (``--layer``; manifest field ``layer``, named ``<backbone>[_<size>]-<layer>``).
+output of that layer (``--layer``; manifest field ``layer``, named ``<backbone>[_<size>]-<layer>``). Each map is
+average-pooled, or with ``FeatureSettings.pool`` (``--pool max|avgmax``; manifest field ``pool``, the name ending
+in ``.<pool>``) max-pooled, or both side by side.
 :func:`extract_feature_sets` makes several layers' sets from one decode and one forward pass, on either
 engine; only the missing sets are computed, and an interrupted run resumes from its shards.
 """
@@ -41,6 +43,7 @@ from kaggle_kit.data import Dataset
 from kaggle_kit.decoders import DECODERS
 from kaggle_kit.engine import build_predictor, pending_shards, run_local, shard_ranges
 from kaggle_kit.store import (
+    DEFAULT_POOL,
     EXTERNAL_WEIGHTS,
     FEATURES_FORMAT,
     FeatureSet,
@@ -84,6 +87,7 @@ class FeatureSettings:
     ray: RaySettings | None = None  # None: the local engine; else the shards run on a Ray cluster (ray_engine.py)
     layer: str | None = None  # None: the backbone's default (last-layer) features; else a layer to pool
     views: tuple[str, ...] = ()  # extra views of each image (kaggle_kit/views.py), each flipped too under flip TTA
+    pool: str = "avg"  # how each feature map is pooled (backbones.POOLS): the mean, the maximum, or both
 
     def __post_init__(self):
         if self.decoder not in DECODERS:
@@ -95,6 +99,7 @@ class FeatureSettings:
         decoder = {} if self.decoder == "opencv" else {"decoder": self.decoder}
         layer = {} if self.layer is None else {"layer": self.layer}  # keys of last-layer sets stay as they were
         views = {"views": list(self.views)} if self.views else {}  # so do keys of sets without extra views
+        pool = {} if self.pool == DEFAULT_POOL else {"pool": self.pool}  # and of average-pooled sets
         return sha256_json({
             "format": FEATURES_FORMAT,
             "backbone": self.backbone.name,
@@ -107,6 +112,7 @@ class FeatureSettings:
             **decoder,
             **layer,
             **views,
+            **pool,
         })
 
 
@@ -266,7 +272,7 @@ def extract_feature_sets(
         # Before any work: a missing DALI or GPU is a one-line error, not a wait. (Ray workers check their node.)
         check_decoder(settings.decoder)
         predictor = build_predictor(settings.backbone, image_size=settings.image_size, weights=settings.weights,
-                                    batch_size=settings.batch_size, layers=layers)
+                                    batch_size=settings.batch_size, layers=layers, pool=settings.pool)
 
     # One group key for the sets made together; a single set keeps its own key (as before multi-layer runs).
     group = keys[todo_jobs[0]] if len(todo_jobs) == 1 else sha256_json(sorted(keys[i] for i in todo_jobs))
@@ -324,6 +330,7 @@ def extract_feature_sets(
             backbone=backbone.name, weights=settings.weights.identity, weights_kind=settings.weights.kind,
             weights_path=settings.weights.path, preprocess=backbone.preprocess, input_size=settings.image_size,
             decoder=settings.decoder, engine=run.engine, cluster=run.cluster, layer=jobs[i][1].layer,
+            pool=settings.pool,
             details=dict(
                 builder=backbone.builder,
                 extracted_with=[d.name for d in out_dirs],  # the sets made in the same pass
@@ -354,6 +361,7 @@ def run_feature_sets(
     tta: str = "none",
     views: int = 0,
     view_kind: str = DEFAULT_VIEW_KIND,
+    pool: str = "avg",
     positive: str | None = None,
     layout: str | None = None,
     labels: Path | str | None = None,
@@ -390,14 +398,17 @@ def run_feature_sets(
     (default 0), on the cluster at ``address`` (see ray_engine.RaySettings). Everything is checked before the
     experiment's lock is taken, so a refused run leaves nothing behind; ``warn`` gets the data folder's and the
     decoder's warnings. ``views`` extra views of each image from the catalogue ``view_kind`` (see
-    :mod:`kaggle_kit.views`), cached beside the others; cv trains on and averages over all of them.
+    :mod:`kaggle_kit.views`), cached beside the others; cv trains on and averages over all of them. ``pool``:
+    how each layer's feature map becomes features (:data:`kaggle_kit.backbones.POOLS`; not 'avg': the set's name
+    ends in ``.<pool>``).
     """
-    from kaggle_kit.backbones import LAST, get_backbone, resolve_weights
+    from kaggle_kit.backbones import LAST, check_pool, get_backbone, resolve_weights
     from kaggle_kit.data import discover_remembered
 
     if tta not in TTA_MODES:
         raise KitError(f"--tta {tta!r} is not one of: {', '.join(TTA_MODES)}", code=2)
     view_list = view_names(views, view_kind)
+    check_pool(pool)
     if engine not in ENGINES:
         raise KitError(f"--engine {engine!r} is not one of: {', '.join(ENGINES)}", code=2)
     ray = None
@@ -420,10 +431,10 @@ def run_feature_sets(
     size = image_size or spec.input_size
     choice = resolve_weights(spec, weights, image_size=size)
     jobs = [(features_dir(exp_dir, check_name("feature set", name) if name else default_feature_set_name(
-                spec.name, input_size=spec.input_size, image_size=size, layer=layer)),
+                spec.name, input_size=spec.input_size, image_size=size, layer=layer, pool=pool)),
              FeatureSettings(backbone=spec, weights=choice, image_size=size, tta=tta, batch_size=batch_size,
                              workers=workers, shard_size=shard_size, decoder=decoder, ray=ray, layer=layer,
-                             views=view_list))
+                             views=view_list, pool=pool))
             for layer in wanted]
     with experiment_lock(exp_dir, command=f"features --backbone {backbone}"):
         # Warnings only once the lock is held: a run refused as busy says so in one line.

@@ -102,7 +102,8 @@ class ShardWorker:
     """
 
     def __init__(self, *, backbone, weights, image_size: int, batch_size: int, tta: str, decode_threads: int,
-                 data_root: str, decoder: str = "opencv", layers: tuple = (None,), views: tuple = ()):
+                 data_root: str, decoder: str = "opencv", layers: tuple = (None,), views: tuple = (),
+                 pool: str = "avg"):
         self.settings = {"width": backbone.width, "image_size": image_size, "batch_size": batch_size, "tta": tta,
                          "workers": decode_threads, "decoder": decoder, "views": tuple(views)}
         self.facts = {"pid": os.getpid(), "node": socket.gethostname()}
@@ -114,7 +115,7 @@ class ShardWorker:
 
             check_decoder(decoder)  # DALI and a GPU on this node, for --decoder dali
             self.predictor = build_predictor(backbone, image_size=image_size, weights=weights,
-                                             batch_size=batch_size, layers=layers)  # built and compiled
+                                             batch_size=batch_size, layers=layers, pool=pool)  # compiled
             self.settings["width"] = self.predictor.width
             self.facts.update(widths=list(self.predictor.widths), build_seconds=self.predictor.build_seconds,
                               warmup_seconds=self.predictor.warmup_seconds,
@@ -304,7 +305,8 @@ def run_on_ray(settings: FeatureSettings, paths: dict[str, list[Path]], partial:
             worker_cls.remote(backbone=settings.backbone, weights=settings.weights, image_size=settings.image_size,
                               batch_size=settings.batch_size, tta=settings.tta,
                               decode_threads=max(1, math.ceil(rs.cpus_per_worker)), data_root=str(data_root),
-                              decoder=settings.decoder, layers=tuple(layers), views=settings.views)
+                              decoder=settings.decoder, layers=tuple(layers), views=settings.views,
+                              pool=settings.pool)
             for _ in range(n_workers)
         ]
         try:

@@ -64,6 +64,7 @@ class FeatureInfo:
     backbone: str | None = None
     size: int | None = None
     layer: str | None = None
+    pool: str | None = None
     tta: str | None = None
     views: int | None = None
     n_train: int | None = None
@@ -212,7 +213,7 @@ def _features(exp_dir: Path, image_hash: str | None) -> list[FeatureInfo]:
             fs = store.load_features(out)
             info = FeatureInfo(
                 name=name, command=rerun, backbone=fs.backbone, size=fs.input_size,
-                layer=fs.layer, tta=fs.tta, views=len(fs.view_suffixes), n_train=fs.n_train,
+                layer=fs.layer, pool=fs.pool, tta=fs.tta, views=len(fs.view_suffixes), n_train=fs.n_train,
                 n_test=fs.n_test, width=fs.width, images_per_second=fs.images_per_second,
                 unreadable=len(fs.unreadable("train")) + len(fs.unreadable("test")),
             )
@@ -544,8 +545,9 @@ def render_text(status: Status) -> list[str]:
             out.append(f"  {_elide(f.name, 20):<20} {_elide(f.backbone or '-', 18):<18} {size:>4} "
                        f"{f.tta or '-':<4} {_number(f.n_train, ',d'):>7} {_number(f.n_test, ',d'):>6} "
                        f"{_number(f.width, 'd'):>5} {_number(f.images_per_second, '.1f'):>6}")
-            if f.layer:
-                out += _wrap(f"layer {f.layer}", "    ")
+            if f.layer or f.pool not in (None, store.DEFAULT_POOL):
+                out += _wrap(", ".join([f"layer {f.layer}"] * bool(f.layer) + [f"{f.pool} pooling"] *
+                                       (f.pool not in (None, store.DEFAULT_POOL))), "    ")
             _flag(out, f)
 
     p = status.plan

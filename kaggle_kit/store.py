@@ -238,6 +238,7 @@ _FEATURES_KEYS = ("key", "name", "backbone", "tta", "width", "image_list_hash", 
                   "files", "shapes", "unreadable", "unreadable_ids")
 EXTERNAL_WEIGHTS = "external"  # weights_kind of features made by another tool (save_feature_set)
 DEFAULT_DECODER = "opencv"  # the 'decoder' of feature sets written before the key existed (decoders.DECODERS)
+DEFAULT_POOL = "avg"  # the 'pool' of feature sets written before the key existed (backbones.POOLS)
 DEFAULT_ENGINE = "local"  # the 'engine' of feature sets written before the key existed (features.ENGINES)
 
 
@@ -297,11 +298,14 @@ def shard_is_complete(path: Path, rows: int) -> bool:
         return False
 
 
-def default_feature_set_name(backbone: str, *, input_size: int, image_size: int, layer: str | None = None) -> str:
-    """``<backbone>[_<size>][-<layer>]``: the size when it is not the backbone's own, the layer when it is not the
-    last (``-`` never occurs in backbone or Keras layer names, so the parts stay apart)."""
+def default_feature_set_name(backbone: str, *, input_size: int, image_size: int, layer: str | None = None,
+                             pool: str = DEFAULT_POOL) -> str:
+    """``<backbone>[_<size>][-<layer>][.<pool>]``: the size when it is not the backbone's own, the layer when it is
+    not the last, the pooling when it is not the average (``-`` and ``.`` never occur in backbone or Keras layer
+    names, so the parts stay apart)."""
     name = backbone if image_size == input_size else f"{backbone}_{image_size}"
-    return name if layer is None else f"{name}-{layer}"
+    name = name if layer is None else f"{name}-{layer}"
+    return name if pool == DEFAULT_POOL else f"{name}.{pool}"
 
 
 def feature_set_names(exp_dir: Path) -> list[str]:
@@ -345,8 +349,9 @@ def features_command(out_dir: Path, manifest: Mapping[str, Any] | None = None, *
 
     manifest = manifest or {}
     name = out_dir.name
-    # Without a manifest, the folder's name says it: <backbone>[_<size>][-<layer>].
-    stem, _, named_layer = name.partition("-")
+    # Without a manifest, the folder's name says it: <backbone>[_<size>][-<layer>][.<pool>].
+    named, _, named_pool = name.partition(".")
+    stem, _, named_layer = named.partition("-")
     backbone = manifest.get("backbone") or next(
         (b for b in sorted(REGISTRY, key=len, reverse=True)
          if stem == b or (stem.startswith(f"{b}_") and stem[len(b) + 1:].isdigit())), None)
@@ -356,6 +361,7 @@ def features_command(out_dir: Path, manifest: Mapping[str, Any] | None = None, *
     if spec is not None and size is None and stem != spec.name and not manifest:
         size = int(stem[len(spec.name) + 1:])
     layer = manifest.get("layer") if manifest else (named_layer or None)
+    pool = manifest.get("pool", DEFAULT_POOL) if manifest else (named_pool or DEFAULT_POOL)
     size = size or (spec.input_size if spec is not None else None)
     if spec is not None and size != spec.input_size:
         options += ["--image-size", str(size)]
@@ -372,8 +378,10 @@ def features_command(out_dir: Path, manifest: Mapping[str, Any] | None = None, *
         options += ["--decoder", manifest["decoder"]]
     if layer is not None:
         options += ["--layer", layer]
+    if pool != DEFAULT_POOL:
+        options += ["--pool", pool]
     if spec is None or name != default_feature_set_name(spec.name, input_size=spec.input_size, image_size=size,
-                                                        layer=layer):
+                                                        layer=layer, pool=pool):
         options += ["--name", name]
     if force:
         options.append("--force")
@@ -527,6 +535,12 @@ class FeatureSet:
         return self.manifest.get("layer")
 
     @property
+    def pool(self) -> str:
+        """How the layer's feature map was pooled: 'avg' (every set made before ``--pool`` existed), 'max' or
+        'avgmax' (:data:`kaggle_kit.backbones.POOLS`)."""
+        return self.manifest.get("pool", DEFAULT_POOL)
+
+    @property
     def images_per_second(self) -> float | None:
         return self.manifest.get("images_per_second")
 
@@ -604,7 +618,8 @@ def finish_feature_set(out_dir: Path, dataset: Dataset, *, key: str, image_list_
                        views: Sequence[str] = (), unreadable: Mapping[str, Sequence[str]], backbone: str, weights: str, weights_kind: str,
                        preprocess: str | None, input_size: int | None, weights_path: Path | str | None = None,
                        decoder: str | None = None, engine: str | None = None, cluster: ClusterRun | None = None,
-                       layer: str | None = None, details: Mapping[str, Any] | None = None) -> FeatureSet:
+                       layer: str | None = None, pool: str = DEFAULT_POOL,
+                       details: Mapping[str, Any] | None = None) -> FeatureSet:
     """Write ``ids.json`` then ``manifest.json`` beside arrays already in place; return the loaded set.
 
     ``unreadable`` maps 'train'/'test' to the relative files that could not be decoded (the manifest keeps
@@ -616,7 +631,8 @@ def finish_feature_set(out_dir: Path, dataset: Dataset, *, key: str, image_list_
     the set stale). ``weights_path``: the local weights file loaded, if any (the report's heatmaps rebuild the
     backbone from it). ``layer``: the layer the features were pooled from (``--layer``), None for the
     backbone's default features (:attr:`FeatureSet.layer`; the key is written only for a layer). ``views``: the
-    extra views (:attr:`FeatureSet.views`; the key is written only when there are some).
+    extra views (:attr:`FeatureSet.views`; the key is written only when there are some). ``pool``: how the maps
+    were pooled (:attr:`FeatureSet.pool`; the key is written only when not by their average).
     """
     ids = {"train_ids": list(dataset.train_ids), "train_labels": dataset.y.tolist(), "test_ids": list(dataset.test_ids)}
     write_json_atomic(out_dir / "ids.json", ids)
@@ -637,6 +653,7 @@ def finish_feature_set(out_dir: Path, dataset: Dataset, *, key: str, image_list_
         weights_path=str(weights_path) if weights_path is not None else None, preprocess=preprocess,
         input_size=input_size, decoder=decoder, engine=engine, **(cluster.fields() if cluster is not None else {}),
         **({} if layer is None else {"layer": layer}), **({"views": list(views)} if views else {}),
+        **({} if pool == DEFAULT_POOL else {"pool": pool}),
     )
     clash = set(details or {}) & set(fields)
     if clash:

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import intercept_keras_weights_requests
+from kaggle_kit import backbones as backbones_module
 from kaggle_kit import cam
 from kaggle_kit.artifacts import KitError
 from kaggle_kit.backbones import (
@@ -16,6 +17,7 @@ from kaggle_kit.backbones import (
     build_base,
     build_extractor,
     build_feature_map,
+    check_pool,
     cut_layers,
     cut_layers_of,
     extractor_on,
@@ -227,6 +229,57 @@ def test_a_multi_layer_extractor_equals_single_layer_extractors():
     np.testing.assert_allclose(block5, alone, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(last, default, rtol=1e-5, atol=1e-6)
     assert block2.shape == (3, 24) and block5.std() > 0 and not np.allclose(block5[0], block5[1])
+
+
+def test_max_and_avgmax_pooling_are_the_maps_maximum_and_mean_per_channel():
+    """--pool: each layer's map (and the last one, found before the backbone's own average pooling) is pooled by
+    its maximum, or by its mean and maximum side by side; 'avg' stays the old extractor."""
+    b = REGISTRY["efficientnet_lite0"]
+    base = build_base(b, image_size=64, weights=NONE)
+    images = np.random.default_rng(1).integers(0, 256, size=(3, 64, 64, 3), dtype=np.uint8)
+    keras = load_keras()
+    net = build_feature_map(b, image_size=64, weights=NONE)
+    cuttable = backbones_module._cuttable(base)  # the maps themselves, through the same preprocessing
+    trunk = keras.Model(base.inputs, [cuttable[name].output for name in ("block5", "block2")])
+    inputs = keras.Input((64, 64, 3), dtype="uint8")
+    block5, block2 = keras.Model(inputs, trunk(preprocess_layer(b.preprocess)(inputs))).predict_on_batch(images)
+    maps = {"block5": np.asarray(block5), "block2": np.asarray(block2), LAST: net.predict(images)[0]}
+    for pool, expect in (("max", lambda m: m.max(axis=(1, 2))),
+                         ("avgmax", lambda m: np.concatenate([m.mean(axis=(1, 2)), m.max(axis=(1, 2))], axis=1))):
+        model = extractor_on(base, b, image_size=64, layers=["block5", LAST, "block2"], pool=pool)
+        assert [s[-1] for s in model.output_shape] == [w * (2 if pool == "avgmax" else 1) for w in (112, 1280, 24)]
+        for got, name in zip(model.predict_on_batch(images), ("block5", LAST, "block2")):
+            np.testing.assert_allclose(np.asarray(got), expect(maps[name]), rtol=1e-4, atol=1e-5)
+    alone = np.asarray(extractor_on(base, b, image_size=64, pool="avgmax").predict_on_batch(images))  # last only
+    assert alone.shape == (3, 2560)
+    np.testing.assert_allclose(alone[:, :1280], np.asarray(extractor_on(base, b, image_size=64)
+                                                           .predict_on_batch(images)), rtol=1e-5, atol=1e-6)
+    mean, top = alone[:, :1280], alone[:, 1280:]
+    assert (top >= mean * (1 - 1e-5)).all() and (top > 1.1 * mean).any()  # the max half is not the mean again
+
+
+def test_convnext_pools_its_last_map_through_its_own_layer_norm():
+    b = REGISTRY["convnext_tiny"]
+    base = build_base(b, image_size=32, weights=NONE)
+    images = np.random.default_rng(2).integers(0, 256, size=(2, 32, 32, 3), dtype=np.uint8)
+    net = build_feature_map(b, image_size=32, weights=NONE)
+    F, pooled = net.predict(images)
+    gamma, beta, eps = net.layer_norm
+
+    def norm(g):
+        return (g - g.mean(1, keepdims=True)) / np.sqrt(g.var(1, keepdims=True) + eps) * gamma + beta
+
+    got = np.asarray(extractor_on(base, b, image_size=32, pool="avgmax").predict_on_batch(images))
+    np.testing.assert_allclose(got[:, :768], pooled, rtol=1e-4, atol=1e-4)  # the mean half: the default features
+    np.testing.assert_allclose(got[:, 768:], norm(F.max(axis=(1, 2)).astype(np.float64)), rtol=1e-3, atol=1e-3)
+
+
+def test_an_unknown_pool_is_one_line():
+    from kaggle_kit import store
+
+    assert check_pool("avgmax") == "avgmax" and store.DEFAULT_POOL == backbones_module.DEFAULT_POOL
+    with pytest.raises(KitError, match=r"^--pool 'mean' is not one of: avg, max, avgmax$"):
+        build_extractor(REGISTRY["efficientnet_lite0"], image_size=64, weights=NONE, pool="mean")
 
 
 def test_an_unknown_layer_is_one_line_listing_the_cuts():

@@ -153,6 +153,7 @@ def test_the_model_mapped_is_the_best_logreg_on_one_registered_backbones_last_la
     features("mine", "my_own_net")  # not a registered backbone: nothing to rebuild
     features("sized", "resnet50", input_size=None)  # made by another tool, size unknown
     features("mid", "resnet50", details={"layer": "conv4_block6_out"})  # not the last feature map
+    features("maxed", "resnet50", details={"pool": "avgmax"})  # not the map's mean: the map is not exact
     noise = np.random.default_rng(1).normal(size=plan.n_train)
 
     def model(name, strength, *, head="logreg", on=None):
@@ -162,7 +163,7 @@ def test_the_model_mapped_is_the_best_logreg_on_one_registered_backbones_last_la
 
     model("resnet50__logreg", 1.0)
     model("xception__logreg", 1.5)
-    for better in ("resnet50__mlp", "mine__logreg", "sized__logreg", "mid__logreg", "gone__logreg"):
+    for better in ("resnet50__mlp", "mine__logreg", "sized__logreg", "mid__logreg", "maxed__logreg", "gone__logreg"):
         model(better, 3.0, head=better.split("__")[1])  # each better, none mappable
     model("concat__logreg", 3.0, on=["resnet50", "xception"])  # a head on two feature sets: no single map
     results = load_cv_results(exp_dir, plan=plan)

@@ -275,10 +275,12 @@ def test_layer_sets_split_the_shards_columns_and_record_their_layer(small_comp, 
 
     built = []
 
-    def fake_build(backbone, *, image_size, weights, batch_size, layers):
-        built.append(tuple(layers))
-        return Predictor(predict=predict, widths=(3, 2), build_seconds=0.0, warmup_seconds=0.0,
-                         keras_backend="numpy", keras_version="-")
+    def fake_build(backbone, *, image_size, weights, batch_size, layers, pool):
+        built.append(tuple(layers) + ((pool,) if pool != "avg" else ()))
+        columns = {"means": slice(0, 3), "stats": slice(3, 5)}
+        return Predictor(predict=lambda b: np.concatenate([predict(b)[:, columns[layer]] for layer in layers], 1),
+                         widths=tuple(columns[layer].stop - columns[layer].start for layer in layers),
+                         build_seconds=0.0, warmup_seconds=0.0, keras_backend="numpy", keras_version="-")
 
     monkeypatch.setattr(features_mod, "build_predictor", fake_build)
     ds = discover(small_comp)
@@ -296,3 +298,42 @@ def test_layer_sets_split_the_shards_columns_and_record_their_layer(small_comp, 
     assert not any((d / ".partial").exists() for d, _ in jobs)
     again = extract_feature_sets(ds, jobs, progress=False)
     assert [r.cached for r in again] == [True, True] and len(built) == 1
+    # --pool reaches the model, and the set records it: its own key, manifest field, name and re-run hint
+    name = default_feature_set_name("resnet50", input_size=224, image_size=32, layer="stats", pool="avgmax")
+    assert name == "resnet50_32-stats.avgmax"
+    pooled = extract_feature_sets(ds, [(jobs[0][0].parent / name, settings(layer="stats", tta="flip", pool="avgmax"))],
+                                  progress=False)[0]
+    assert built[-1] == ("stats", "avgmax") and not pooled.cached
+    assert pooled.features.pool == "avgmax" and pooled.features.manifest["pool"] == "avgmax"
+    assert "pool" not in stats.features.manifest and stats.features.pool == "avg"  # sets made before --pool
+    assert pooled.features.key != stats.features.key
+    hint = features_command(pooled.out_dir, pooled.features.manifest)
+    assert "--layer stats --pool avgmax" in hint and "--name" not in hint
+    bare = features_command(pooled.out_dir)  # without a manifest, the folder's name says the same
+    assert bare.endswith("--image-size 32 --layer stats --pool avgmax") and "--name" not in bare
+
+
+@pytest.mark.slow  # runs a Keras backbone over photos
+def test_the_cli_pools_by_mean_and_max_and_status_says_so(small_comp, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from kaggle_kit.cli import app
+    from kaggle_kit.status import experiment_status, render_text
+
+    monkeypatch.chdir(tmp_path)
+    common = ["features", "--data", str(small_comp), "-b", "resnet50", "--weights", "none", "--image-size", "32", "-q"]
+    bad = CliRunner().invoke(app, [*common, "--pool", "mean"])
+    assert bad.exit_code == 2 and "'mean' is not one of" in bad.output and "'avgmax'" in bad.output
+    assert not (tmp_path / "experiments").exists()
+    plain = CliRunner().invoke(app, common)
+    both = CliRunner().invoke(app, [*common, "--pool", "avgmax", "--layer", "conv3_block4_out", "--layer", "last"])
+    assert plain.exit_code == 0 and both.exit_code == 0, both.output
+    root = tmp_path / "experiments" / "default" / "features"
+    assert sorted(p.name for p in root.iterdir()) == ["resnet50_32", "resnet50_32-conv3_block4_out.avgmax",
+                                                      "resnet50_32.avgmax"]
+    avg, avgmax = load_features(root / "resnet50_32"), load_features(root / "resnet50_32.avgmax")
+    assert avgmax.width == 2 * avg.width == 4096 and load_features(root / "resnet50_32-conv3_block4_out.avgmax").width == 1024
+    np.testing.assert_allclose(avgmax.arrays["train"][:, :2048], avg.arrays["train"], rtol=1e-5, atol=1e-6)
+    assert (avgmax.arrays["train"][:, 2048:] >= avg.arrays["train"] * (1 - 1e-5)).all()
+    text = " ".join(render_text(experiment_status(tmp_path / "experiments" / "default")))
+    assert "layer conv3_block4_out, avgmax pooling" in text and text.count("avgmax pooling") == 2

@@ -219,6 +219,13 @@ def test_a_worker_computes_every_asked_layer_side_by_side_and_refuses_an_unknown
     bad = ShardWorker(layers=("block9",), **common)
     assert "cannot start: unknown layer 'block9' of efficientnet_lite0" in bad.info()["error"]
     assert "\n" not in bad.info()["error"]
+    pooled = ShardWorker(layers=("block2",), pool="avgmax", **common)  # --pool reaches the workers
+    assert pooled.info()["widths"] == [48]
+    both = build_predictor(spec, image_size=32, weights=common["weights"], batch_size=4, layers=("block2",),
+                           pool="avgmax")
+    np.testing.assert_allclose(pooled.extract(paths)["arrays"]["feats"], both.predict(photos)[:6], rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(both.predict(photos)[:6, :24], alone.predict(photos)[:6], rtol=1e-5, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------- slow: real Ray runs

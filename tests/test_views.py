@@ -99,7 +99,7 @@ def numpy_model(monkeypatch, calls: list, stop_after: int | None = None):
         return np.concatenate([x.mean(axis=(1, 2)), x[:, :half].mean(axis=(1, 2, 3))[:, None],
                                x[:, :, :half].mean(axis=(1, 2, 3))[:, None]], axis=1)
 
-    def build(backbone, *, image_size, weights, batch_size, layers):
+    def build(backbone, *, image_size, weights, batch_size, layers, pool):
         return Predictor(predict=predict, widths=(5,), build_seconds=0.0, warmup_seconds=0.0,
                          keras_backend="numpy", keras_version="-")
 
