@@ -58,11 +58,12 @@ def run_kit(args: list[str], *, cwd: Path, env: dict | None = None, timeout: flo
 
 def features_end_to_end(data: Path, workdir: Path, *, backbone: str, weights: str, size: int, batch: int,
                         exp: str, workers: int | None = None, env: dict | None = None, extra: list[str] = (),
-                        timeout: float | None = None) -> dict:
+                        timeout: float | None = None, pool: str = "avg") -> dict:
     """``kaggle-kit features [EXTRA]`` in a subprocess: images/s from its manifest (extraction only: after the
     model is built and compiled), peak RSS of the driver, the command's wall time and the engine's own figures.
 
-    ``extra``: more options (e.g. ``--decoder dali``, ``--engine ray``)."""
+    ``extra``: more options (e.g. ``--decoder dali``, ``--engine ray``); ``pool``: ``--pool`` (the last layer's
+    set, whose figures are read, is named after it)."""
     from dataclasses import asdict
 
     from kaggle_kit.backbones import get_backbone
@@ -72,11 +73,13 @@ def features_end_to_end(data: Path, workdir: Path, *, backbone: str, weights: st
             "--batch-size", str(batch), "--data", str(data), "--exp", exp, "--quiet", "--force"]
     if workers:
         args += ["--workers", str(workers)]
+    if pool != "avg":
+        args += ["--pool", pool]
     t0 = time.perf_counter()
     _, peak = run_kit([*args, *extra], cwd=workdir, env=env, timeout=timeout)
     wall = time.perf_counter() - t0
     spec = get_backbone(backbone)
-    name = default_feature_set_name(spec.name, input_size=spec.input_size, image_size=size)
+    name = default_feature_set_name(spec.name, input_size=spec.input_size, image_size=size, pool=pool)
     fs = load_features(features_dir(experiment_dir(exp, root=workdir), name))
     engine = {"engine": fs.engine, "build_seconds": fs.build_seconds, "warmup_seconds": fs.warmup_seconds,
               **(asdict(fs.cluster) if fs.cluster is not None else {})}

@@ -200,7 +200,7 @@ def cmd_speed(args) -> None:
                            code=2) from None
         weights = args.weights or (str(SQUEEZENET_H5) if spec.name == "squeezenet" else "imagenet")
         predictor = build_predictor(spec, image_size=size, weights=resolve_weights(spec, weights, image_size=size),
-                                    batch_size=args.batch_size, layers=layers)
+                                    batch_size=args.batch_size, layers=layers, pool=args.pool)
         built[config] = (predictor, size)
     best = dict.fromkeys(built, 0.0)
     decoded = {}
@@ -214,7 +214,8 @@ def cmd_speed(args) -> None:
             decoded[config] = int(np.concatenate(ok).sum())
     n_views = 2 * (1 + len(views))
     predictor = next(iter(built.values()))[0]
-    print(f"{len(paths)} images x {n_views} views, layers {', '.join(args.layer or ['(default features)'])}")
+    print(f"{len(paths)} images x {n_views} views, layers {', '.join(args.layer or ['(default features)'])}, "
+          f"--pool {args.pool}")
     for config, rate in best.items():
         widths = "+".join(map(str, built[config][0].widths))
         print(f"{config:<28}{rate:>8.1f} img/s   width {widths}")
@@ -225,12 +226,13 @@ def cmd_speed(args) -> None:
             "img_per_s": {c: round(r, 1) for c, r in best.items()},
             "widths": {c: list(p.widths) for c, (p, _) in built.items()},
             "decoded": decoded, "images": len(paths), "views": n_views, "view_names": list(views),
-            "layers": args.layer or [], "rounds": args.rounds, "batch_size": args.batch_size,
+            "layers": args.layer or [], "pool": args.pool, "rounds": args.rounds, "batch_size": args.batch_size,
             "keras_backend": predictor.keras_backend, "keras_version": predictor.keras_version,
         })
 
 
 def main(argv=None) -> None:
+    from kaggle_kit.backbones import POOLS
     from kaggle_kit.views import DEFAULT_VIEW_KIND, VIEW_KINDS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -262,6 +264,7 @@ def main(argv=None) -> None:
                    help="for every config: imagenet, none or a file (default: imagenet; squeezenet: the shared "
                         "HDF5 file)")
     p.add_argument("--views", type=int, default=0, help="extra views, as 'kaggle-kit features --views N'")
+    p.add_argument("--pool", choices=POOLS, default="avg", help="as 'kaggle-kit features --pool'")
     p.add_argument("--view-kind", choices=VIEW_KINDS, default=DEFAULT_VIEW_KIND)
     p.add_argument("--images", type=int, default=256)
     p.add_argument("--rounds", type=int, default=2)

@@ -18,7 +18,8 @@ Sections:
    back to back: the engine's overhead, and per-shard times from which to extrapolate to N GPU workers;
 6. new_feature_sets: `features` end to end for efficientnet_lite1 (384 px) and efficientnet_lite2 (320 px) at
    their default sizes, and one multi-layer pass (lite0 320 px, --layer block5 block6 last: one decode, one
-   forward pass, three feature sets) beside the single-set lite0 320 px run, same 256 mini photos, batch 32.
+   forward pass, three feature sets) beside the single-set lite0 320 px run, same 256 mini photos, batch 32; then
+   the recipe's SqueezeNet 128 px pass (fire5_concat, fire6_concat, last) with --pool avg and --pool avgmax.
 
     .venv/bin/python bench/run.py [--quick] [--only quality ...]   (one section: results-<section>.json)
 """
@@ -326,36 +327,41 @@ def bench_ray(work: Path, *, quick: bool) -> dict:
 
 # ------------------------------------------------------------------------------------- 6. new feature sets
 MULTI_LAYERS = ("block5", "block6", "last")
+SQUEEZENET_LAYERS = ("fire5_concat", "fire6_concat", "last")  # the recipe's 128 px cuts, and the last layer
 
 
 def bench_new_feature_sets(work: Path, *, quick: bool) -> list[dict]:
-    """End-to-end img/s of the Lite1/Lite2 feature sets and of one multi-layer pass, all on the same photos."""
+    """End-to-end img/s of the Lite1/Lite2 feature sets, of one multi-layer pass, and of the recipe's SqueezeNet
+    pass with mean and with mean-and-max pooling (--pool avgmax), all on the same photos."""
     from kaggle_kit.backbones import get_backbone
     from kaggle_kit.store import default_feature_set_name, experiment_dir, features_dir, load_features
 
     per_class, n_test = (16, 32) if quick else (96, 64)  # 256 photos, or 64 with --quick
     data = subset_competition(MINI, work / "data-new-sets", n_per_class=per_class, n_test=n_test)
-    cases = [  # label, backbone, size, layers
-        ("lite0 single set", "efficientnet_lite0", 320, None),
-        ("lite0 3 layers, one pass", "efficientnet_lite0", 320, MULTI_LAYERS),
-        ("lite1", "efficientnet_lite1", get_backbone("efficientnet_lite1").input_size, None),
-        ("lite2", "efficientnet_lite2", get_backbone("efficientnet_lite2").input_size, None),
+    cases = [  # label, backbone, size, layers, pool
+        ("lite0 single set", "efficientnet_lite0", 320, None, "avg"),
+        ("lite0 3 layers, one pass", "efficientnet_lite0", 320, MULTI_LAYERS, "avg"),
+        ("lite1", "efficientnet_lite1", get_backbone("efficientnet_lite1").input_size, None, "avg"),
+        ("lite2", "efficientnet_lite2", get_backbone("efficientnet_lite2").input_size, None, "avg"),
+        ("squeezenet 3 layers, avg", "squeezenet", 128, SQUEEZENET_LAYERS, "avg"),
+        ("squeezenet 3 layers, avgmax", "squeezenet", 128, SQUEEZENET_LAYERS, "avgmax"),
     ]
     rows = []
-    for label, backbone, size, layers in cases:
+    for label, backbone, size, layers, pool in cases:
         extra = [x for layer in layers for x in ("--layer", layer)] if layers else []
-        exp = f"new-{backbone}-{'multi' if layers else 'single'}"
+        exp = f"new-{backbone}-{'multi' if layers else 'single'}-{pool}"
         log(f"new feature sets: {label} ({backbone} {size} px) on {2 * per_class + n_test} photos")
-        r = features_end_to_end(data, work, backbone=backbone, weights="imagenet", size=size, batch=32, exp=exp,
-                                extra=extra)
+        weights = str(SQUEEZENET_H5) if backbone == "squeezenet" else "imagenet"
+        r = features_end_to_end(data, work, backbone=backbone, weights=weights, size=size, batch=32, exp=exp,
+                                extra=extra, pool=pool)
         row = {"case": label, "backbone": backbone, "size": size, "batch": 32, "layers": list(layers or ["last"]),
-               **r}
+               "pool": pool, **r}
         if layers:  # every set of the pass is on disk; their records share the pass's figures
             spec = get_backbone(backbone)
             widths = {}
             for layer in layers:
                 name = default_feature_set_name(spec.name, input_size=spec.input_size, image_size=size,
-                                                layer=None if layer == "last" else layer)
+                                                layer=None if layer == "last" else layer, pool=pool)
                 fs = load_features(features_dir(experiment_dir(exp, root=work), name))
                 widths[name] = fs.width
             row["feature_sets"] = widths

@@ -378,7 +378,7 @@ def extractor_on(base, backbone: Backbone, *, image_size: int, layers: Sequence[
             if name == LAST and pool == DEFAULT_POOL:
                 outputs.append(base.output)
             elif name == LAST:
-                gap, layer_norm = final_pooling(base, backbone)
+                gap, layer_norm = final_pooling(base, backbone, purpose=f"it cannot be pooled by --pool {pool}")
                 parts = _pool_parts(keras, gap.input, pool, name=f"pool_{i}")
                 if layer_norm is not None:  # ConvNeXt: its LayerNorm after the pooling, on each part alike
                     parts = [layer_norm(part) for part in parts]
@@ -402,8 +402,6 @@ def extractor_on(base, backbone: Backbone, *, image_size: int, layers: Sequence[
 
 
 # ------------------------------------------------------------------------------------- cutting at a layer
-
-
 # Where the graph's own names say more than the stage-end rule of _cut_points: every Inception module
 # (mixed7 is the classic cut for cats and dogs), every SqueezeNet fire module, every EfficientNet-Lite stage.
 CURATED_CUTS = {
@@ -549,7 +547,7 @@ class FeatureMapModel:
         return keras.ops.convert_to_numpy(maps), keras.ops.convert_to_numpy(pooled)
 
 
-def final_pooling(base, backbone: Backbone, *, purpose: str = "no other pooling"):
+def final_pooling(base, backbone: Backbone, *, purpose: str):
     """The base's final GlobalAveragePooling2D layer (its ``input`` is the last feature map) and the
     LayerNormalization over channels after it (ConvNeXt), else None; anything else is a one-line error that ends
     with ``purpose``."""

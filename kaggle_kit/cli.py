@@ -362,10 +362,11 @@ def demo(
     ),
     recipe: bool = typer.Option(
         False, "--recipe",
-        help="Run the kit's recommended recipe for a new competition instead of one backbone: six feature sets "
-        "(EfficientNet-Lite0 320 px and Lite2 224 px last layers, Lite0 128 px block5x, SqueezeNet 128 and 160 px "
-        "fire6_concat and 192 px last layer), a logreg head on each and a concat head on the three SqueezeNet "
-        "sets. SqueezeNet's weights file must be in $KAGGLE_KIT_WEIGHTS or --weights-dir.",
+        help="Run the kit's recommended recipe for a new competition instead of one backbone: seven feature sets "
+        "(EfficientNet-Lite0 320 px and Lite2 224 px last layers, Lite0 128 px block5x; SqueezeNet 128 px "
+        "fire5_concat and fire6_concat and 160 px fire6_concat with --pool avgmax, and 192 px last layer), a logreg "
+        "head on each and a concat head on the four SqueezeNet sets. SqueezeNet's weights file must be in "
+        "$KAGGLE_KIT_WEIGHTS or --weights-dir.",
     ),
     backbone: Optional[list[str]] = typer.Option(
         None, "--backbone", "-b",

@@ -386,26 +386,30 @@ class RecipeStep(NamedTuple):
 # The kit's recommended recipe for a new competition (``kaggle-kit demo --recipe``), chosen out of fold on both dev
 # sets: dogs-vs-cats-mini (photos) and malaria-mini (cells under a microscope, 50 px), where last-layer features
 # of ImageNet networks are weak. Figures: malaria-mini, patient-grouped folds (cv --groups), rotation views,
-# logreg head OOF log loss per set (bench/recipe-results.md, 2026-11-30):
+# logreg head OOF log loss per set (2026-11-30):
 # 1. Lite0 at its default 320 px, last layer: the demo's default set, the strongest on photos (on
 #    dogs-vs-cats-mini the blend gives it all the weight, so the recipe's submission is the default's); .199;
 # 2. Lite2 at 224 px, last layer: the best last layer of the Lites on cells, .170;
 # 3. Lite0 at 128 px, block5x (stage 5's end expanded by the next block's 1x1 conv): a mid-level cut, .178;
-# 4-6. SqueezeNet at 128 and 160 px, fire6_concat (.156, .162), and at 192 px, last layer (.154): another
-#    network's features, cheap (210 / 145 / 115 img/s against 9.8 for step 1 on this 2-core machine), each alone
-#    and the three side by side in one concat head (RECIPE_CONCAT, .141).
-# Their blend: .137 (the default's Lite0 320 set alone: .199); on malaria-mini's test cells 0.134 against 0.163.
+# 4-6. SqueezeNet at 128 px, fire6_concat and fire5_concat, and at 160 px, fire6_concat, each pooled by its mean
+#    and its maximum side by side (--pool avgmax: .142, .163, .149, against .156, .191, .162 for the mean alone:
+#    the maximum keeps a parasite's small, strong response that the mean over the cell dilutes; on the Lites'
+#    cuts and on last layers it did not help), and at 192 px its last layer by the mean (.154): another
+#    network's features, cheap (about 210 / 145 / 115 img/s against 9.8 for step 1 on this 2-core machine), each
+#    alone and the four side by side in one concat head (RECIPE_CONCAT, .133; with mean pooling: .141).
+# Their blend: .132 (the default's Lite0 320 set alone: .199; the recipe before --pool: .137).
 # Every set is extracted with flip TTA (plus the --views asked for) and gets a logreg head (RECIPE_HEADS).
 RECIPE: tuple[RecipeStep, ...] = (
     RecipeStep("efficientnet_lite0", None, ("last",)),
     RecipeStep("efficientnet_lite2", 224, ("last",)),
     RecipeStep("efficientnet_lite0", 128, ("block5x",)),
-    RecipeStep("squeezenet", 128, ("fire6_concat",)),
-    RecipeStep("squeezenet", 160, ("fire6_concat",)),
+    RecipeStep("squeezenet", 128, ("fire6_concat", "fire5_concat"), "avgmax"),
+    RecipeStep("squeezenet", 160, ("fire6_concat",), "avgmax"),
     RecipeStep("squeezenet", 192, ("last",)),
 )
 RECIPE_HEADS = ("logreg",)  # cv's heads on each of the recipe's feature sets
-RECIPE_CONCAT = ("squeezenet_192", "squeezenet_128-fire6_concat", "squeezenet_160-fire6_concat")  # one concat head
+RECIPE_CONCAT = ("squeezenet_192", "squeezenet_128-fire6_concat.avgmax", "squeezenet_160-fire6_concat.avgmax",
+                 "squeezenet_128-fire5_concat.avgmax")  # one concat head on these, in this order
 DEMO_BACKBONES = ("efficientnet_lite0",)  # the default demo: one step, the backbone's default features
 DEMO_EXP, RECIPE_EXP = "demo", "demo-recipe"  # separate experiments: a blend takes every cv model of its experiment
 # Backbones whose ImageNet weights come only as a file (nothing downloads them): ``--weights-dir`` is for them.

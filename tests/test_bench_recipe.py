@@ -210,6 +210,9 @@ def test_speed_times_configs_through_the_kits_extractor_with_layers_and_views(re
     # interleaved rounds: config 1, config 2, config 1, config 2; each with flip and the rot90 view
     assert [(k["image_size"], k["tta"], tuple(k["views"])) for k in seen] == [
         (32, "flip", ("rot90",)), (48, "flip", ("rot90",))] * 2
+    recipe.main(["speed", "--data", str(mini), "--config", "efficientnet_lite0:32", "--weights", "none", "--layer",
+                 "block5x", "--pool", "avgmax", "--images", "4", "--rounds", "1", "--out", str(out)])
+    assert json.loads(out.read_text())["widths"] == {"efficientnet_lite0:32": [2 * 672]}  # mean and max, side by side
     with pytest.raises(SystemExit, match="unknown layer 'block9x' of efficientnet_lite0; choose one of: .*block6x"):
         recipe.main(["speed", "--data", str(mini), "--config", "efficientnet_lite0:32", "--weights", "none",
                      "--layer", "block9x", "--images", "4"])

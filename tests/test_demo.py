@@ -193,9 +193,12 @@ def test_smoke_run_end_to_end(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------------ the recipe
 MALARIA = Path(__file__).resolve().parents[2] / "shared" / "data" / "malaria-mini"
 GROUPS = "^(.*?)[Tt]hin"  # malaria-mini's slide/patient id: the part of the file name before ThinF/thinF
-# The recipe's six feature sets, by the names the brief gives them (not computed: this checks the computation).
+# The recipe's seven feature sets, by the names the brief gives them (not computed: this checks the computation).
 RECIPE_SETS = ["efficientnet_lite0", "efficientnet_lite2_224", "efficientnet_lite0_128-block5x",
-               "squeezenet_128-fire6_concat", "squeezenet_160-fire6_concat", "squeezenet_192"]
+               "squeezenet_128-fire6_concat.avgmax", "squeezenet_128-fire5_concat.avgmax",
+               "squeezenet_160-fire6_concat.avgmax", "squeezenet_192"]
+RECIPE_CONCAT_SETS = ["squeezenet_192", "squeezenet_128-fire6_concat.avgmax", "squeezenet_160-fire6_concat.avgmax",
+                      "squeezenet_128-fire5_concat.avgmax"]
 
 
 def parses(command_line: str) -> dict:
@@ -279,15 +282,16 @@ def test_the_recipe_runs_the_commands_it_prints(tmp_path, monkeypatch, faked_sta
     assert all(kw["exp_dir"].resolve() == exp_dir for _, kw in calls)
     assert all(p["exp"] == "demo-recipe" for p in parsed)
 
-    steps = [(kw["backbone"], kw["image_size"], tuple(kw["layers"])) for _, kw in calls[:6]]
-    assert steps == [("efficientnet_lite0", None, ("last",)), ("efficientnet_lite2", 224, ("last",)),
-                     ("efficientnet_lite0", 128, ("block5x",)), ("squeezenet", 128, ("fire6_concat",)),
-                     ("squeezenet", 160, ("fire6_concat",)), ("squeezenet", 192, ("last",))]
+    steps = [(kw["backbone"], kw["image_size"], tuple(kw["layers"]), kw["pool"]) for _, kw in calls[:6]]
+    assert steps == [("efficientnet_lite0", None, ("last",), "avg"), ("efficientnet_lite2", 224, ("last",), "avg"),
+                     ("efficientnet_lite0", 128, ("block5x",), "avg"),
+                     ("squeezenet", 128, ("fire6_concat", "fire5_concat"), "avgmax"),
+                     ("squeezenet", 160, ("fire6_concat",), "avgmax"), ("squeezenet", 192, ("last",), "avg")]
     for p, (_, kw) in zip(parsed[:6], calls[:6]):
         assert (p["backbone"], p["image_size"], p["weights"], p["tta"], p["views"], p["view_kind"]) == \
             (kw["backbone"], kw["image_size"], kw["weights"], kw["tta"], kw["views"], kw["view_kind"])
         assert (p["data"], p["positive"]) == (kw["data"], kw["positive"]) == (comp, "Parasitized")
-        assert (p["layer"] or ["last"]) == kw["layers"]
+        assert (p["layer"] or ["last"]) == kw["layers"] and p["pool"] == kw["pool"]
         assert (kw["tta"], kw["views"], kw["view_kind"]) == ("flip", 3, "rotations")
         assert kw["weights"] == (str(weights) if kw["backbone"] == "squeezenet" else "imagenet")
 
@@ -295,8 +299,7 @@ def test_the_recipe_runs_the_commands_it_prints(tmp_path, monkeypatch, faked_sta
     assert cv_all["feature_sets"] == parsed[6]["backbone"] == RECIPE_SETS
     assert cv_all["heads"] == parsed[6]["head"] == ["logreg"]
     assert cv_all["groups"] == parsed[6]["groups"] == GROUPS and cv_all["n_folds"] == parsed[6]["folds"] == 5
-    assert cv_concat["feature_sets"] == parsed[7]["backbone"] == \
-        ["squeezenet_192", "squeezenet_128-fire6_concat", "squeezenet_160-fire6_concat"]
+    assert cv_concat["feature_sets"] == parsed[7]["backbone"] == RECIPE_CONCAT_SETS
     assert cv_concat["heads"] == parsed[7]["head"] == ["concat"] and parsed[7]["groups"] is None
     assert parsed[9]["name"] == calls[9][1]["name"] and calls[9][1]["name"].startswith("demo-recipe-")
     assert result.stdout.splitlines()[-1] == str(Path("submissions") / calls[9][1]["name"])
@@ -406,13 +409,15 @@ def test_the_recipe_end_to_end_on_a_few_cells(tmp_path, monkeypatch, weights_env
         f"kaggle-kit features {common} efficientnet_lite0 {tail}",
         f"kaggle-kit features {common} efficientnet_lite2 --image-size 224 {tail}",
         f"kaggle-kit features {common} efficientnet_lite0 --image-size 128 --layer block5x {tail}",
-        f"kaggle-kit features {common} squeezenet --image-size 128 --layer fire6_concat --weights {weights} {tail}",
-        f"kaggle-kit features {common} squeezenet --image-size 160 --layer fire6_concat --weights {weights} {tail}",
+        f"kaggle-kit features {common} squeezenet --image-size 128 --layer fire6_concat --layer fire5_concat "
+        f"--pool avgmax --weights {weights} {tail}",
+        f"kaggle-kit features {common} squeezenet --image-size 160 --layer fire6_concat --pool avgmax --weights "
+        f"{weights} {tail}",
         f"kaggle-kit features {common} squeezenet --image-size 192 --weights {weights} {tail}",
         "kaggle-kit cv --exp demo-recipe --folds 5 --groups '^(.*?)[Tt]hin' "
         + " ".join(f"--backbone {s}" for s in RECIPE_SETS) + " --head logreg",
-        "kaggle-kit cv --exp demo-recipe --folds 5 --backbone squeezenet_192 --backbone squeezenet_128-fire6_concat "
-        "--backbone squeezenet_160-fire6_concat --head concat",
+        "kaggle-kit cv --exp demo-recipe --folds 5 " + " ".join(f"--backbone {s}" for s in RECIPE_CONCAT_SETS)
+        + " --head concat",
     ]
     assert commands[8] == "kaggle-kit blend --exp demo-recipe" and commands[9].startswith("kaggle-kit submit ")
     for command in commands:
@@ -432,8 +437,8 @@ def test_the_recipe_end_to_end_on_a_few_cells(tmp_path, monkeypatch, weights_env
         assert len({plan.plan[0, k] for k, h in enumerate(groups) if h == g}) == 1
     models = load_cv_results(exp_dir, plan=plan)
     assert sorted(models) == sorted([f"{s}__logreg" for s in RECIPE_SETS] + ["concat__logreg"])
-    assert models["concat__logreg"].features == ("squeezenet_192", "squeezenet_128-fire6_concat",
-                                                 "squeezenet_160-fire6_concat")
+    assert models["concat__logreg"].features == tuple(RECIPE_CONCAT_SETS)
+    assert load_features(features_dir(exp_dir, "squeezenet_128-fire5_concat.avgmax")).width == 2 * 256
     lines = result.stdout.strip().splitlines()
     rows = Path(lines[-1]).read_text().splitlines()
     assert rows[0] == "id,label" and sorted(r.split(",")[0] for r in rows[1:]) == [str(i) for i in range(1, 7)]
