@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 
 from kaggle_kit.artifacts import KitError
-from kaggle_kit.store import ClusterRun, save_shard, shard_is_complete, shard_key, shard_path
+from kaggle_kit.store import DEFAULT_POOL, ClusterRun, save_shard, shard_is_complete, shard_key, shard_path
 
 if TYPE_CHECKING:
     from kaggle_kit.backbones import Backbone, WeightsChoice
@@ -65,14 +65,14 @@ class Predictor:
 
 
 def build_predictor(backbone: Backbone, *, image_size: int, weights: WeightsChoice, batch_size: int,
-                    layers: Sequence[str | None] = (None,), pool: str = "avg") -> Predictor:
+                    layers: Sequence[str | None] = (None,), pool: str = DEFAULT_POOL) -> Predictor:
     """Build the extractor of ``layers`` (None: the default features; else a layer name, see
     :func:`kaggle_kit.backbones.cut_layers`), each map pooled by ``pool`` (:data:`kaggle_kit.backbones.POOLS`),
     and compile it on a blank batch of ``batch_size``.
 
     An unknown layer is a one-line :class:`KitError` before anything runs.
     """
-    from kaggle_kit.backbones import DEFAULT_POOL, LAST, build_extractor
+    from kaggle_kit.backbones import LAST, build_extractor
     from kaggle_kit.keras_loader import load_keras
 
     t_build = time.perf_counter()

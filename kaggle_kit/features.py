@@ -87,7 +87,7 @@ class FeatureSettings:
     ray: RaySettings | None = None  # None: the local engine; else the shards run on a Ray cluster (ray_engine.py)
     layer: str | None = None  # None: the backbone's default (last-layer) features; else a layer to pool
     views: tuple[str, ...] = ()  # extra views of each image (kaggle_kit/views.py), each flipped too under flip TTA
-    pool: str = "avg"  # how each feature map is pooled (backbones.POOLS): the mean, the maximum, or both
+    pool: str = DEFAULT_POOL  # how each feature map is pooled (backbones.POOLS): the mean, the maximum, or both
 
     def __post_init__(self):
         if self.decoder not in DECODERS:
@@ -361,7 +361,7 @@ def run_feature_sets(
     tta: str = "none",
     views: int = 0,
     view_kind: str = DEFAULT_VIEW_KIND,
-    pool: str = "avg",
+    pool: str = DEFAULT_POOL,
     positive: str | None = None,
     layout: str | None = None,
     labels: Path | str | None = None,

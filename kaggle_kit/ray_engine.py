@@ -51,7 +51,7 @@ import numpy as np
 
 from kaggle_kit.artifacts import KitError
 from kaggle_kit.engine import EngineRun, Shard, build_predictor, predict_batches
-from kaggle_kit.store import ClusterRun, save_shard, shard_path
+from kaggle_kit.store import DEFAULT_POOL, ClusterRun, save_shard, shard_path
 
 if TYPE_CHECKING:
     from kaggle_kit.features import FeatureSettings
@@ -103,7 +103,7 @@ class ShardWorker:
 
     def __init__(self, *, backbone, weights, image_size: int, batch_size: int, tta: str, decode_threads: int,
                  data_root: str, decoder: str = "opencv", layers: tuple = (None,), views: tuple = (),
-                 pool: str = "avg"):
+                 pool: str = DEFAULT_POOL):
         self.settings = {"width": backbone.width, "image_size": image_size, "batch_size": batch_size, "tta": tta,
                          "workers": decode_threads, "decoder": decoder, "views": tuple(views)}
         self.facts = {"pid": os.getpid(), "node": socket.gethostname()}

@@ -545,9 +545,10 @@ def render_text(status: Status) -> list[str]:
             out.append(f"  {_elide(f.name, 20):<20} {_elide(f.backbone or '-', 18):<18} {size:>4} "
                        f"{f.tta or '-':<4} {_number(f.n_train, ',d'):>7} {_number(f.n_test, ',d'):>6} "
                        f"{_number(f.width, 'd'):>5} {_number(f.images_per_second, '.1f'):>6}")
-            if f.layer or f.pool not in (None, store.DEFAULT_POOL):
-                out += _wrap(", ".join([f"layer {f.layer}"] * bool(f.layer) + [f"{f.pool} pooling"] *
-                                       (f.pool not in (None, store.DEFAULT_POOL))), "    ")
+            details = ([f"layer {f.layer}"] if f.layer else []) + \
+                ([f"{f.pool} pooling"] if f.pool not in (None, store.DEFAULT_POOL) else [])
+            if details:
+                out += _wrap(", ".join(details), "    ")
             _flag(out, f)
 
     p = status.plan
