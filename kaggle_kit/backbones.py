@@ -326,6 +326,7 @@ def build_extractor(backbone: Backbone, *, image_size: int, weights: WeightsChoi
     ``pool`` (one of :data:`POOLS`) pools every layer's map that way instead: 'max' its largest value per channel,
     'avgmax' the average and the maximum side by side (twice the width); see :func:`pool_map`.
     """
+    check_pool(pool)  # before anything is built
     base = build_base(backbone, image_size=image_size, weights=weights)  # (checks the size before loading Keras)
     return extractor_on(base, backbone, image_size=image_size, layers=layers, pool=pool)
 

@@ -231,6 +231,7 @@ def test_a_multi_layer_extractor_equals_single_layer_extractors():
     assert block2.shape == (3, 24) and block5.std() > 0 and not np.allclose(block5[0], block5[1])
 
 
+@pytest.mark.slow  # builds Keras models
 def test_max_and_avgmax_pooling_are_the_maps_maximum_and_mean_per_channel():
     """--pool: each layer's map (and the last one, found before the backbone's own average pooling) is pooled by
     its maximum, or by its mean and maximum side by side; 'avg' stays the old extractor."""
@@ -258,6 +259,7 @@ def test_max_and_avgmax_pooling_are_the_maps_maximum_and_mean_per_channel():
     assert (top >= mean * (1 - 1e-5)).all() and (top > 1.1 * mean).any()  # the max half is not the mean again
 
 
+@pytest.mark.slow  # builds ConvNeXt
 def test_convnext_pools_its_last_map_through_its_own_layer_norm():
     b = REGISTRY["convnext_tiny"]
     base = build_base(b, image_size=32, weights=NONE)
@@ -274,10 +276,11 @@ def test_convnext_pools_its_last_map_through_its_own_layer_norm():
     np.testing.assert_allclose(got[:, 768:], norm(F.max(axis=(1, 2)).astype(np.float64)), rtol=1e-3, atol=1e-3)
 
 
-def test_an_unknown_pool_is_one_line():
+def test_an_unknown_pool_is_one_line_before_anything_is_built(monkeypatch):
     from kaggle_kit import store
 
     assert check_pool("avgmax") == "avgmax" and store.DEFAULT_POOL == backbones_module.DEFAULT_POOL
+    monkeypatch.setattr(backbones_module, "build_base", lambda *a, **kw: pytest.fail("built a model"))
     with pytest.raises(KitError, match=r"^--pool 'mean' is not one of: avg, max, avgmax$"):
         build_extractor(REGISTRY["efficientnet_lite0"], image_size=64, weights=NONE, pool="mean")
 
