@@ -44,6 +44,15 @@ def answer_labels(answers: Path, ids) -> np.ndarray:
     return truth.loc[[type(truth.index[0])(i) for i in ids]].to_numpy()
 
 
+def test_score_text(labels: np.ndarray, probs) -> str:
+    """``test 0.12345 (95.00%)``: the log loss and accuracy of ``probs`` against an answer key's ``labels``
+    (:func:`answer_labels`), for the benches' once-at-the-end reports."""
+    from kaggle_kit.metrics import log_loss  # Kaggle's clipping to [1e-15, 1 - 1e-15]
+
+    p = np.asarray(probs, dtype=np.float64)
+    return f"test {log_loss(labels, p):.5f} ({np.mean((p > 0.5) == labels):.2%})"
+
+
 def run_kit(args: list[str], *, cwd: Path, env: dict | None = None, timeout: float | None = None) -> tuple[str, float]:
     """Run ``kaggle-kit ARGS`` in a fresh process; return (stdout, peak RSS in MiB). Raises on failure."""
     with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from extraction import answer_labels  # bench/, this script's folder
+from extraction import answer_labels, test_score_text  # bench/, this script's folder
 
 from kaggle_kit.folds import make_plan
 from kaggle_kit.heads import fit_logreg
@@ -92,9 +92,7 @@ def score_test(results: dict, answers: Path) -> None:
     t = answer_labels(answers, results["test_ids"])
     for r in results["rows"]:
         if r["plan"] == "by row":
-            p = np.clip(np.asarray(r["test"]), 1e-15, 1 - 1e-15)
-            print(f"{r['config']:<40}{r['head']:<10} OOF {r['oof_logloss']:.5f}  test {log_loss(t, p):.5f} "
-                  f"({np.mean((p > 0.5) == t):.2%})")
+            print(f"{r['config']:<40}{r['head']:<10} OOF {r['oof_logloss']:.5f}  {test_score_text(t, r['test'])}")
 
 
 def main() -> None:

@@ -343,23 +343,18 @@ def pool_width(width: int, pool: str) -> int:
     return 2 * width if check_pool(pool) == "avgmax" else width
 
 
-def pool_map(keras, feature_map, pool: str, *, name: str):
+def pool_map(keras, feature_map, pool: str, *, name: str, norm=None):
     """Global pooling of a (batch, h, w, c) map: 'avg' (the mean per channel), 'max', or 'avgmax' (both side by
-    side, mean first). The maximum keeps a small, strong local response (a parasite in a cell, a defect on a
-    part) that the mean over the whole map dilutes."""
-    return _joined(keras, _pool_parts(keras, feature_map, pool, name=name), name=name)
-
-
-def _pool_parts(keras, feature_map, pool: str, *, name: str) -> list:
+    side, mean first), each part through the layer ``norm`` when given (ConvNeXt's LayerNorm after its pooling).
+    The maximum keeps a small, strong local response (a parasite in a cell, a defect on a part) that the mean
+    over the whole map dilutes."""
     parts = []
     if check_pool(pool) in ("avg", "avgmax"):
         parts.append(keras.layers.GlobalAveragePooling2D(name=f"{name}_avg")(feature_map))
     if pool in ("max", "avgmax"):
         parts.append(keras.layers.GlobalMaxPooling2D(name=f"{name}_max")(feature_map))
-    return parts
-
-
-def _joined(keras, parts: list, *, name: str):
+    if norm is not None:
+        parts = [norm(part) for part in parts]
     return parts[0] if len(parts) == 1 else keras.layers.Concatenate(name=f"{name}_joined")(parts)
 
 
@@ -380,10 +375,7 @@ def extractor_on(base, backbone: Backbone, *, image_size: int, layers: Sequence[
                 outputs.append(base.output)
             elif name == LAST:
                 gap, layer_norm = final_pooling(base, backbone, purpose=f"it cannot be pooled by --pool {pool}")
-                parts = _pool_parts(keras, gap.input, pool, name=f"pool_{i}")
-                if layer_norm is not None:  # ConvNeXt: its LayerNorm after the pooling, on each part alike
-                    parts = [layer_norm(part) for part in parts]
-                outputs.append(_joined(keras, parts, name=f"pool_{i}"))
+                outputs.append(pool_map(keras, gap.input, pool, name=f"pool_{i}", norm=layer_norm))
             elif name in by_name:
                 outputs.append(pool_map(keras, by_name[name].output, pool, name=f"pool_{i}"))
             else:

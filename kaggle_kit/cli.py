@@ -169,7 +169,8 @@ def features(
     layout: Optional[Layout] = typer.Option(
         None, "--layout", help="How the data folder is laid out (default: detected; see 'Competitions it reads')."),
     labels: Optional[Path] = typer.Option(
-        None, "--labels", dir_okay=False, help="Labels CSV of the csv layout (default: train.csv or train_labels.csv)."),
+        None, "--labels", dir_okay=False,
+        help="Labels CSV of the csv layout (default: train.csv or train_labels.csv)."),
     id_col: Optional[str] = typer.Option(None, "--id-col", help="Id column of the labels CSV (default: inferred)."),
     target_col: Optional[str] = typer.Option(
         None, "--target-col", help="Binary target column of the labels CSV (default: inferred)."),

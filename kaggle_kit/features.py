@@ -6,7 +6,8 @@ experiment's lock and extracts a feature set (its files and manifest: :mod:`kagg
 also 'train_flip' and 'test_flip', the same rows computed on horizontally flipped images. Later stages use
 them as a second view of each image: ``cv`` can train heads on both views (augmentation) and average a model's
 predictions over both views (test-time augmentation). ``--views N`` adds N more views of each image (crops of a
-larger resize, or quarter turns: :mod:`kaggle_kit.views`), each flipped too under flip TTA, used the same way. The pixels come from :mod:`kaggle_kit.decoders`
+larger resize, or quarter turns: :mod:`kaggle_kit.views`), each flipped too under flip TTA, used the same way.
+The pixels come from :mod:`kaggle_kit.decoders`
 (``--decoder``: OpenCV on CPU threads, or NVIDIA DALI on a GPU); the decoder is part of the cache key.
 
 Extraction is written in shards (``.partial/<key>/<split>-<i>.npz``, each written atomically). A run that is

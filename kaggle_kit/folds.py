@@ -45,10 +45,11 @@ def file_groups(files: Sequence[str], pattern: str) -> list[str]:
     groups = []
     for f in files:
         match = regex.search(Path(f).name)
-        if match is None or not (match.group(1) if regex.groups else match.group(0)):
-            raise KitError(f"--groups {shlex.quote(pattern)} finds no group in the file name {Path(f).name!r} ({f}); every "
-                           "training image needs one", code=2)
-        groups.append(match.group(1) if regex.groups else match.group(0))
+        group = match and (match.group(1) if regex.groups else match.group(0))
+        if not group:
+            raise KitError(f"--groups {shlex.quote(pattern)} finds no group in the file name {Path(f).name!r} "
+                           f"({f}); every training image needs one", code=2)
+        groups.append(group)
     return groups
 
 

@@ -24,7 +24,8 @@ space a single fold at logit 30 dominates four at 2). For fold models fitted on 
 two means differ little otherwise.
 
 The heads: ``logreg`` (power normalisation, standardisation + L2 logistic regression whose C is chosen by an
-inner stratified CV on the training folds only) and ``mlp`` (a small Keras network, early-stopped on an inner stratified split).
+inner stratified CV on the training folds only) and ``mlp`` (a small Keras network, early-stopped on an inner
+stratified split).
 """
 
 from __future__ import annotations

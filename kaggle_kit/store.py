@@ -433,7 +433,8 @@ class ClusterRun:
 @dataclass(frozen=True)
 class FeatureSet:
     """A finished feature set, memory-mapped: ``arrays`` maps 'train', 'test' (+ '_flip', + each extra view's:
-    :func:`feature_array_files`) to (rows, width) float32; ``train_ids``, ``y`` (int8 (n_train,)) and ``test_ids`` give the row order."""
+    :func:`feature_array_files`) to (rows, width) float32; ``train_ids``, ``y`` (int8 (n_train,)) and
+    ``test_ids`` give the row order."""
 
     path: Path
     manifest: dict[str, Any]
@@ -615,7 +616,8 @@ def begin_feature_set(out_dir: Path) -> None:
 
 
 def finish_feature_set(out_dir: Path, dataset: Dataset, *, key: str, image_list_hash: str, width: int, tta: str,
-                       views: Sequence[str] = (), unreadable: Mapping[str, Sequence[str]], backbone: str, weights: str, weights_kind: str,
+                       views: Sequence[str] = (), unreadable: Mapping[str, Sequence[str]], backbone: str,
+                       weights: str, weights_kind: str,
                        preprocess: str | None, input_size: int | None, weights_path: Path | str | None = None,
                        decoder: str | None = None, engine: str | None = None, cluster: ClusterRun | None = None,
                        layer: str | None = None, pool: str = DEFAULT_POOL,
@@ -686,9 +688,9 @@ def save_feature_set(out_dir: Path, dataset: Dataset, arrays: Mapping[str, np.nd
     for logical, arr in arrays.items():
         save_npy_atomic(feature_array_path(out_dir, logical), np.asarray(arr, dtype=np.float32))
     return finish_feature_set(out_dir, dataset, key=key, image_list_hash=image_list_hash, width=width, tta=tta,
-                              views=views, unreadable=unreadable or {"train": [], "test": []}, backbone=backbone, weights=weights,
-                              weights_kind=weights_kind, weights_path=weights_path, preprocess=preprocess,
-                              input_size=input_size, details=details)
+                              views=views, unreadable=unreadable or {"train": [], "test": []}, backbone=backbone,
+                              weights=weights, weights_kind=weights_kind, weights_path=weights_path,
+                              preprocess=preprocess, input_size=input_size, details=details)
 
 
 def _check_features(exp_dir: Path, model_dir: Path, feature_keys: Mapping[str, str], *,

@@ -86,7 +86,8 @@ def test_ladder_blends_the_cv_models_a_recipe_names_in_the_experiments_metric(re
     out = tmp_path / "ladder.json"
     recipe.main(["ladder", "--exp", "t", "--recipe", "all=*__logreg", "--recipe", "one=signal_*", "--out", str(out)])
     result = json.loads(out.read_text())
-    assert result["all"]["models"] == ["noise__logreg", "signal__logreg"] and result["one"]["models"] == ["signal__logreg"]
+    assert result["all"]["models"] == ["noise__logreg", "signal__logreg"]
+    assert result["one"]["models"] == ["signal__logreg"]
     assert list(result["all"]["ladder"]) == ["best single model", "blend", "calibrated", "clipped"]
     assert result["one"]["ladder"]["best single model"] < 0.35
     remember_metric(exp_dir, "auc")  # an AUC competition: no calibration, no clip, scores higher-is-better

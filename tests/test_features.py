@@ -256,7 +256,8 @@ def test_an_interrupted_multi_layer_run_resumes_from_its_shards(small_comp, tmp_
 def test_an_unknown_layer_is_refused_before_anything_is_written(small_comp, tmp_path):
     ds = discover(small_comp)
     with pytest.raises(KitError) as info:
-        extract_feature_sets(ds, [(tmp_path / "ok", lite_settings("block2")), (tmp_path / "bad", lite_settings("nope"))],
+        extract_feature_sets(ds, [(tmp_path / "ok", lite_settings("block2")),
+                                  (tmp_path / "bad", lite_settings("nope"))],
                              progress=False)
     assert "\n" not in str(info.value) and "unknown layer 'nope'" in str(info.value) and "block2" in str(info.value)
     assert not (tmp_path / "ok").exists() and not (tmp_path / "bad").exists()
@@ -332,7 +333,8 @@ def test_the_cli_pools_by_mean_and_max_and_status_says_so(small_comp, tmp_path, 
     assert sorted(p.name for p in root.iterdir()) == ["resnet50_32", "resnet50_32-conv3_block4_out.avgmax",
                                                       "resnet50_32.avgmax"]
     avg, avgmax = load_features(root / "resnet50_32"), load_features(root / "resnet50_32.avgmax")
-    assert avgmax.width == 2 * avg.width == 4096 and load_features(root / "resnet50_32-conv3_block4_out.avgmax").width == 1024
+    assert avgmax.width == 2 * avg.width == 4096
+    assert load_features(root / "resnet50_32-conv3_block4_out.avgmax").width == 1024
     np.testing.assert_allclose(avgmax.arrays["train"][:, :2048], avg.arrays["train"], rtol=1e-5, atol=1e-6)
     assert (avgmax.arrays["train"][:, 2048:] >= avg.arrays["train"] * (1 - 1e-5)).all()
     text = " ".join(render_text(experiment_status(tmp_path / "experiments" / "default")))

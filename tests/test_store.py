@@ -185,7 +185,8 @@ def test_every_re_run_hint_is_a_command_line_the_cli_accepts(tmp_path):
     assert parses(store.features_command(store.features_dir(default, "mine"), {"backbone": "squeezenet",
                                                                                 "tta": "flip"}))["tta"].value == "flip"
     assert parses(store.features_command(store.features_dir(default, "squeezenet_128"), {
-        "backbone": "squeezenet", "input_size": 128, "tta": "none", "views": ["rot90"]}))["view_kind"].value == "rotations"
+        "backbone": "squeezenet", "input_size": 128, "tta": "none", "views": ["rot90"],
+    }))["view_kind"].value == "rotations"
 
 
 def test_a_features_hint_falls_back_to_the_folder_name_without_a_manifest(tmp_path):
