@@ -8,13 +8,15 @@ probabilities of the positive class (NaN on rows without a prediction, which eve
 - :func:`reliability_bins`: the reliability diagram's points (``sklearn.calibration.calibration_curve``) and
   the number of predictions in each bin;
 - :func:`clip_curve`: log loss of clip(p, c, 1 - c) over log-spaced clip levels c;
-- :func:`top_mistakes`: the rows whose predictions cost the most log loss;
+- :func:`top_mistakes`: the rows whose predictions cost the most log loss; :func:`loss_share`: the part of the
+  log loss that some rows carry;
 - :func:`plot_roc`: ROC curves (for AUC competitions).
 
 Edge: :func:`write_report` (``kaggle-kit report``) reads ``experiments/<exp>/`` through the loaders of
 :mod:`kaggle_kit.store` (the blend's OOF predictions before and after calibration included) and writes
 ``experiments/<exp>/report.html`` (images embedded as base64 data URIs, inline CSS, no script, no
-external resource) and the same plots as PNG files in ``experiments/<exp>/report/``. An experiment without a
+external resource), the same plots as PNG files in ``experiments/<exp>/report/`` and every OOF mistake in
+``report/mistakes.csv`` (a list to audit the training labels with). An experiment without a
 blend still gets a report: it says what is missing and shows what it can, from the best single model. The
 page is about the competition's metric (the blend's, else the experiment's): it orders the model table, scores
 the ladder and picks the plots; the Redux leaderboard estimate appears only for log loss on a competition in
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+import pandas as pd
 
 from kaggle_kit import __version__
 from kaggle_kit.artifacts import KitError, experiment_lock
@@ -67,6 +70,7 @@ N_TEAMS = 1314
 MEDALS = (("gold", 12), ("silver", 65), ("bronze", 131))  # (medal, last rank that gets it)
 CLIP_RANGE = (1e-4, 0.1)
 N_MISTAKES = 24
+MISTAKES_CSV = "mistakes.csv"
 THUMBNAIL_PX = 128
 _CAVEAT = "estimate from the OOF score; the private leaderboard was scored on other images"
 
@@ -166,6 +170,14 @@ def top_mistakes(y: np.ndarray, p: np.ndarray, *, k: int = N_MISTAKES) -> np.nda
     return wrong[order[:k]]
 
 
+def loss_share(y: np.ndarray, p: np.ndarray, rows: np.ndarray) -> float:
+    """The fraction of the total log loss (:func:`row_losses`, rows without a prediction left out) that ``rows``
+    carry; 0.0 when the total is 0."""
+    losses = row_losses(y, p)
+    total = float(np.nansum(losses))
+    return float(np.nansum(losses[rows])) / total if total > 0 else 0.0
+
+
 def _finite_rows(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y)
     p = np.asarray(p, dtype=np.float64)
@@ -203,6 +215,7 @@ class Gallery:
     thumbnails: tuple[bytes | None, ...]
     n_mistakes: int
     classes: tuple[str, str]
+    share: float = 0.0  # of the OOF log loss, carried by all n_mistakes mistakes
 
 
 @dataclass(frozen=True)
@@ -217,11 +230,15 @@ class ReportResult:
     estimate: str
     cam_model: str | None = None
     cam_note: str | None = None
+    mistakes: Path | None = None
+    n_mistakes: int = 0
 
     def lines(self) -> list[str]:
-        """What ``kaggle-kit report`` prints (its notes go to stderr): a summary, the plots, the page last."""
+        """What ``kaggle-kit report`` prints (its notes go to stderr): a summary, the plots, the list of mistakes,
+        the page last."""
+        listed = [f"OOF mistakes: {self.n_mistakes:,} in {self.mistakes}"] if self.mistakes is not None else []
         return [f"{self.n_models} models, {'blend' if self.has_blend else 'no blend'}; {self.estimate}",
-                f"plots: {', '.join(str(p) for p in self.plots)}", str(self.path)]
+                f"plots: {', '.join(str(p) for p in self.plots)}", *listed, str(self.path)]
 
 
 def _optional_float(value: Any) -> float | None:
@@ -448,8 +465,9 @@ def _gallery_html(g: Gallery, cams: CamGallery | None = None, cam_note: str | No
     neg, pos = g.classes
     if g.n_mistakes == 0:
         return "<p>No OOF mistakes: every prediction is on the right side of 0.5.</p>"
-    out = [f"<p>{g.n_mistakes:,} OOF predictions are on the wrong side of 0.5; the {len(g.ids)} most costly "
-           "are shown. Mislabelled or unusual training photos show up here.</p>"]
+    out = [f"<p>{g.n_mistakes:,} OOF predictions are on the wrong side of 0.5; they carry {g.share:.0%} of the OOF "
+           f"log loss. The {len(g.ids)} most costly are shown, and report/{MISTAKES_CSV} lists them all. "
+           "Mislabelled or unusual training photos show up here.</p>"]
     out.append(_cam_caption_html(cams, g.classes) if cams is not None else
                (f'<p class="note">{_e(cam_note)}</p>' if cam_note else ""))
     out.append('<div class="gallery cams">' if cams is not None else '<div class="gallery">')
@@ -633,9 +651,14 @@ def _write_report(exp_dir: Path, *, progress: bool, warn: Callable[[str], None],
     if unreadable:
         notes.append(f"cannot decode {len(unreadable)} of the gallery's photos (first: {files[unreadable[0]]})")
     per_row = row_losses(y, final)
+    every = top_mistakes(y, final, k=len(y))
     gallery = Gallery(ids=ids, y=y[rows_idx], p=final[rows_idx], losses=per_row[rows_idx],
-                      thumbnails=thumbs, n_mistakes=int((per_row > math.log(2)).sum()),
-                      classes=classes or ("negative", "positive"))
+                      thumbnails=thumbs, n_mistakes=len(every), classes=classes or ("negative", "positive"),
+                      share=loss_share(y, final, every))
+    neg, pos = gallery.classes
+    mistakes = pd.DataFrame({"id": [folds.train_ids[i] for i in every],
+                             "label": [pos if y[i] == 1 else neg for i in every],
+                             f"p_{pos}": final[every], "loss": per_row[every]})
     cams, cam_note = (gallery_heatmaps(exp_dir, inputs, rows_idx, thumbs, files, progress=progress, warn=warn)
                       if cam else (None, "no heatmaps: turned off (--no-cam)"))
     bar.update()
@@ -679,9 +702,9 @@ def _write_report(exp_dir: Path, *, progress: bool, warn: Callable[[str], None],
     )
     bar.update()
     bar.set_postfix_str("writing")
-    path, plots = write_report_files(exp_dir, page=page, plots=pngs)
+    path, plots, listed = write_report_files(exp_dir, page=page, plots=pngs, mistakes=mistakes)
     bar.update()
     bar.close()
     return ReportResult(path=path, plots=plots, notes=tuple(notes), has_blend=blend is not None,
                         n_models=len(rows), estimate=estimate, cam_model=cams.model if cams else None,
-                        cam_note=cam_note)
+                        cam_note=cam_note, mistakes=listed, n_mistakes=len(every))

@@ -70,6 +70,8 @@ from kaggle_kit.data import DATA_OPTIONS, LAYOUTS
 from kaggle_kit.metrics import DEFAULT_METRIC, METRICS
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from kaggle_kit.data import Dataset
 
 EXPERIMENTS = "experiments"
@@ -1308,13 +1310,19 @@ def report_page(exp_dir: Path) -> Path:
     return exp_dir / "report.html"
 
 
-def write_report_files(exp_dir: Path, *, page: str, plots: Mapping[str, bytes]) -> tuple[Path, tuple[Path, ...]]:
-    """Write each plot as ``<exp>/report/<name>.png``, then the page ``<exp>/report.html``; return their paths."""
+def write_report_files(exp_dir: Path, *, page: str, plots: Mapping[str, bytes],
+                       mistakes: pd.DataFrame) -> tuple[Path, tuple[Path, ...], Path]:
+    """Write each plot as ``<exp>/report/<name>.png``, the OOF mistakes as ``<exp>/report/mistakes.csv`` (the
+    report's columns, probabilities and losses with 6 decimals), then the page ``<exp>/report.html``; return the
+    page's, the plots' and the list's paths."""
     paths = tuple(exp_dir / "report" / f"{name}.png" for name in plots)
     for path, png in zip(paths, plots.values()):
         write_bytes_atomic(path, png)
+    listed = exp_dir / "report" / "mistakes.csv"
+    with atomic_path(listed, suffix=".csv") as tmp:
+        mistakes.to_csv(tmp, index=False, float_format="%.6f", lineterminator="\n")
     write_bytes_atomic(report_page(exp_dir), page.encode("utf-8"))
-    return report_page(exp_dir), paths
+    return report_page(exp_dir), paths, listed
 
 
 # -------------------------------------------------------------------------------- read-only views for status

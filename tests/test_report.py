@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.special import expit
 from typer.testing import CliRunner
@@ -27,7 +28,7 @@ from kaggle_kit.data import discover
 from kaggle_kit.features import run_features
 from kaggle_kit.folds import ensure_plan
 from kaggle_kit.metrics import log_loss
-from kaggle_kit.store import features_dir, load_experiment, load_plan, save_experiment
+from kaggle_kit.store import features_dir, load_blend, load_experiment, load_plan, save_experiment
 
 MISLABELLED = (3, 40, 41)  # rows every model gets confidently wrong, as a mislabelled photo would be
 UNREADABLE = 7  # a row without predictions, as an undecodable photo would be
@@ -129,6 +130,16 @@ def test_top_mistakes_are_wrong_side_rows_most_costly_first():
     assert R.top_mistakes(y, p, k=2).tolist() == [6, 2]
     assert R.top_mistakes(np.array([1, 0, 1]), np.array([0.2, 0.3, 0.2])).tolist() == [0, 2]  # ties: row order
     assert R.top_mistakes(y, y.astype(float)).tolist() == []
+
+
+def test_loss_share_is_the_part_of_the_log_loss_some_rows_carry():
+    y = np.array([1, 0, 1, 0, 1])
+    p = np.array([0.9, 0.2, 0.01, np.nan, 0.5])
+    losses = -np.log(np.array([0.9, 0.8, 0.01, 0.5]))  # the NaN row is left out of the total
+    assert R.loss_share(y, p, np.array([2])) == pytest.approx(losses[2] / losses.sum())
+    assert R.loss_share(y, p, np.array([0, 1, 2, 4])) == pytest.approx(1.0)
+    assert R.loss_share(y, p, np.array([], dtype=int)) == 0.0
+    assert R.loss_share(np.array([1, 0]), np.array([np.nan, np.nan]), np.array([0])) == 0.0  # nothing to share
 
 
 def test_row_losses_average_to_the_log_loss():
@@ -276,6 +287,27 @@ def test_blended_report_is_one_self_contained_page_with_a_full_gallery(blended):
     assert result.cam_model is None and result.cam_note.startswith("no heatmaps: no model to map")
     assert "heatmap of" not in text and _e_text(result.cam_note) in text
 
+
+
+def test_every_oof_mistake_is_listed_most_costly_first_in_mistakes_csv(blended):
+    exp_dir, result = blended
+    inputs = B.load_cv_inputs(exp_dir, warn=lambda _: None)
+    y, p = inputs.folds.y, load_blend(exp_dir).oof.astype(np.float64)
+    wrong = np.flatnonzero(np.isfinite(p) & ((p > 0.5) != (y == 1)))
+    listed = pd.read_csv(result.mistakes, dtype={"id": str})
+    assert result.mistakes == exp_dir / "report" / "mistakes.csv" and result.n_mistakes == len(wrong) > R.N_MISTAKES
+    assert list(listed.columns) == ["id", "label", "p_dog", "loss"]
+    assert sorted(listed["id"]) == sorted(inputs.folds.train_ids[i] for i in wrong)
+    assert listed["loss"].is_monotonic_decreasing
+    row = {i: n for n, i in enumerate(inputs.folds.train_ids)}
+    first = row[listed["id"][0]]
+    assert listed["label"][0] == ("dog" if y[first] == 1 else "cat")
+    assert listed["p_dog"][0] == pytest.approx(p[first], abs=1e-6)
+    assert listed["loss"].to_numpy() == pytest.approx(R.row_losses(y, p)[[row[i] for i in listed["id"]]], abs=1e-6)
+    share = listed["loss"].sum() / np.nansum(R.row_losses(y, p))  # rows without a prediction left out
+    text = result.path.read_text(encoding="utf-8")
+    assert f"{len(wrong):,} OOF predictions are on the wrong side of 0.5; they carry {share:.0%} of the OOF" in text
+    assert result.lines()[-2] == f"OOF mistakes: {len(wrong):,} in {result.mistakes}"
 
 
 @pytest.mark.slow  # opens Chromium
