@@ -327,7 +327,8 @@ def report(
                              help="Heatmaps beside the costliest mistakes (rebuilds a backbone)."),
 ):
     """Write experiments/<exp>/report.html (one self-contained page: models, ladder, calibration, clip curve,
-    costliest mistakes, leaderboard estimate) and its plots as PNG in report/; print the page's path last."""
+    costliest mistakes, leaderboard estimate), its plots as PNG in report/ and every OOF mistake in
+    report/mistakes.csv (to audit the training labels); print the page's path last."""
     from kaggle_kit.report import write_report
 
     result = write_report(experiment_dir(exp), progress=not quiet, warn=_err, cam=cam)
