@@ -11,7 +11,9 @@ the figures and the recipe as kit commands. This script adds what the kit does n
   :func:`kaggle_kit.cv.cross_validate`, writing nothing: on every view the sets share, as ``cv`` does, on the
   experiment's fold plan or (``--groups REGEX``) on a group-wise plan made like ``cv --groups`` would;
   ``--power P``: the logreg head's power normalisation (default: the kit's, ``LogregSettings.power``; 1 turns
-  it off); ``--blend``: the kit's cross-fitted blend of the screened models.
+  it off); ``--blend``: the kit's cross-fitted blend of the screened models; ``--prune P``: each outer fold's
+  model is fitted without the training rows its own nested cross-validation flags as mislabelled
+  (:func:`pruned_oof`), the label-noise remedy a competitor tries first.
 - ``ladder``: the kit's cross-fitted blend over subsets of the experiment's cv models, in its metric.
 - ``speed``: extraction img/s of several ``backbone:size`` configurations back to back in one process, through
   the kit's own extractor (:func:`kaggle_kit.engine.build_predictor`, :func:`kaggle_kit.engine.predict_batches`:
@@ -52,12 +54,11 @@ def ladder_line(ladder) -> str:
     return "  ".join(f"{'single' if step == 'best single model' else step} {value:.5f}" for step, value in ladder)
 
 
-def groupwise_plan(exp_dir: Path, plan, pattern: str):
-    """``plan`` (the experiment's :class:`kaggle_kit.store.FoldPlan`) made again group-wise, as ``kaggle-kit cv
-    --groups PATTERN`` would make it (same folds, repeats and seed), from the training files of the data folder
-    the experiment remembers. Written nowhere: the returned plan carries no hash."""
+def training_groups(exp_dir: Path, plan, pattern: str) -> list[str]:
+    """The group of each training row of ``plan`` under ``--groups PATTERN``, from the training files of the data
+    folder the experiment remembers."""
     from kaggle_kit.data import discover_remembered
-    from kaggle_kit.folds import file_groups, make_plan
+    from kaggle_kit.folds import file_groups
     from kaggle_kit.store import experiment_data
 
     if load_experiment(exp_dir) is None:
@@ -67,7 +68,46 @@ def groupwise_plan(exp_dir: Path, plan, pattern: str):
     if tuple(dataset.train_ids) != plan.train_ids:
         raise KitError(f"the data folder {dataset.data_dir} now holds other training images than the fold plan of "
                        f"{exp_dir}; re-run 'kaggle-kit cv --exp {exp_dir.name}'")
-    groups = file_groups(dataset.train_files, pattern)
+    return file_groups(dataset.train_files, pattern)
+
+
+def pruned_oof(views, y: np.ndarray, plan: np.ndarray, test_views, *, below: float, groups=None,
+               inner_folds: int = 5, seed: int, **fit) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold predictions (repeats, n) of a model fitted, for each outer fold, without the training rows that
+    a cross-validation nested in that fold's training rows (``inner_folds`` folds, group-wise when ``groups``
+    (n,) is given, as :func:`kaggle_kit.folds.make_plan` makes them) predicts at P(given label) < ``below``;
+    and the rows each outer fold left out, (repeats, folds, n) bool. The held-out fold's labels play no part in
+    what is flagged. ``fit``: the keyword arguments of :func:`kaggle_kit.cv.cross_validate` (head, settings, TTA)."""
+    from kaggle_kit.cv import cross_validate
+    from kaggle_kit.folds import make_plan
+
+    oof = np.full(plan.shape, np.nan)
+    flagged = np.zeros((len(plan), int(plan.max()) + 1, plan.shape[1]), dtype=bool)
+    for r, folds in enumerate(plan):
+        for k in np.unique(folds):
+            train = np.flatnonzero(folds != k)
+            inner_plan = make_plan(y[train], n_folds=inner_folds, repeats=1, seed=seed + r,
+                                   groups=None if groups is None else [groups[i] for i in train])
+            inner = cross_validate([v[train] for v in views], y[train], inner_plan, [v[:1] for v in views],
+                                   seed=seed + r, **fit).oof[0]
+            drop = train[np.where(y[train] == 1, inner, 1.0 - inner) < below]
+            flagged[r, k, drop] = True
+            usable = np.ones(len(y), dtype=bool)
+            usable[drop] = False
+            held_out = folds == k  # fold 0: the held-out rows, fold 1: the kept training rows
+            out = cross_validate(views, y, held_out[None].astype(np.int64) ^ 1, test_views, usable=usable,
+                                 seed=seed + r, **fit)
+            oof[r, held_out] = out.oof[0, held_out]
+    return oof, flagged
+
+
+def groupwise_plan(exp_dir: Path, plan, pattern: str):
+    """``plan`` (the experiment's :class:`kaggle_kit.store.FoldPlan`) made again group-wise, as ``kaggle-kit cv
+    --groups PATTERN`` would make it (same folds, repeats and seed), from the training files of the data folder
+    the experiment remembers. Written nowhere: the returned plan carries no hash."""
+    from kaggle_kit.folds import make_plan
+
+    groups = training_groups(exp_dir, plan, pattern)
     folds = make_plan(plan.y, n_folds=plan.n_folds, repeats=plan.repeats, seed=plan.seed, groups=groups)
     manifest = {k: v for k, v in plan.manifest.items() if k != "plan_sha256"}
     return dataclasses.replace(plan, plan=folds, manifest={**manifest, "groups": pattern,
@@ -82,7 +122,7 @@ def cmd_screen(args) -> None:
     :func:`groupwise_plan`). A cheap screen before running the chosen ones through ``kaggle-kit cv``; with
     ``--blend`` the kit's cross-fitted blend of the screened models too."""
     from kaggle_kit.blend import crossfit_blend
-    from kaggle_kit.cv import TTA_PREDICT, TTA_TRAIN, cross_validate, shared_views
+    from kaggle_kit.cv import TTA_PREDICT, TTA_TRAIN, cross_validate, score_oof, shared_views
     from kaggle_kit.store import load_features, load_plan
     from kaggle_kit.views import array_name
 
@@ -90,6 +130,8 @@ def cmd_screen(args) -> None:
     plan = load_plan(exp_dir)
     if args.groups:
         plan = groupwise_plan(exp_dir, plan, args.groups)
+    pattern = args.groups or plan.manifest.get("groups")  # --prune's inner folds follow the plan's groups
+    groups = training_groups(exp_dir, plan, pattern) if args.prune is not None and pattern else None
     metric = experiment_metric(exp_dir)
     key = oof_key(metric)
     print(f"fold plan: {plan.describe()}; metric {metric}", flush=True)
@@ -119,16 +161,23 @@ def cmd_screen(args) -> None:
         views = [side_by_side("train", s) for s in suffixes]
         tviews = [side_by_side("test", s) for s in suffixes]
         t0 = time.perf_counter()
-        out = cross_validate(views, plan.y, plan.plan, tviews, head=head, tta_train=several and TTA_TRAIN,
-                             tta_predict=several and TTA_PREDICT, seed=plan.seed,
-                             settings=logreg if head == "logreg" else None)
+        fit = {"head": head, "tta_train": several and TTA_TRAIN, "tta_predict": several and TTA_PREDICT,
+               "settings": logreg if head == "logreg" else None}
+        out = cross_validate(views, plan.y, plan.plan, tviews, seed=plan.seed, **fit)
+        scores, pruned = out.scores, ""
+        if args.prune is not None:
+            oof, flagged = pruned_oof(views, plan.y, plan.plan, tviews, below=args.prune, groups=groups,
+                                      seed=plan.seed, **fit)
+            scores = score_oof(plan.y, oof.astype(np.float32), plan.plan, np.ones(len(plan.y), dtype=bool))
+            per_fold = flagged.sum() / flagged.shape[0] / flagged.shape[1]
+            pruned = f"  (pruned at P < {args.prune:g}: {per_fold:.1f} training rows a fold)"
         took = time.perf_counter() - t0
         oofs.append(out.oof[0])
         rows.append({"model": model, "width": views[0].shape[1], "views": len(views),
-                     **{k: out.scores[k] for k in dict.fromkeys((key, "oof_logloss", "oof_accuracy"))},
+                     **{k: scores[k] for k in dict.fromkeys((key, "oof_logloss", "oof_accuracy"))},
                      "seconds": round(took, 1)})
-        print(f"{model:<60}{views[0].shape[1]:>6}{len(views):>3} views{out.scores[key]:>10.5f}"
-              f"{out.scores['oof_accuracy']:>9.2%}{took:>7.1f} s", flush=True)
+        print(f"{model:<60}{views[0].shape[1]:>6}{len(views):>3} views{scores[key]:>10.5f}"
+              f"{scores['oof_accuracy']:>9.2%}{took:>7.1f} s{pruned}", flush=True)
     result = {"plan": plan.describe(), "metric": metric, "models": rows}
     if args.blend and len(oofs) > 1:
         res = crossfit_blend(np.stack(oofs, axis=1), plan.y, plan.plan[0], metric=metric)
@@ -245,6 +294,9 @@ def main(argv=None) -> None:
     p.add_argument("--groups", default=None, metavar="REGEX",
                    help="score on a group-wise plan (as 'kaggle-kit cv --groups REGEX' makes it) instead of the "
                         "experiment's; same folds, repeats and seed")
+    p.add_argument("--prune", type=float, default=None, metavar="P",
+                   help="also score each model fitted without the training rows a nested cross-validation "
+                        "predicts at P(given label) < P (its inner folds group-wise when the plan is)")
     p.add_argument("--out", default=None)
     p.set_defaults(fn=cmd_screen)
     p = sub.add_parser("ladder", help="the kit's cross-fitted blend over subsets of the cv models")

@@ -174,6 +174,50 @@ def test_screen_with_groups_scores_on_a_group_wise_plan_and_says_so(recipe, scre
         recipe.main(["screen", "--exp", "t", "--groups", "thin", "--model", "signal"])
 
 
+def test_pruned_oof_flags_the_flipped_labels_from_the_training_folds_only(recipe):
+    from kaggle_kit.folds import make_plan
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 60)
+    X = rng.normal(size=(120, 3)) + np.where(y[:, None] == 1, 2.5, -2.5)  # separable: a flipped label stands out
+    noisy = y.copy()
+    flipped = np.array([3, 17, 70, 101])
+    noisy[flipped] ^= 1
+    plan = make_plan(noisy, n_folds=4, repeats=1, seed=0)
+    fit = {"head": "logreg"}
+    oof, flagged = recipe.pruned_oof([X], noisy, plan, [X[:5]], below=0.2, seed=0, **fit)
+    assert flagged.shape == (1, 4, 120) and np.isfinite(oof).all()
+    for k in range(4):
+        training = plan[0] != k
+        assert not flagged[0, k, ~training].any()  # a fold never flags its held-out rows
+        np.testing.assert_array_equal(np.flatnonzero(flagged[0, k]), np.intersect1d(flipped, np.flatnonzero(training)))
+    # the held-out fold's labels play no part: flip all of fold 0's labels and fold 0 is flagged and predicted alike
+    other = noisy.copy()
+    other[plan[0] == 0] ^= 1
+    oof2, flagged2 = recipe.pruned_oof([X], other, plan, [X[:5]], below=0.2, seed=0, **fit)
+    np.testing.assert_array_equal(flagged2[0, 0], flagged[0, 0])
+    np.testing.assert_allclose(oof2[0, plan[0] == 0], oof[0, plan[0] == 0], atol=1e-6)
+    # group-wise inner folds: the inner plans keep a group's rows together (here: one group per 10 rows)
+    groups = [str(i // 10) for i in range(120)]
+    _, flagged3 = recipe.pruned_oof([X], noisy, plan, [X[:5]], below=0.2, seed=0, groups=groups, **fit)
+    assert flagged3[0].any(axis=0)[flipped].all()
+
+
+def test_screen_prune_scores_the_pruned_models_beside_the_plain_ones(recipe, screened_exp, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "pruned.json"
+    recipe.main(["screen", "--exp", "t", "--model", "signal", "--out", str(out)])
+    plain = json.loads(out.read_text())["models"][0]
+    recipe.main(["screen", "--exp", "t", "--model", "signal", "--prune", "0.05", "--out", str(out)])
+    pruned = json.loads(out.read_text())["models"][0]
+    import re
+
+    per_fold = float(re.search(r"\(pruned at P < 0\.05: ([\d.]+) training rows a fold\)", capsys.readouterr().out)[1])
+    assert 0 < per_fold < 10  # the signal's overlapping tails: a few rows per fold look mislabelled
+    assert pruned["oof_logloss"] != plain["oof_logloss"] and pruned["oof_logloss"] < 0.4
+
+
 def test_speed_refuses_a_bad_config_or_view_count_in_one_line_before_building_anything(recipe, mini):
     with pytest.raises(SystemExit, match="--config 'efficientnet_lite0:big': the size must be a whole number"):
         recipe.main(["speed", "--data", str(mini), "--config", "efficientnet_lite0:big"])
