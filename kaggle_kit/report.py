@@ -43,6 +43,7 @@ from kaggle_kit import __version__
 from kaggle_kit.artifacts import KitError, experiment_lock
 from kaggle_kit.metrics import DEFAULT_METRIC, HIGHER_IS_BETTER, KAGGLE_EPS, METRICS, NAMES, log_loss
 from kaggle_kit.store import (
+    MISTAKES_CSV,
     BlendRecord,
     CvResult,
     LadderStep,
@@ -70,7 +71,6 @@ N_TEAMS = 1314
 MEDALS = (("gold", 12), ("silver", 65), ("bronze", 131))  # (medal, last rank that gets it)
 CLIP_RANGE = (1e-4, 0.1)
 N_MISTAKES = 24
-MISTAKES_CSV = "mistakes.csv"
 THUMBNAIL_PX = 128
 _CAVEAT = "estimate from the OOF score; the private leaderboard was scored on other images"
 
@@ -215,7 +215,7 @@ class Gallery:
     thumbnails: tuple[bytes | None, ...]
     n_mistakes: int
     classes: tuple[str, str]
-    share: float = 0.0  # of the OOF log loss, carried by all n_mistakes mistakes
+    share: float  # of the OOF log loss, carried by all n_mistakes mistakes
 
 
 @dataclass(frozen=True)

@@ -1306,6 +1306,9 @@ def has_blend(exp_dir: Path) -> bool:
 
 
 # -------------------------------------------------------------------------------------------------- report
+MISTAKES_CSV = "mistakes.csv"  # in <exp>/report/: every OOF mistake of the report
+
+
 def report_page(exp_dir: Path) -> Path:
     return exp_dir / "report.html"
 
@@ -1318,7 +1321,7 @@ def write_report_files(exp_dir: Path, *, page: str, plots: Mapping[str, bytes],
     paths = tuple(exp_dir / "report" / f"{name}.png" for name in plots)
     for path, png in zip(paths, plots.values()):
         write_bytes_atomic(path, png)
-    listed = exp_dir / "report" / "mistakes.csv"
+    listed = exp_dir / "report" / MISTAKES_CSV
     with atomic_path(listed, suffix=".csv") as tmp:
         mistakes.to_csv(tmp, index=False, float_format="%.6f", lineterminator="\n")
     write_bytes_atomic(report_page(exp_dir), page.encode("utf-8"))
