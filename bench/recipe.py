@@ -101,13 +101,12 @@ def pruned_oof(views, y: np.ndarray, plan: np.ndarray, test_views, *, below: flo
     return oof, flagged
 
 
-def groupwise_plan(exp_dir: Path, plan, pattern: str):
+def groupwise_plan(plan, groups: list[str], pattern: str):
     """``plan`` (the experiment's :class:`kaggle_kit.store.FoldPlan`) made again group-wise, as ``kaggle-kit cv
-    --groups PATTERN`` would make it (same folds, repeats and seed), from the training files of the data folder
-    the experiment remembers. Written nowhere: the returned plan carries no hash."""
+    --groups PATTERN`` would make it (same folds, repeats and seed), from its rows' ``groups``
+    (:func:`training_groups`). Written nowhere: the returned plan carries no hash."""
     from kaggle_kit.folds import make_plan
 
-    groups = training_groups(exp_dir, plan, pattern)
     folds = make_plan(plan.y, n_folds=plan.n_folds, repeats=plan.repeats, seed=plan.seed, groups=groups)
     manifest = {k: v for k, v in plan.manifest.items() if k != "plan_sha256"}
     return dataclasses.replace(plan, plan=folds, manifest={**manifest, "groups": pattern,
@@ -128,10 +127,10 @@ def cmd_screen(args) -> None:
 
     exp_dir = experiment_dir(args.exp)
     plan = load_plan(exp_dir)
+    pattern = args.groups or plan.manifest.get("groups")  # --prune's inner folds follow the plan's groups too
+    groups = training_groups(exp_dir, plan, pattern) if pattern and (args.groups or args.prune is not None) else None
     if args.groups:
-        plan = groupwise_plan(exp_dir, plan, args.groups)
-    pattern = args.groups or plan.manifest.get("groups")  # --prune's inner folds follow the plan's groups
-    groups = training_groups(exp_dir, plan, pattern) if args.prune is not None and pattern else None
+        plan = groupwise_plan(plan, groups, args.groups)
     metric = experiment_metric(exp_dir)
     key = oof_key(metric)
     print(f"fold plan: {plan.describe()}; metric {metric}", flush=True)

@@ -21,7 +21,7 @@ from typing import Iterable, Optional
 import typer
 
 from kaggle_kit.artifacts import KitError
-from kaggle_kit.backbones import POOLS
+from kaggle_kit.backbones import DEFAULT_POOL, POOLS
 from kaggle_kit.blend import METHODS
 from kaggle_kit.cv import HEAD_CHOICES
 from kaggle_kit.data import LAYOUTS
@@ -209,7 +209,7 @@ def features(
         "'last' is the default features; 'kaggle-kit backbones --layers BACKBONE' lists the layers.",
     ),
     pool: Pool = typer.Option(
-        Pool("avg"), "--pool",
+        Pool(DEFAULT_POOL), "--pool",
         help="How each layer's feature map becomes features: 'avg' (its mean), 'max', or 'avgmax' (both, twice the "
         "width; keeps small local details, e.g. a parasite in a cell, that the mean dilutes).",
     ),
